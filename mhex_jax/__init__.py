@@ -1,0 +1,1 @@
+"""mhex_jax: Multi-Head Explainer (MHEX) and friends in JAX/Flax."""
