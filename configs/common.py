@@ -1,0 +1,68 @@
+"""Defaults shared by every config; experiment configs override what differs."""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.num_devices = ml_collections.config_dict.placeholder(int)  # None: all devices.
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = "resnet18"
+  config.model.num_classes = 2
+  config.model.input_channels = 3
+  config.model.width = 64
+  config.model.stem = "imagenet"
+  config.model.last_stage_stride = 2
+  config.model.mhex = True
+  config.model.mhex_stages = ml_collections.config_dict.placeholder(tuple)  # None: all.
+  config.model.gate_init = "random"
+  config.model.gate_placement = "shortcut"
+  config.model.saliency_features = "sum"
+  config.model.dtype = "float32"
+
+  config.data = ml_collections.ConfigDict()
+  config.data.name = "synthetic"
+  config.data.path = ""
+  config.data.eval_path = ""
+  config.data.train_split = "train"
+  config.data.eval_split = "val"
+  config.data.image_size = 32
+  config.data.as_rgb = False
+  config.data.num_train = 0
+  config.data.num_eval = 0
+  config.data.seed = 0
+  config.data.mean = (0.5, 0.5, 0.5)
+  config.data.std = (0.25, 0.25, 0.25)
+  config.data.augment = ""  # Comma-separated: "flip", "crop".
+  config.data.data_dir = ""  # tfds data_dir (ImageNet).
+
+  config.train = ml_collections.ConfigDict()
+  config.train.batch_size = 128
+  config.train.num_epochs = 10
+  config.train.optimizer = "sgd"
+  config.train.learning_rate = 0.1
+  config.train.schedule = "cosine"
+  config.train.warmup_epochs = 1.0
+  config.train.momentum = 0.9
+  config.train.weight_decay = 5e-4
+  config.train.label_smoothing = 0.0
+  config.train.head_weights = ml_collections.config_dict.placeholder(tuple)  # None: all 1.
+  config.train.log_every_steps = 50
+  config.train.checkpoint_every_steps = 500
+  config.train.keep_checkpoints = 3
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.batch_size = 256
+  config.eval.num_explain = 512  # Examples that get saliency maps and metrics.
+  config.eval.num_gallery = 8
+  config.eval.alpha = 0.9
+  config.eval.tau_pos = 0.0
+  config.eval.tau_neg = 0.0
+  config.eval.beta_pos = 1.0
+  config.eval.beta_neg = 0.0
+  config.eval.targets = "predicted"  # Or "labels".
+  config.eval.removal_baseline = 0.0
+  config.eval.pointing_tolerance = 0
+  return config

@@ -1,0 +1,31 @@
+r"""MHEX-ResNet-18 (width 16, small-image stem) on the built-in synthetic shapes.
+
+The project's default run: no files needed, sized for a CPU.
+
+    python train.py --config=configs/default.py --workdir=workdirs/default
+    python eval.py --config=configs/default.py --workdir=workdirs/default
+
+Hardware: 2-core x86 CPU (no accelerator). Expected time and result: see README (measured).
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+  del arg
+  config = common.base_config()
+  config.model.name = "resnet18"
+  config.model.num_classes = 4
+  config.model.width = 16
+  config.model.stem = "small"
+  config.data.name = "synthetic"
+  config.data.image_size = 32
+  config.data.num_train = 8000
+  config.data.num_eval = 1000
+  config.train.batch_size = 64
+  config.train.num_epochs = 8
+  config.train.learning_rate = 0.05
+  config.train.log_every_steps = 25
+  config.train.checkpoint_every_steps = 250
+  config.eval.num_explain = 1000
+  return config

@@ -1,0 +1,174 @@
+"""MHEX saliency from one forward pass: the Equivalent Matrix and the CAM integration (SPEC §3).
+
+    E_ℓ = P_ℓ W_ℓ  [K, C]          (Flax kernels are [in, out]: Eᵀ = W_kernel @ P_kernel)
+    CAM_ℓ = Σ_k w_ℓ[k] · A_ℓ[..., k]    with w_ℓ = the target row of E_ℓ after the
+                                        class-sharpness filter and sign weighting
+    S = normalise( Σ_ℓ α^(L−ℓ) · resize(CAM_ℓ) )
+
+Everything before the normalisation is linear, so the target rows are gathered for the whole
+batch at once, each block is one einsum, and CAMs that share a resolution are summed before a
+single bilinear resize per resolution.
+"""
+
+from typing import Any, Callable, NamedTuple, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from mhex_jax.models import mhex as mhex_lib
+
+
+class MHEXBlock(NamedTuple):
+  """One MHEX-equipped block: its gate and head kernels and its saliency features."""
+  name: str
+  gate_kernel: jax.Array  # W, [C, C] (in, out)
+  head_kernel: jax.Array  # P, [C, K] (in, out)
+  features: jax.Array  # A, [B, *spatial, C]
+
+
+def collect_blocks(params: Any, mhex_state: Any) -> list[MHEXBlock]:
+  """Pairs every sown MHEX feature map with its module's kernels, in depth order.
+
+  Args:
+    params: the model's ``params`` collection.
+    mhex_state: the ``"mhex"`` collection returned by ``apply(..., mutable=["mhex"])``.
+
+  Returns:
+    MHEX blocks sorted by module path (backbones name blocks so this is depth order).
+  """
+  blocks = []
+
+  def visit(state, prm, path):
+    for key in state:
+      if key == mhex_lib.FEATURES:
+        features = state[key]
+        if len(features) != 1:
+          raise ValueError(f"MHEX module {'/'.join(path)} sowed {len(features)} feature maps; "
+                           "pass variables without an 'mhex' collection to apply().")
+        blocks.append(MHEXBlock("/".join(path), prm["gate"]["kernel"], prm["head"]["kernel"],
+                                features[0]))
+      else:
+        visit(state[key], prm[key], path + (key,))
+
+  visit(mhex_state, params, ())
+  if not blocks:
+    raise ValueError("The model sowed no MHEX features: is it built with mhex=True?")
+  return sorted(blocks, key=lambda b: b.name)
+
+
+def equivalent_matrix(gate_kernel: jax.Array, head_kernel: jax.Array) -> jax.Array:
+  """E = P W as a [K, C] matrix, from Flax kernels W [C, C] and P [C, K]."""
+  return (gate_kernel.astype(jnp.float32) @ head_kernel.astype(jnp.float32)).T
+
+
+def class_weights(equivalent: jax.Array, targets: jax.Array, *, tau_pos: float = 0.0,
+                  tau_neg: float = 0.0, beta_pos: float = 1.0,
+                  beta_neg: float = 0.0) -> jax.Array:
+  """Per-example channel weights w_final [B, C] for the target classes.
+
+  Args:
+    equivalent: E [K, C].
+    targets: int[B] target classes.
+    tau_pos, tau_neg: class-sharpness thresholds (filter off when both are 0): a channel's
+      positive (negative) weight for class c is kept only if c holds at least that share of
+      the channel's positive (negative) mass over all classes.
+    beta_pos, beta_neg: sign weighting, w_final = β⁺·max(w, 0) + β⁻·max(−w, 0).
+      (1, 0) keeps only positive evidence (default); (1, −1) is the signed map.
+  """
+  w = equivalent[targets]  # [B, C]
+  if tau_pos > 0 or tau_neg > 0:
+    e_pos, e_neg = jnp.maximum(equivalent, 0), jnp.maximum(-equivalent, 0)
+    share_pos = e_pos / (jnp.sum(e_pos, axis=0, keepdims=True) + 1e-8)
+    share_neg = e_neg / (jnp.sum(e_neg, axis=0, keepdims=True) + 1e-8)
+    w_pos = jnp.where(share_pos[targets] >= tau_pos, e_pos[targets], 0.0)
+    w_neg = jnp.where(share_neg[targets] >= tau_neg, e_neg[targets], 0.0)
+    w = w_pos - w_neg
+  return beta_pos * jnp.maximum(w, 0) + beta_neg * jnp.maximum(-w, 0)
+
+
+def layer_cams(blocks: Sequence[MHEXBlock], targets: jax.Array, **weight_options) -> list[jax.Array]:
+  """Raw (un-normalised) CAM of every block, each [B, *spatial] at the block's resolution."""
+  cams = []
+  for block in blocks:
+    w = class_weights(equivalent_matrix(block.gate_kernel, block.head_kernel), targets,
+                      **weight_options)
+    cams.append(jnp.einsum("b...c,bc->b...", block.features.astype(jnp.float32), w))
+  return cams
+
+
+def depth_weights(num_layers: int, alpha: float) -> list[float]:
+  """α^(L−ℓ) for ℓ = 1..L: the deepest block has weight 1."""
+  return [alpha ** (num_layers - 1 - i) for i in range(num_layers)]
+
+
+def integrate_cams(cams: Sequence[jax.Array], out_size: Sequence[int],
+                   alpha: float = 0.9) -> jax.Array:
+  """Σ_ℓ α^(L−ℓ) · Up(CAM_ℓ) with one bilinear resize per distinct resolution.
+
+  Args:
+    cams: L raw maps [B, h_ℓ, w_ℓ], ordered input → output.
+    out_size: (H, W) of the result.
+    alpha: depth decay.
+
+  Returns:
+    f32[B, H, W], not normalised.
+  """
+  groups: dict[tuple[int, ...], jax.Array] = {}
+  for cam, weight in zip(cams, depth_weights(len(cams), alpha)):
+    key = tuple(cam.shape[1:])
+    groups[key] = groups.get(key, 0.0) + weight * cam
+  total = 0.0
+  for summed in groups.values():
+    batch = summed.shape[0]
+    if tuple(summed.shape[1:]) != tuple(out_size):
+      # Bilinear resizing is linear, so resizing the group sum equals summing the resizes.
+      summed = jax.image.resize(summed, (batch, *out_size), method="bilinear", antialias=False)
+    total = total + summed
+  return total
+
+
+def normalize_maps(maps: jax.Array) -> jax.Array:
+  """Per-example min–max normalisation of [B, ...] maps; constant maps become zeros."""
+  axes = tuple(range(1, maps.ndim))
+  low = jnp.min(maps, axis=axes, keepdims=True)
+  span = jnp.max(maps, axis=axes, keepdims=True) - low
+  safe = jnp.where(span > 0, span, 1.0)
+  return jnp.where(span > 0, (maps - low) / safe, 0.0)
+
+
+class Saliency(NamedTuple):
+  saliency: jax.Array  # f32[B, H, W] in [0, 1]
+  layer_maps: list[jax.Array]  # raw CAMs, each f32[B, h_ℓ, w_ℓ]
+  logits: jax.Array  # f32[B, K] of the final head
+  targets: jax.Array  # int32[B]
+
+
+def mhex_saliency(apply_fn: Callable[..., Any], variables: Any, images: jax.Array,
+                  targets: Optional[jax.Array] = None, *, alpha: float = 0.9,
+                  tau_pos: float = 0.0, tau_neg: float = 0.0, beta_pos: float = 1.0,
+                  beta_neg: float = 0.0) -> Saliency:
+  """MHEX image saliency of a CNN from one forward pass (no gradients).
+
+  Args:
+    apply_fn: the model's ``apply`` (e.g. ``ResNet(...).apply``); called in eval mode.
+    variables: {"params", "batch_stats"} of an MHEX model.
+    images: f32[B, H, W, C] normalised inputs.
+    targets: int[B] classes to explain; None explains the predicted class.
+    alpha, tau_pos, tau_neg, beta_pos, beta_neg: SPEC §3 options (see ``class_weights``).
+
+  Returns:
+    ``Saliency`` with the integrated map [B, H, W], per-block maps, logits and targets.
+  """
+  if images.ndim != 4:
+    raise ValueError(f"images must be [B, H, W, C], got shape {images.shape}.")
+  variables = {k: v for k, v in variables.items() if k != mhex_lib.COLLECTION}
+  head_logits, state = apply_fn(variables, images, train=False, mutable=[mhex_lib.COLLECTION])
+  logits = head_logits[-1]
+  if targets is None:
+    targets = jnp.argmax(logits, axis=-1)
+  targets = jnp.asarray(targets, jnp.int32)
+  blocks = collect_blocks(variables["params"], state.get(mhex_lib.COLLECTION, {}))
+  cams = layer_cams(blocks, targets, tau_pos=tau_pos, tau_neg=tau_neg, beta_pos=beta_pos,
+                    beta_neg=beta_neg)
+  saliency = normalize_maps(integrate_cams(cams, images.shape[1:3], alpha))
+  return Saliency(saliency, cams, logits, targets)

@@ -1,0 +1,129 @@
+"""Builds the train/eval datasets a config asks for, as batch iterators of normalised images.
+
+Every dataset yields numpy batches ``{"image": f32[B, H, W, C], "label": int32[B],
+"valid": bool[B], ("mask": bool[B, H, W])}`` holding this process' share of a global batch.
+Eval batches are padded to full size (``valid`` marks real examples) so shapes never change.
+"""
+
+import dataclasses
+from typing import Any, Iterator, Optional
+
+import jax
+import ml_collections
+import numpy as np
+
+from mhex_jax.data import medmnist, pipeline, synthetic
+
+DATASETS = ("synthetic", "medmnist", "imagenet")
+
+
+@dataclasses.dataclass
+class InMemoryDataset:
+  """A split held in memory as uint8 images (synthetic data, MedMNIST)."""
+  arrays: dict[str, np.ndarray]
+  num_classes: int
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+  augment: tuple[str, ...] = ()
+
+  def __post_init__(self):
+    images, labels = self.arrays["image"], self.arrays["label"]
+    if images.ndim != 4 or images.dtype != np.uint8:
+      raise ValueError(f"images must be uint8 [N, H, W, C], got {images.dtype}{list(images.shape)}.")
+    bad = (labels < 0) | (labels >= self.num_classes)
+    if bad.any():
+      first = int(np.flatnonzero(bad)[0])
+      raise ValueError(f"label {int(labels[first])} at index {first} is outside [0, "
+                       f"{self.num_classes}); set model.num_classes to the number of classes "
+                       "in the data.")
+    unknown = set(self.augment) - {"flip", "crop"}
+    if unknown:
+      raise ValueError(f"Unknown augmentation(s) {sorted(unknown)}; use 'flip' and/or 'crop'.")
+
+  @property
+  def num_examples(self) -> int:
+    return len(self.arrays["label"])
+
+  @property
+  def image_shape(self) -> tuple[int, ...]:
+    return tuple(self.arrays["image"].shape[1:])
+
+  @property
+  def has_masks(self) -> bool:
+    return "mask" in self.arrays
+
+  def batches(self, batch_size: int, *, train: bool, seed: int = 0,
+              epoch: int = 0) -> Iterator[dict[str, np.ndarray]]:
+    """One epoch of this process' batches; ``batch_size`` is the global batch size."""
+    it = pipeline.batch_iterator(self.arrays, batch_size, shuffle=train, seed=seed,
+                                 epoch=epoch, drop_remainder=train,
+                                 process_index=jax.process_index(),
+                                 process_count=jax.process_count())
+    rng = np.random.default_rng([seed, epoch, 1])
+    for batch in it:
+      images = batch["image"]
+      if train and self.augment:
+        images = _augment(images, rng, self.augment)
+      out = dict(batch)
+      out["image"] = pipeline.normalize(images, self.mean, self.std)
+      out["label"] = batch["label"].astype(np.int32)
+      out.setdefault("valid", np.ones(len(images), bool))
+      yield out
+
+
+def _augment(images: np.ndarray, rng: np.random.Generator, ops) -> np.ndarray:
+  """Random horizontal flips and 4-pixel-padded random crops of a uint8 batch."""
+  images = images.copy()
+  n, h, w, _ = images.shape
+  if "flip" in ops:
+    flip = rng.random(n) < 0.5
+    images[flip] = images[flip, :, ::-1]
+  if "crop" in ops:
+    pad = 4
+    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
+    dy, dx = rng.integers(0, 2 * pad + 1, size=(2, n))
+    for i in range(n):
+      images[i] = padded[i, dy[i]:dy[i] + h, dx[i]:dx[i] + w]
+  return images
+
+
+def _medmnist_split(config: ml_collections.ConfigDict, path: str, split: str) -> dict:
+  arrays = medmnist.load_medmnist(path, split, as_rgb=config.as_rgb)
+  if config.image_size and arrays["image"].shape[1] != config.image_size:
+    arrays["image"] = pipeline.resize_images(arrays["image"], config.image_size)
+  return arrays
+
+
+def get_datasets(config: ml_collections.ConfigDict, num_classes: int,
+                 *, need_train: bool = True) -> tuple[Optional[Any], Any]:
+  """(train, eval) datasets for ``config.data``; train is None when ``need_train`` is False."""
+  name = config.name
+  if name not in DATASETS:
+    raise ValueError(f"Unknown data.name={name!r}; use one of {DATASETS}.")
+  mean, std = tuple(config.mean), tuple(config.std)
+  train = None
+  if name == "synthetic":
+    if need_train:
+      train = synthetic.make_split(config.num_train, image_size=config.image_size,
+                                   seed=config.seed)
+    eval_arrays = synthetic.make_split(config.num_eval, image_size=config.image_size,
+                                       seed=config.seed + 1)
+  elif name == "medmnist":
+    if not config.path:
+      raise ValueError("data.path is empty: pass --config.data.path=/path/to/<subset>.npz "
+                       "(an official MedMNIST file).")
+    if need_train:
+      train = _medmnist_split(config, config.path, config.train_split)
+    eval_arrays = _medmnist_split(config, config.eval_path or config.path, config.eval_split)
+  else:
+    from mhex_jax.data import imagenet  # Only ImageNet needs tfds.
+    return imagenet.get_datasets(config, need_train=need_train)
+
+  augment = tuple(a for a in config.augment.split(",") if a)
+  train_ds = (InMemoryDataset(train, num_classes, mean, std, augment)
+              if train is not None else None)
+  eval_ds = InMemoryDataset(eval_arrays, num_classes, mean, std)
+  if train_ds is not None and train_ds.image_shape != eval_ds.image_shape:
+    raise ValueError(f"train images are {train_ds.image_shape} but eval images are "
+                     f"{eval_ds.image_shape}; eval data must match the training format.")
+  return train_ds, eval_ds

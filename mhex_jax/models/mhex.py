@@ -1,0 +1,112 @@
+"""The MHEX module: channel Attention Gate + Deep-Supervision head (SPEC §2, §4).
+
+This is the only place the gate and head exist; ResNet blocks and Transformer layers call it.
+
+Given a block's shortcut ``s`` and residual branch ``r`` (both ``[B, *spatial, C]``):
+
+    z = ReLU(mean(s) + mean(r))      mean over the spatial/token axes (valid tokens only)
+    a = z @ W                        gate projection, no bias        [B, C]
+    g = sigmoid(a)                   (or 2·sigmoid(a) with the identity initialisation)
+    o = a @ P                        deep-supervision head, no bias  [B, K]
+
+and the gate is applied to the shortcut (default), the branch, or their sum. The module
+returns the gated sum ``A`` (the block's pre-activation output) and the head logits ``o``,
+and sows the saliency features into the ``"mhex"`` collection for the explainers.
+The product ``W @ P`` is the Equivalent Matrix (see ``mhex_jax.explain.mhex``).
+"""
+
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+GATE_INITS = ("random", "identity")
+GATE_PLACEMENTS = ("shortcut", "branch", "sum")
+SALIENCY_FEATURES = ("sum", "gated_shortcut")
+
+# Name of the collection that carries saliency features, and of the leaf inside it.
+COLLECTION = "mhex"
+FEATURES = "features"
+
+
+def check_options(gate_init: str, gate_placement: str, saliency_features: str):
+  """Raises a ValueError naming any unknown MHEX option."""
+  for name, value, allowed in (("gate_init", gate_init, GATE_INITS),
+                               ("gate_placement", gate_placement, GATE_PLACEMENTS),
+                               ("saliency_features", saliency_features,
+                                SALIENCY_FEATURES)):
+    if value not in allowed:
+      raise ValueError(f"Unknown MHEX option {name}={value!r}; choose one of {allowed}.")
+
+
+def masked_mean(x: jax.Array, mask: Optional[jax.Array]) -> jax.Array:
+  """Mean of ``x`` [B, *spatial, C] over the spatial axes; ``mask`` [B, *spatial] or None."""
+  axes = tuple(range(1, x.ndim - 1))
+  if mask is None:
+    return jnp.mean(x, axis=axes)
+  mask = mask.astype(x.dtype)[..., None]
+  count = jnp.maximum(jnp.sum(mask, axis=axes), 1.0)
+  return jnp.sum(x * mask, axis=axes) / count
+
+
+class MHEX(nn.Module):
+  """Attention Gate W [C, C] and Deep-Supervision head P [C, K], both bias-free.
+
+  Attributes:
+    num_classes: K, the number of classes of the head.
+    gate_init: "random" (W ~ LeCun normal, g = σ(a)) or "identity" (W = 0 and g = 2σ(a),
+      so the gate starts at exactly 1 and a pretrained block is unchanged at init).
+    gate_placement: what the gate multiplies: "shortcut" (SPEC §2), "branch" or "sum".
+    saliency_features: what is sown for saliency: "sum" (A = gated sum, the default) or
+      "gated_shortcut" (A = g ⊙ s).
+    dtype: computation dtype of the gated features.
+  """
+  num_classes: int
+  gate_init: str = "random"
+  gate_placement: str = "shortcut"
+  saliency_features: str = "sum"
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, shortcut: jax.Array, residual: jax.Array,
+               mask: Optional[jax.Array] = None) -> tuple[jax.Array, jax.Array]:
+    """Gates a block.
+
+    Args:
+      shortcut: s, [B, *spatial, C].
+      residual: r, [B, *spatial, C] (same shape as s).
+      mask: optional [B, *spatial] validity mask (tokens); means use valid positions only.
+
+    Returns:
+      (A, logits): A [B, *spatial, C] the gated pre-activation sum, logits f32[B, K].
+    """
+    check_options(self.gate_init, self.gate_placement, self.saliency_features)
+    if shortcut.shape != residual.shape:
+      raise ValueError(f"MHEX needs shortcut and residual of one shape, got "
+                       f"{shortcut.shape} and {residual.shape}.")
+    channels = shortcut.shape[-1]
+    # The summary is taken in float32: means over many positions lose precision in bf16.
+    z = nn.relu(masked_mean(shortcut.astype(jnp.float32), mask) +
+                masked_mean(residual.astype(jnp.float32), mask))
+    kernel_init = (nn.initializers.zeros if self.gate_init == "identity"
+                   else nn.initializers.lecun_normal())
+    a = nn.Dense(channels, use_bias=False, kernel_init=kernel_init, name="gate")(z)
+    logits = nn.Dense(self.num_classes, use_bias=False, name="head")(a)
+    gate = nn.sigmoid(a)
+    if self.gate_init == "identity":
+      gate = 2.0 * gate
+    gate = gate.astype(self.dtype)
+    gate = jnp.reshape(gate, (gate.shape[0],) + (1,) * (shortcut.ndim - 2) + (channels,))
+
+    s, r = shortcut.astype(self.dtype), residual.astype(self.dtype)
+    if self.gate_placement == "shortcut":
+      s = gate * s
+      out = s + r
+    elif self.gate_placement == "branch":
+      out = s + gate * r
+    else:
+      out = gate * (s + r)
+    features = s if self.saliency_features == "gated_shortcut" else out
+    self.sow(COLLECTION, FEATURES, features)
+    return out, logits

@@ -1,0 +1,182 @@
+"""ResNet-18/34/50 with an MHEX module in every residual block (SPEC §2).
+
+With ``mhex=False`` the same backbone ends in the usual global pool + dense classifier and
+serves as the plain baseline. Both variants return logits stacked over heads:
+``[num_heads, B, K]``; the prediction is always the last head (``logits[-1]``).
+
+Blocks are named ``block_00``, ``block_01``, ... in depth order, so the sown MHEX features
+sort by depth (``mhex_jax.explain.mhex`` relies on this).
+"""
+
+import functools
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mhex_jax.models import mhex as mhex_lib
+
+STAGE_SIZES = {
+    18: (2, 2, 2, 2),
+    34: (3, 4, 6, 3),
+    50: (3, 4, 6, 3),
+}
+STEMS = ("imagenet", "small")
+
+
+def _conv(features, kernel, strides, dtype, name):
+  pad = kernel // 2
+  return nn.Conv(features, (kernel, kernel), strides=(strides, strides),
+                 padding=[(pad, pad), (pad, pad)], use_bias=False, dtype=dtype,
+                 kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
+                 name=name)
+
+
+class _Block(nn.Module):
+  """Shared frame of basic and bottleneck blocks: shortcut, branch, then MHEX or a sum."""
+  filters: int
+  strides: int
+  norm: Any
+  num_classes: int
+  mhex: bool
+  mhex_options: Any
+  dtype: Any = jnp.float32
+
+  expansion = 1
+
+  def branch(self, x):
+    raise NotImplementedError
+
+  @nn.compact
+  def __call__(self, x):
+    out_channels = self.filters * self.expansion
+    r = self.branch(x)
+    s = x
+    if self.strides != 1 or x.shape[-1] != out_channels:
+      s = _conv(out_channels, 1, self.strides, self.dtype, "proj_conv")(x)
+      s = self.norm(name="proj_bn")(s)
+    if not self.mhex:
+      return nn.relu(s + r), None
+    a, logits = mhex_lib.MHEX(self.num_classes, dtype=self.dtype, name="mhex",
+                              **self.mhex_options)(s, r)
+    return nn.relu(a), logits
+
+
+class BasicBlock(_Block):
+  """Two 3×3 convolutions (ResNet-18/34)."""
+
+  def branch(self, x):
+    y = _conv(self.filters, 3, self.strides, self.dtype, "conv1")(x)
+    y = nn.relu(self.norm(name="bn1")(y))
+    y = _conv(self.filters, 3, 1, self.dtype, "conv2")(y)
+    return self.norm(name="bn2")(y)
+
+
+class BottleneckBlock(_Block):
+  """1×1 → 3×3 (strided) → 1×1 with 4× expansion (ResNet-50)."""
+  expansion = 4
+
+  def branch(self, x):
+    y = _conv(self.filters, 1, 1, self.dtype, "conv1")(x)
+    y = nn.relu(self.norm(name="bn1")(y))
+    y = _conv(self.filters, 3, self.strides, self.dtype, "conv2")(y)
+    y = nn.relu(self.norm(name="bn2")(y))
+    y = _conv(self.filters * 4, 1, 1, self.dtype, "conv3")(y)
+    return self.norm(name="bn3")(y)
+
+
+class ResNet(nn.Module):
+  """MHEX-ResNet (or the plain ResNet with ``mhex=False``).
+
+  Attributes:
+    num_classes: K.
+    depth: 18, 34 or 50.
+    width: channels of the first stage (64 for the standard network).
+    stem: "imagenet" (7×7/2 conv + 3×3/2 max-pool) or "small" (3×3/1 conv, no pool).
+    last_stage_stride: stride of the last stage (2 standard, 1 for a 2× larger final map).
+    mhex: put an MHEX module in every block of ``mhex_stages``; otherwise a plain ResNet.
+    mhex_stages: stages (0-based) whose blocks carry MHEX; None means all. If the last stage
+      has no MHEX, a pooled classifier is appended as the final head.
+    gate_init, gate_placement, saliency_features: MHEX options (``models/mhex.py``).
+    input_channels: if set, inputs with another channel count are rejected.
+    dtype: computation dtype (bfloat16 on TPU); parameters and logits stay float32.
+  """
+  num_classes: int
+  depth: int = 18
+  width: int = 64
+  stem: str = "imagenet"
+  last_stage_stride: int = 2
+  mhex: bool = True
+  mhex_stages: Optional[Sequence[int]] = None
+  gate_init: str = "random"
+  gate_placement: str = "shortcut"
+  saliency_features: str = "sum"
+  input_channels: Optional[int] = None
+  dtype: Any = jnp.float32
+
+  def _check(self):
+    if self.depth not in STAGE_SIZES:
+      raise ValueError(f"ResNet depth={self.depth} is not supported; use one of "
+                       f"{sorted(STAGE_SIZES)}.")
+    if self.stem not in STEMS:
+      raise ValueError(f"Unknown stem={self.stem!r}; use one of {STEMS}.")
+    if self.last_stage_stride not in (1, 2):
+      raise ValueError(f"last_stage_stride must be 1 or 2, got {self.last_stage_stride}.")
+    if self.num_classes < 2:
+      raise ValueError(f"num_classes must be >= 2, got {self.num_classes}.")
+    stages = self._mhex_stages()
+    if any(s not in range(4) for s in stages):
+      raise ValueError(f"mhex_stages must be a subset of (0, 1, 2, 3), got "
+                       f"{tuple(self.mhex_stages)}.")
+    mhex_lib.check_options(self.gate_init, self.gate_placement, self.saliency_features)
+
+  def _mhex_stages(self):
+    if not self.mhex:
+      return ()
+    return tuple(range(4)) if self.mhex_stages is None else tuple(self.mhex_stages)
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """Args: x f32[B, H, W, C]. Returns: logits f32[num_heads, B, K]."""
+    self._check()
+    if x.ndim != 4:
+      raise ValueError(f"ResNet input must be [B, H, W, C], got shape {x.shape}.")
+    if self.input_channels is not None and x.shape[-1] != self.input_channels:
+      raise ValueError(f"ResNet expects {self.input_channels} input channels, got images of "
+                       f"shape {x.shape}; convert the images (e.g. data.as_rgb) or rebuild "
+                       "the model with the matching input_channels.")
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
+                             epsilon=1e-5, dtype=self.dtype)
+    block_cls = BottleneckBlock if self.depth == 50 else BasicBlock
+    mhex_options = dict(gate_init=self.gate_init, gate_placement=self.gate_placement,
+                        saliency_features=self.saliency_features)
+    mhex_stages = self._mhex_stages()
+
+    x = x.astype(self.dtype)
+    if self.stem == "imagenet":
+      x = _conv(self.width, 7, 2, self.dtype, "stem_conv")(x)
+      x = nn.relu(norm(name="stem_bn")(x))
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    else:
+      x = _conv(self.width, 3, 1, self.dtype, "stem_conv")(x)
+      x = nn.relu(norm(name="stem_bn")(x))
+
+    head_logits = []
+    index = 0
+    for stage, num_blocks in enumerate(STAGE_SIZES[self.depth]):
+      for i in range(num_blocks):
+        strides = 1
+        if i == 0 and stage > 0:
+          strides = self.last_stage_stride if stage == 3 else 2
+        x, logits = block_cls(self.width * 2**stage, strides, norm, self.num_classes,
+                              mhex=stage in mhex_stages, mhex_options=mhex_options,
+                              dtype=self.dtype, name=f"block_{index:02d}")(x)
+        index += 1
+        if logits is not None:
+          head_logits.append(logits)
+
+    if 3 not in mhex_stages:
+      pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+      head_logits.append(nn.Dense(self.num_classes, name="classifier")(pooled))
+    return jnp.stack([l.astype(jnp.float32) for l in head_logits])

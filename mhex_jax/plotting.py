@@ -1,0 +1,55 @@
+"""The eval gallery: inputs, MHEX overlays and per-block maps as one PNG."""
+
+from typing import Optional, Sequence
+
+import matplotlib
+matplotlib.use("Agg")  # Headless: eval runs on servers and in CI.
+import matplotlib.pyplot as plt
+import numpy as np
+
+
+def to_display(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+  """Undoes input normalisation: f32[B, H, W, C] -> [0, 1] images ([B, H, W] if C = 1)."""
+  images = np.asarray(images) * np.asarray(std) + np.asarray(mean)
+  images = np.clip(images, 0.0, 1.0)
+  return images[..., 0] if images.shape[-1] == 1 else images
+
+
+def _normalise(m: np.ndarray) -> np.ndarray:
+  span = m.max() - m.min()
+  return (m - m.min()) / span if span > 0 else np.zeros_like(m)
+
+
+def save_gallery(path: str, images: np.ndarray, saliency: np.ndarray,
+                 layer_maps: Sequence[np.ndarray], titles: Sequence[str],
+                 masks: Optional[np.ndarray] = None) -> None:
+  """Writes one row per example: input, saliency overlay, then each block's own map.
+
+  Args:
+    path: output PNG.
+    images: display images [N, H, W(, 3)] in [0, 1].
+    saliency: integrated maps [N, H, W] in [0, 1].
+    layer_maps: per-block raw maps, each [N, h, w] (each shown min-max normalised).
+    titles: one caption per example (e.g. "label 2 / pred 2").
+    masks: optional ground-truth masks [N, H, W], drawn as a contour on the overlay.
+  """
+  n, cols = len(images), 2 + len(layer_maps)
+  fig, axes = plt.subplots(n, cols, figsize=(1.6 * cols, 1.7 * n), squeeze=False)
+  cmap = "gray" if images.ndim == 3 else None
+  for i in range(n):
+    axes[i, 0].imshow(images[i], cmap=cmap)
+    axes[i, 0].set_title(titles[i], fontsize=7)
+    axes[i, 1].imshow(images[i], cmap=cmap)
+    axes[i, 1].imshow(saliency[i], cmap="jet", alpha=0.5, vmin=0, vmax=1)
+    if masks is not None:
+      axes[i, 1].contour(masks[i].astype(float), levels=[0.5], colors="white", linewidths=0.8)
+    for j, layer in enumerate(layer_maps):
+      axes[i, 2 + j].imshow(_normalise(np.asarray(layer[i])), cmap="jet")
+  axes[0, 1].set_title("MHEX overlay", fontsize=7)
+  for j in range(len(layer_maps)):
+    axes[0, 2 + j].set_title(f"block {j}", fontsize=7)
+  for ax in axes.ravel():
+    ax.axis("off")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)

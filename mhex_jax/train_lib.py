@@ -1,0 +1,279 @@
+"""Training: deep-supervision loss, a data-parallel jit step, checkpoints with resume.
+
+``train_and_evaluate(config, workdir)`` is the whole job behind ``train.py``; everything it uses
+is importable on its own (``create_train_state``, ``make_train_step``, ``evaluate_accuracy``).
+"""
+
+import json
+import math
+import os
+import time
+from typing import Any, Callable, Optional
+
+from absl import logging
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+from mhex_jax import input_pipeline
+from mhex_jax import metric_writers
+from mhex_jax import models
+from mhex_jax import sharding as sharding_lib
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+  @property
+  def variables(self) -> dict[str, Any]:
+    return {"params": self.params, "batch_stats": self.batch_stats}
+
+
+def create_learning_rate(config: ml_collections.ConfigDict, steps_per_epoch: int):
+  """Linear warmup then cosine decay to 0 (or a constant rate)."""
+  total = config.num_epochs * steps_per_epoch
+  warmup = int(config.warmup_epochs * steps_per_epoch)
+  if config.schedule == "constant":
+    return optax.constant_schedule(config.learning_rate)
+  if config.schedule != "cosine":
+    raise ValueError(f"Unknown train.schedule={config.schedule!r}; use 'cosine' or 'constant'.")
+  return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, max(warmup, 1),
+                                            max(total, warmup + 1))
+
+
+def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
+  """The optax optimiser named by ``config.optimizer`` with the config's schedule."""
+  lr = create_learning_rate(config, steps_per_epoch)
+  # Weight decay skips biases and normalisation scales (rank < 2), as usual for ResNets.
+  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
+  if config.optimizer == "sgd":
+    return optax.chain(optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
+                       optax.sgd(lr, momentum=config.momentum, nesterov=True))
+  if config.optimizer == "adamw":
+    return optax.adamw(lr, weight_decay=config.weight_decay, mask=decay_mask)
+  raise ValueError(f"Unknown train.optimizer={config.optimizer!r}; use 'sgd' or 'adamw'.")
+
+
+def create_train_state(model: nn.Module, optimizer, image_shape, seed: int) -> TrainState:
+  variables = model.init(jax.random.key(seed), jnp.zeros((1, *image_shape), jnp.float32))
+  params = variables["params"]
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    batch_stats=variables.get("batch_stats", {}),
+                    opt_state=optimizer.init(params))
+
+
+def head_weights(config: ml_collections.ConfigDict, num_heads: int) -> jax.Array:
+  """λ_ℓ of the deep-supervision loss; all ones unless ``train.head_weights`` is set."""
+  if not config.head_weights:
+    return jnp.ones((num_heads,), jnp.float32)
+  weights = tuple(config.head_weights)
+  if len(weights) != num_heads:
+    raise ValueError(f"train.head_weights has {len(weights)} entries but the model has "
+                     f"{num_heads} heads.")
+  return jnp.asarray(weights, jnp.float32)
+
+
+def deep_supervision_loss(head_logits: jax.Array, labels: jax.Array, weights: jax.Array,
+                          label_smoothing: float = 0.0) -> tuple[jax.Array, jax.Array]:
+  """Σ_ℓ λ_ℓ · CE(o_ℓ, y), averaged over the batch.
+
+  Args:
+    head_logits: f32[L, B, K]; labels: int[B]; weights: f32[L].
+
+  Returns:
+    (loss scalar, per-head mean cross-entropy f32[L]).
+  """
+  num_classes = head_logits.shape[-1]
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
+  per_head = jnp.mean(optax.softmax_cross_entropy(head_logits, targets[None]), axis=1)
+  return jnp.sum(weights * per_head), per_head
+
+
+def make_train_step(model: nn.Module, optimizer, weights: jax.Array,
+                    label_smoothing: float = 0.0) -> Callable:
+  """(state, batch) -> (state, metrics), pure; jit it with ``jit_train_step``."""
+
+  def train_step(state: TrainState, batch):
+    def loss_fn(params):
+      head_logits, updates = model.apply(
+          {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
+          mutable=["batch_stats"])
+      loss, per_head = deep_supervision_loss(head_logits, batch["label"], weights,
+                                             label_smoothing)
+      return loss, (head_logits, updates, per_head)
+
+    (loss, (head_logits, updates, per_head)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(state.params)
+    param_updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    new_state = state.replace(step=state.step + 1,
+                              params=optax.apply_updates(state.params, param_updates),
+                              batch_stats=updates["batch_stats"], opt_state=opt_state)
+    accuracy = jnp.mean(jnp.argmax(head_logits[-1], -1) == batch["label"])
+    metrics = {"loss": loss, "accuracy": accuracy, "final_head_ce": per_head[-1]}
+    return new_state, metrics
+
+  return train_step
+
+
+def jit_train_step(train_step: Callable, mesh) -> Callable:
+  """Data-parallel jit: state replicated (and donated), batch split over the data axis."""
+  return jax.jit(train_step,
+                 in_shardings=(sharding_lib.replicated(mesh), sharding_lib.batch_sharded(mesh)),
+                 out_shardings=sharding_lib.replicated(mesh), donate_argnums=(0,))
+
+
+def make_eval_step(model: nn.Module, mesh) -> Callable:
+  """(variables, batch) -> per-head correct counts [L] and the number of valid examples."""
+
+  def eval_step(variables, batch):
+    head_logits = model.apply(variables, batch["image"], train=False)
+    valid = batch["valid"]
+    correct = (jnp.argmax(head_logits, -1) == batch["label"][None]) & valid[None]
+    return {"correct": jnp.sum(correct, axis=1), "count": jnp.sum(valid)}
+
+  return jax.jit(eval_step,
+                 in_shardings=(sharding_lib.replicated(mesh), sharding_lib.batch_sharded(mesh)),
+                 out_shardings=sharding_lib.replicated(mesh))
+
+
+def evaluate_accuracy(model, variables, dataset, batch_size: int, mesh) -> dict[str, Any]:
+  """Accuracy of the final head and of every head over a whole eval dataset."""
+  eval_step = make_eval_step(model, mesh)
+  correct, count = 0, 0
+  for batch in dataset.batches(batch_size, train=False):
+    out = eval_step(variables, sharding_lib.shard_batch(batch, mesh))
+    correct = correct + np.asarray(out["correct"])
+    count += int(out["count"])
+  head_accuracy = [float(c) / max(count, 1) for c in correct]
+  return {"accuracy": head_accuracy[-1], "head_accuracy": head_accuracy,
+          "num_examples": count}
+
+
+def checkpoint_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True)
+  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
+                               options=options)
+
+
+def restore_or_init(manager: ocp.CheckpointManager, state: TrainState) -> TrainState:
+  """The latest checkpoint in the workdir, or ``state`` when there is none."""
+  step = manager.latest_step()
+  if step is None:
+    return state
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+  logging.info("Resuming from checkpoint at step %d.", step)
+  return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+
+def _format_duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
+
+
+def _check_finite(step: int, metrics: dict[str, float], learning_rate) -> None:
+  bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+  if bad:
+    raise FloatingPointError(f"Non-finite training metrics at step {step}: {bad}. The last "
+                             f"checkpoint is intact; lower train.learning_rate (now "
+                             f"{learning_rate}) or check the input data.")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       max_steps: Optional[int] = None) -> dict[str, Any]:
+  """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints), then evaluates.
+
+  Args:
+    config: the experiment config (see ``configs/``).
+    workdir: output directory: checkpoints, metrics.jsonl, tensorboard/, config.json.
+    max_steps: stop after this global step (for tests that simulate an interruption).
+
+  Returns:
+    The final eval metrics (accuracy, head_accuracy, num_examples) and the step reached.
+  """
+  mesh = sharding_lib.make_mesh(config.get("num_devices"))
+  sharding_lib.check_batch_size(config.train.batch_size, mesh)
+  model = models.create_model(config.model)
+  train_ds, eval_ds = input_pipeline.get_datasets(config.data, config.model.num_classes)
+  steps_per_epoch = train_ds.num_examples // config.train.batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f"train.batch_size={config.train.batch_size} is larger than the "
+                     f"{train_ds.num_examples} training examples.")
+  total_steps = config.train.num_epochs * steps_per_epoch
+  optimizer = create_optimizer(config.train, steps_per_epoch)
+  state = create_train_state(model, optimizer, train_ds.image_shape, config.seed)
+  num_heads = len(jax.eval_shape(model.apply, state.variables,
+                                 jnp.zeros((1, *train_ds.image_shape)))) 
+  weights = head_weights(config.train, num_heads)
+  train_step = jit_train_step(make_train_step(model, optimizer, weights,
+                                              config.train.label_smoothing), mesh)
+
+  save_config(config, workdir)
+  manager = checkpoint_manager(workdir, config.train)
+  state = sharding_lib.replicate(restore_or_init(manager, state), mesh)
+  writer = metric_writers.MetricWriter(workdir)
+  lr_fn = create_learning_rate(config.train, steps_per_epoch)
+  stop = total_steps if max_steps is None else min(total_steps, max_steps)
+  step = int(state.step)
+  logging.info("Training %s for %d steps (%d per epoch) on %d devices; starting at step %d.",
+               config.model.name, total_steps, steps_per_epoch, mesh.size, step)
+
+  accumulated, last_log_time, last_log_step = [], time.time(), step
+  while step < stop:
+    epoch, offset = divmod(step, steps_per_epoch)
+    # The data order is a pure function of (seed, epoch): resuming skips to the same batch.
+    for i, batch in enumerate(train_ds.batches(config.train.batch_size, train=True,
+                                               seed=config.seed, epoch=epoch)):
+      if i < offset:
+        continue
+      if step >= stop:
+        break
+      state, metrics = train_step(state, sharding_lib.shard_batch(
+          {k: batch[k] for k in ("image", "label")}, mesh))
+      step += 1
+      accumulated.append(metrics)
+      if step % config.train.log_every_steps == 0 or step == stop:
+        summary = {k: float(np.mean([m[k] for m in accumulated])) for k in accumulated[0]}
+        _check_finite(step, summary, config.train.learning_rate)
+        now = time.time()
+        rate = (step - last_log_step) / max(now - last_log_time, 1e-9)
+        summary.update(learning_rate=float(lr_fn(step)), steps_per_second=rate, epoch=epoch)
+        writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()})
+        logging.info("step %d/%d | loss %.4f | acc %.3f | %.2f steps/s | ETA %s", step,
+                     total_steps, summary["loss"], summary["accuracy"], rate,
+                     _format_duration((stop - step) / max(rate, 1e-9)))
+        accumulated, last_log_time, last_log_step = [], now, step
+      if step % config.train.checkpoint_every_steps == 0 or step == stop:
+        manager.save(step, args=ocp.args.StandardSave(state))
+  manager.wait_until_finished()
+
+  result = {"step": step}
+  if step >= total_steps:
+    result.update(evaluate_accuracy(model, state.variables, eval_ds, config.eval.batch_size,
+                                    mesh))
+    writer.write_scalars(step, {"eval/accuracy": result["accuracy"],
+                                **{f"eval/head_{i:02d}_accuracy": a
+                                   for i, a in enumerate(result["head_accuracy"])}})
+    logging.info("eval accuracy %.4f on %d examples; per head %s", result["accuracy"],
+                 result["num_examples"], np.round(result["head_accuracy"], 4).tolist())
+    if jax.process_index() == 0:
+      with open(os.path.join(workdir, "train_result.json"), "w") as f:
+        json.dump(result, f, indent=2)
+  writer.close()
+  manager.close()
+  return result

@@ -1,0 +1,162 @@
+"""MHEX saliency (SPEC §3): collapse, class weights, integration, normalisation, invariances."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mhex_jax.explain import mhex as mhex_explain
+from mhex_jax.models import resnet
+
+
+def _tiny_model(**kwargs):
+  defaults = dict(num_classes=3, depth=18, width=4, stem="small")
+  defaults.update(kwargs)
+  return resnet.ResNet(**defaults)
+
+
+@functools.lru_cache(maxsize=None)
+def _trained_like_variables(seed=0):
+  """A tiny MHEX-ResNet with random (not zero) BN statistics, so maps are non-trivial."""
+  model = _tiny_model()
+  variables = model.init(jax.random.key(seed), jnp.zeros((1, 16, 16, 3)))
+  images = jax.random.normal(jax.random.key(1), (8, 16, 16, 3))
+  _, state = model.apply({"params": variables["params"],
+                          "batch_stats": variables["batch_stats"]}, images, train=True,
+                         mutable=["batch_stats"])
+  return model, {"params": variables["params"], "batch_stats": state["batch_stats"]}
+
+
+def test_equivalent_matrix_equals_gate_then_head_per_pixel():
+  rng = np.random.default_rng(0)
+  c, k = 6, 4
+  w = rng.normal(size=(c, c)).astype(np.float32)
+  p = rng.normal(size=(c, k)).astype(np.float32)
+  features = rng.normal(size=(2, 5, 7, c)).astype(np.float32)
+  e = mhex_explain.equivalent_matrix(jnp.asarray(w), jnp.asarray(p))
+  assert e.shape == (k, c)
+  collapsed = jnp.einsum("bhwc,kc->bhwk", features, e)
+  two_step = (features @ w) @ p
+  np.testing.assert_allclose(collapsed, two_step, rtol=1e-5, atol=1e-5)
+
+
+def test_class_weights_sign_and_sharpness_by_hand():
+  e = jnp.array([[2.0, -1.0, 1.0, -3.0],
+                 [2.0, -3.0, 0.0, 1.0]])  # K=2, C=4
+  targets = jnp.array([0, 1])
+  # Default: positive evidence only.
+  np.testing.assert_allclose(mhex_explain.class_weights(e, targets),
+                             [[2, 0, 1, 0], [2, 0, 0, 1]])
+  # Signed map keeps negative weights.
+  np.testing.assert_allclose(mhex_explain.class_weights(e, targets, beta_neg=-1.0),
+                             [[2, -1, 1, -3], [2, -3, 0, 1]])
+  # Sharpness: channel 0's positive mass is shared 50/50, so tau_pos=0.6 drops it for both
+  # classes; channel 1's negative mass is 1/4 for class 0 and 3/4 for class 1.
+  w = mhex_explain.class_weights(e, targets, tau_pos=0.6, tau_neg=0.5, beta_neg=-1.0)
+  np.testing.assert_allclose(w, [[0, 0, 1, -3], [0, -3, 0, 1]])
+
+
+def test_integration_weights_on_hand_built_case():
+  b = 2
+  c1 = jnp.full((b, 8, 8), 1.0)
+  c2 = jnp.full((b, 8, 8), 10.0)
+  c3 = jnp.full((b, 4, 4), 100.0)
+  out = mhex_explain.integrate_cams([c1, c2, c3], (8, 8), alpha=0.5)
+  # α^(L−ℓ): 0.25, 0.5, 1 for ℓ = 1, 2, 3.
+  np.testing.assert_allclose(out, np.full((b, 8, 8), 0.25 * 1 + 0.5 * 10 + 100.0), rtol=1e-6)
+  assert mhex_explain.depth_weights(3, 0.9) == pytest.approx([0.81, 0.9, 1.0])
+
+
+def test_grouped_resize_equals_resizing_each_layer():
+  rng = np.random.default_rng(1)
+  cams = [jnp.asarray(rng.normal(size=(2,) + s), jnp.float32)
+          for s in [(8, 8), (8, 8), (4, 4), (4, 4), (2, 2)]]
+  grouped = mhex_explain.integrate_cams(cams, (16, 16), alpha=0.8)
+  weights = mhex_explain.depth_weights(len(cams), 0.8)
+  ungrouped = sum(w * jax.image.resize(c, (2, 16, 16), "bilinear", antialias=False)
+                  for w, c in zip(weights, cams))
+  np.testing.assert_allclose(grouped, ungrouped, rtol=1e-5, atol=1e-5)
+
+
+def test_normalize_constant_map_is_zero_not_nan():
+  maps = jnp.stack([jnp.full((4, 4), 3.0), jnp.arange(16.0).reshape(4, 4)])
+  out = mhex_explain.normalize_maps(maps)
+  assert not np.isnan(np.asarray(out)).any()
+  np.testing.assert_array_equal(out[0], np.zeros((4, 4)))
+  assert float(out[1].min()) == 0.0 and float(out[1].max()) == 1.0
+  np.testing.assert_allclose(out[1], np.arange(16.0).reshape(4, 4) / 15.0, rtol=1e-6)
+
+
+def test_layer_cams_match_a_per_example_loop():
+  model, variables = _trained_like_variables()
+  images = jax.random.normal(jax.random.key(2), (4, 16, 16, 3))
+  targets = jnp.array([0, 2, 1, 2])
+  _, state = model.apply(variables, images, mutable=["mhex"])
+  blocks = mhex_explain.collect_blocks(variables["params"], state["mhex"])
+  assert [b.name for b in blocks] == [f"block_{i:02d}/mhex" for i in range(8)]
+  cams = mhex_explain.layer_cams(blocks, targets)
+  for block, cam in zip(blocks, cams):
+    w_k, p_k = np.asarray(block.gate_kernel), np.asarray(block.head_kernel)
+    for i in range(4):
+      row = (w_k @ p_k)[:, int(targets[i])]
+      expected = np.asarray(block.features[i]) @ np.maximum(row, 0)
+      np.testing.assert_allclose(cam[i], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_saliency_shapes_targets_and_range():
+  model, variables = _trained_like_variables()
+  images = jax.random.normal(jax.random.key(3), (5, 16, 16, 3))
+  sal = mhex_explain.mhex_saliency(model.apply, variables, images)
+  assert sal.saliency.shape == (5, 16, 16)
+  assert len(sal.layer_maps) == 8
+  assert [m.shape[1:] for m in sal.layer_maps] == [(16, 16)] * 2 + [(8, 8)] * 2 + [(4, 4)] * 2 + [(2, 2)] * 2
+  np.testing.assert_array_equal(sal.targets, np.argmax(sal.logits, -1))
+  s = np.asarray(sal.saliency)
+  assert s.min() >= 0.0 and s.max() <= 1.0 and not np.isnan(s).any()
+  # Given labels are used as targets.
+  labels = jnp.array([1, 1, 0, 2, 0])
+  np.testing.assert_array_equal(
+      mhex_explain.mhex_saliency(model.apply, variables, images, labels).targets, labels)
+
+
+def test_jit_equals_eager_and_batch_invariance():
+  model, variables = _trained_like_variables()
+  images = jax.random.normal(jax.random.key(4), (6, 16, 16, 3))
+  targets = jnp.array([0, 1, 2, 0, 1, 2])
+  fn = functools.partial(mhex_explain.mhex_saliency, model.apply, alpha=0.9)
+  eager = fn(variables, images, targets).saliency
+  jitted = jax.jit(fn)(variables, images, targets).saliency
+  np.testing.assert_allclose(jitted, eager, rtol=1e-5, atol=1e-5)
+  for i in (0, 3, 5):
+    alone = fn(variables, images[i:i + 1], targets[i:i + 1]).saliency[0]
+    np.testing.assert_allclose(alone, eager[i], rtol=1e-4, atol=1e-5)
+
+
+def test_saliency_points_at_a_planted_feature():
+  """With one channel that fires only in a patch and a head that reads only that channel,
+  the map must peak in the patch."""
+  c, k = 4, 2
+  features = np.zeros((1, 8, 8, c), np.float32)
+  features[0, 2:4, 5:7, 1] = 5.0
+  features[0, :, :, 2] = 1.0  # Evidence for the other class everywhere.
+  gate = np.eye(c, dtype=np.float32)
+  head = np.zeros((c, k), np.float32)
+  head[1, 0] = 1.0
+  head[2, 1] = 1.0
+  block = mhex_explain.MHEXBlock("b", jnp.asarray(gate), jnp.asarray(head), jnp.asarray(features))
+  cam = mhex_explain.layer_cams([block], jnp.array([0]))[0]
+  s = np.asarray(mhex_explain.normalize_maps(mhex_explain.integrate_cams([cam], (8, 8))))
+  assert s[0, 2:4, 5:7].min() == 1.0
+  assert s[0].sum() == pytest.approx(4.0)
+
+
+def test_bad_inputs_raise_named_errors():
+  model, variables = _trained_like_variables()
+  with pytest.raises(ValueError, match=r"\[B, H, W, C\]"):
+    mhex_explain.mhex_saliency(model.apply, variables, jnp.zeros((16, 16, 3)))
+  plain = _tiny_model(mhex=False)
+  plain_vars = plain.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+  with pytest.raises(ValueError, match="mhex=True"):
+    mhex_explain.mhex_saliency(plain.apply, plain_vars, jnp.zeros((1, 16, 16, 3)))

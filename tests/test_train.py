@@ -1,0 +1,154 @@
+"""Training: loss, sharded step == single-device step, checkpoint resume, config errors."""
+
+import json
+import os
+
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from ml_collections import config_flags
+
+from configs import default
+from mhex_jax import models
+from mhex_jax import sharding as sharding_lib
+from mhex_jax import train_lib
+
+CONFIG_PATH = os.path.join(os.path.dirname(__file__), "..", "configs", "default.py")
+
+
+def tiny_config():
+  config = default.get_config()
+  config.model.width = 4
+  config.data.image_size = 16
+  config.data.num_train = 64
+  config.data.num_eval = 16
+  config.train.batch_size = 16
+  config.train.num_epochs = 2
+  config.train.log_every_steps = 2
+  config.train.checkpoint_every_steps = 3
+  config.eval.batch_size = 16
+  return config
+
+
+def test_deep_supervision_loss_by_hand():
+  logits = jnp.array([[[2.0, 0.0], [0.0, 0.0]],
+                      [[0.0, 1.0], [3.0, 1.0]]])  # [L=2, B=2, K=2]
+  labels = jnp.array([0, 1])
+  weights = jnp.array([1.0, 0.5])
+  loss, per_head = train_lib.deep_supervision_loss(logits, labels, weights)
+  ce = lambda z, y: -jax.nn.log_softmax(jnp.asarray(z))[y]
+  head0 = (ce([2.0, 0.0], 0) + ce([0.0, 0.0], 1)) / 2
+  head1 = (ce([0.0, 1.0], 0) + ce([3.0, 1.0], 1)) / 2
+  np.testing.assert_allclose(per_head, [head0, head1], rtol=1e-6)
+  np.testing.assert_allclose(loss, head0 + 0.5 * head1, rtol=1e-6)
+
+
+def _one_step(config, mesh, state, batch):
+  model = models.create_model(config.model)
+  optimizer = train_lib.create_optimizer(config.train, steps_per_epoch=4)
+  step = train_lib.jit_train_step(
+      train_lib.make_train_step(model, optimizer, jnp.ones((8,))), mesh)
+  state = sharding_lib.replicate(state, mesh)
+  return step(state, sharding_lib.shard_batch(batch, mesh))
+
+
+def test_sharded_step_equals_single_device_step():
+  assert jax.device_count() == 8, "tests/conftest.py should give 8 CPU devices"
+  config = tiny_config()
+  model = models.create_model(config.model)
+  optimizer = train_lib.create_optimizer(config.train, steps_per_epoch=4)
+  state = train_lib.create_train_state(model, optimizer, (16, 16, 3), seed=0)
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.normal(size=(16, 16, 16, 3)).astype(np.float32),
+           "label": rng.integers(0, 4, size=16).astype(np.int32)}
+  # Two steps, so momentum and BN statistics from step one feed step two.
+  results = []
+  for n in (1, 8):
+    mesh = sharding_lib.make_mesh(n)
+    s, m1 = _one_step(config, mesh, jax.tree.map(jnp.copy, state), batch)
+    s, m2 = _one_step(config, mesh, s, batch)
+    results.append((jax.device_get(s), float(m1["loss"]), float(m2["loss"])))
+  (s1, a1, b1), (s8, a8, b8) = results
+  assert abs(a1 - a8) < 1e-5 and abs(b1 - b8) < 1e-5
+  diffs = jax.tree.leaves(jax.tree.map(lambda x, y: float(np.max(np.abs(x - y))), s1.params,
+                                       s8.params))
+  assert max(diffs) < 1e-5
+  bs_diffs = jax.tree.leaves(jax.tree.map(lambda x, y: float(np.max(np.abs(x - y))),
+                                          s1.batch_stats, s8.batch_stats))
+  assert max(bs_diffs) < 1e-5
+
+
+def _load_params(workdir, config):
+  from mhex_jax import eval_lib
+  model = models.create_model(config.model)
+  return eval_lib.restore_variables(config, workdir, model, (16, 16, 3),
+                                    sharding_lib.make_mesh())
+
+
+def test_interrupted_run_resumes_at_checkpoint_with_identical_parameters(tmp_path):
+  config = tiny_config()  # 4 steps per epoch, 8 steps, checkpoints every 3.
+  straight = str(tmp_path / "straight")
+  result = train_lib.train_and_evaluate(config, straight)
+  assert result["step"] == 8
+
+  interrupted = str(tmp_path / "interrupted")
+  partial = train_lib.train_and_evaluate(config, interrupted, max_steps=5)
+  assert partial["step"] == 5 and "accuracy" not in partial
+  # Simulate a crash after the step-3 checkpoint: drop the checkpoint written at the stop.
+  import shutil
+  shutil.rmtree(os.path.join(interrupted, "checkpoints", "5"))
+  manager = train_lib.checkpoint_manager(interrupted, config.train)
+  assert manager.latest_step() == 3
+  manager.close()
+  resumed = train_lib.train_and_evaluate(config, interrupted)
+  assert resumed["step"] == 8
+  a, b = _load_params(straight, config), _load_params(interrupted, config)
+  jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
+  assert resumed["accuracy"] == result["accuracy"]
+  # Metrics are written as JSON lines.
+  lines = [json.loads(l) for l in open(os.path.join(straight, "metrics.jsonl"))]
+  assert lines[0]["step"] == 2 and "train/loss" in lines[0]
+  assert os.listdir(os.path.join(straight, "tensorboard"))
+
+
+def test_batch_size_must_divide_devices():
+  mesh = sharding_lib.make_mesh(8)
+  with pytest.raises(ValueError, match="batch_size=12 must be divisible by the 8 devices"):
+    sharding_lib.check_batch_size(12, mesh)
+
+
+def test_unknown_config_field_is_rejected():
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True)
+  with pytest.raises(flags.IllegalFlagValueError, match="no_such_field"):
+    fv([ "prog", f"--config={CONFIG_PATH}", "--config.data.no_such_field=1"])
+
+
+def test_labels_out_of_range_are_rejected(tmp_path):
+  config = tiny_config()
+  config.model.num_classes = 3  # The synthetic data has 4 classes.
+  with pytest.raises(ValueError, match=r"label 3 .* outside \[0, 3\)"):
+    train_lib.train_and_evaluate(config, str(tmp_path / "w"))
+
+
+def test_wrong_channel_count_is_rejected():
+  config = tiny_config()
+  model = models.create_model(config.model)
+  with pytest.raises(ValueError, match="expects 3 input channels"):
+    model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 1)))
+  with pytest.raises(ValueError, match=r"\[B, H, W, C\]"):
+    model.init(jax.random.key(0), jnp.zeros((16, 16, 3)))
+
+
+def test_unknown_model_options_are_rejected():
+  config = tiny_config()
+  config.model.gate_init = "ones"
+  with pytest.raises(ValueError, match="gate_init='ones'"):
+    models.create_model(config.model).init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+  config = tiny_config()
+  config.model.name = "resnet19"
+  with pytest.raises(ValueError, match="resnet19"):
+    models.create_model(config.model)
