@@ -71,6 +71,37 @@ class InMemoryDataset:
       yield out
 
 
+@dataclasses.dataclass
+class TfdsImageNet:
+  """ImageNet from tfds ``imagenet2012`` (array_record), decoded and cropped on the host."""
+  split: str
+  image_size: int
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+  data_dir: Optional[str] = None
+  has_masks = False
+
+  @property
+  def num_examples(self) -> int:
+    from mhex_jax.data import imagenet  # tfds is only imported when ImageNet is used.
+    return imagenet.num_examples(self.split, self.data_dir)
+
+  @property
+  def image_shape(self) -> tuple[int, ...]:
+    return (self.image_size, self.image_size, 3)
+
+  def batches(self, batch_size: int, *, train: bool, seed: int = 0,
+              epoch: int = 0) -> Iterator[dict[str, np.ndarray]]:
+    from mhex_jax.data import imagenet
+    for batch in imagenet.make_iterator(self.split, batch_size=batch_size,
+                                        image_size=self.image_size, train=train, seed=seed,
+                                        epoch=epoch, data_dir=self.data_dir):
+      out = dict(batch)
+      out["image"] = pipeline.normalize(batch["image"], self.mean, self.std)
+      out.setdefault("valid", np.ones(len(out["label"]), bool))
+      yield out
+
+
 def _augment(images: np.ndarray, rng: np.random.Generator, ops) -> np.ndarray:
   """Random horizontal flips and 4-pixel-padded random crops of a uint8 batch."""
   images = images.copy()
@@ -116,8 +147,11 @@ def get_datasets(config: ml_collections.ConfigDict, num_classes: int,
       train = _medmnist_split(config, config.path, config.train_split)
     eval_arrays = _medmnist_split(config, config.eval_path or config.path, config.eval_split)
   else:
-    from mhex_jax.data import imagenet  # Only ImageNet needs tfds.
-    return imagenet.get_datasets(config, need_train=need_train)
+    data_dir = config.data_dir or None
+    train = (TfdsImageNet(config.train_split, config.image_size, mean, std, data_dir)
+             if need_train else None)
+    return train, TfdsImageNet(config.eval_split, config.image_size, mean,
+                               std, data_dir)
 
   augment = tuple(a for a in config.augment.split(",") if a)
   train_ds = (InMemoryDataset(train, num_classes, mean, std, augment)

@@ -1,0 +1,49 @@
+r"""MHEX-ResNet-18 on ImageNet (tfds ``imagenet2012`` as array_record), 224 px.
+
+    python train.py --config=configs/resnet18_imagenet.py --workdir=gs://BUCKET/mhex_r18 \
+        --config.data.data_dir=/path/to/tensorflow_datasets [--distributed]
+
+Build the dataset once with ``tfds build imagenet2012 --file_format=array_record`` (needs the
+ImageNet tarballs and TensorFlow for that one step). ``last_stage_stride=1`` gives the reference's
+14×14 final map at 224 px.
+
+Hardware: a TPU v3-8 or 8 GPUs (batch 1024, 90 epochs). Expected result: MHEX-ResNet-18 ≈ 70.6%
+top-1 as reported by the reference implementation (SPEC §8); not measured by this project, which
+has no accelerator. ``:quick`` shrinks everything so one step runs on a CPU against tfds mock data.
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+  config = common.base_config()
+  config.model.name = "resnet18"
+  config.model.num_classes = 1000
+  config.model.stem = "imagenet"
+  config.model.last_stage_stride = 1
+  config.model.dtype = "bfloat16"
+  config.data.name = "imagenet"
+  config.data.train_split = "train"
+  config.data.eval_split = "validation"
+  config.data.image_size = 224
+  config.data.mean = (0.485, 0.456, 0.406)
+  config.data.std = (0.229, 0.224, 0.225)
+  config.train.batch_size = 1024
+  config.train.num_epochs = 90
+  config.train.learning_rate = 0.4  # 0.1 × batch / 256.
+  config.train.warmup_epochs = 5.0
+  config.train.weight_decay = 1e-4
+  config.train.label_smoothing = 0.1
+  config.train.log_every_steps = 100
+  config.train.checkpoint_every_steps = 1000
+  config.eval.batch_size = 1024
+  config.eval.num_explain = 2048
+  if arg == "quick":
+    config.model.width = 8
+    config.model.dtype = "float32"
+    config.data.image_size = 64
+    config.train.batch_size = 8
+    config.train.num_epochs = 1
+    config.eval.batch_size = 8
+    config.eval.num_explain = 8
+  return config

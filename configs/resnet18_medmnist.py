@@ -1,0 +1,46 @@
+r"""MHEX-ResNet-18 on a MedMNIST subset (default PneumoniaMNIST, 28 px), small-image stem.
+
+    python train.py --config=configs/resnet18_medmnist.py \
+        --config.data.path=../shared/data/pneumoniamnist/pneumoniamnist.npz \
+        --workdir=workdirs/pneumonia_mhex
+    python eval.py --config=configs/resnet18_medmnist.py \
+        --config.data.path=../shared/data/pneumoniamnist/pneumoniamnist.npz \
+        --workdir=workdirs/pneumonia_mhex
+
+The plain ResNet-18 baseline with the same recipe: add ``--config.model.mhex=False`` (or use
+the ``:plain`` argument). Other subsets: set data.path, model.num_classes,
+model.input_channels/data.as_rgb and data.image_size (28, 64, 128 or 224).
+
+Hardware: 2-core x86 CPU. Expected time and accuracy: see the README (measured).
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+  config = common.base_config()
+  config.model.name = "resnet18"
+  config.model.num_classes = 2
+  config.model.input_channels = 1
+  config.model.width = 64
+  config.model.stem = "small"
+  config.model.mhex = arg != "plain"
+  config.data.name = "medmnist"
+  config.data.path = ""
+  config.data.train_split = "train"
+  config.data.eval_split = "val"
+  config.data.image_size = 28
+  config.data.mean = (0.5,)
+  config.data.std = (0.5,)
+  config.data.augment = "crop"
+  config.train.batch_size = 128
+  config.train.num_epochs = 10
+  config.train.optimizer = "sgd"
+  config.train.learning_rate = 0.05
+  config.train.weight_decay = 5e-4
+  config.train.log_every_steps = 10
+  config.train.checkpoint_every_steps = 100
+  config.eval.batch_size = 256
+  config.eval.num_explain = 524
+  config.eval.num_gallery = 8
+  return config

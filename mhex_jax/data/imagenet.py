@@ -1,0 +1,173 @@
+"""ImageNet (ILSVRC 2012) from tensorflow-datasets' array_record files, without TensorFlow.
+
+``tfds.data_source("imagenet2012")`` gives random access to the prepared array_record shards.
+Each record is a serialized ``tf.train.Example``; tfds parses it with its own protobuf classes and
+decodes the JPEG to a uint8 [H, W, 3] numpy array with OpenCV if installed, else PIL. So reading
+needs neither TensorFlow nor tf.data. (Preparing the files once, ``tfds build imagenet2012
+--file_format=array_record --manual_dir=<dir with ILSVRC2012_img_{train,val}.tar>``, does need
+TensorFlow: tfds uses it to repair a few CMYK/PNG images.)
+
+Batches are cut by `pipeline.batch_indices` from a global order fixed by (seed, epoch), and each
+process decodes only its own rows of every global batch. Train augmentation of example ``i`` is
+drawn from ``np.random.default_rng([seed, epoch, i])``, so a batch is the same whatever the
+number of hosts, workers or threads. Worker threads overlap JPEG decoding and resizing (PIL
+releases the GIL for both).
+"""
+
+import collections
+import concurrent.futures
+import math
+import os
+from typing import Iterator, Optional
+
+import jax
+import numpy as np
+from PIL import Image
+
+from mhex_jax.data import pipeline
+
+TFDS_NAME = "imagenet2012"
+NUM_CLASSES = 1000
+# Eval images are resized so that the centre crop keeps 87.5% of the shorter side (224 of 256).
+EVAL_CROP_FRACTION = 0.875
+
+
+def num_examples(split: str, data_dir: Optional[str] = None) -> int:
+  """Number of examples in ``split`` (any tfds split string, e.g. "validation", "train[:1%]")."""
+  return len(_data_source(split, data_dir))
+
+
+def make_iterator(split: str, *, batch_size: int, image_size: int, train: bool, seed: int = 0,
+                  epoch: int = 0, data_dir: Optional[str] = None,
+                  num_workers: Optional[int] = None, prefetch: int = 2,
+                  process_index: Optional[int] = None,
+                  process_count: Optional[int] = None) -> Iterator[dict[str, np.ndarray]]:
+  """One epoch of this process' batches.
+
+  Args:
+    split: tfds split string, e.g. "train", "validation", "train[:10000]".
+    batch_size: global batch size B (all processes together), a multiple of process_count.
+    image_size: output side S.
+    train: random-resized-crop + flip, shuffled, last partial batch dropped; otherwise resize
+      + centre crop in file order, last batch padded (see `pipeline.batch_indices`).
+    seed, epoch: fix the order and the augmentation.
+    data_dir: tfds data directory (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).
+    num_workers: decoding threads (default: the number of CPUs).
+    prefetch: global batches decoded ahead of the one being consumed.
+    process_index, process_count: default to jax.process_index() and jax.process_count().
+
+  Yields:
+    {"image": uint8 [B / P, S, S, 3], "label": int32 [B / P]}, plus "valid": bool [B / P]
+    when not ``train``.
+  """
+  if image_size <= 0:
+    raise ValueError(f"image_size must be positive, got {image_size}.")
+  source = _data_source(split, data_dir)
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  batches = pipeline.batch_indices(
+      len(source), batch_size, shuffle=train, seed=seed, epoch=epoch,
+      drop_remainder=train, process_index=process_index, process_count=process_count)
+
+  def load(index):
+    example = source[int(index)]
+    image = _rgb(example["image"])
+    if train:
+      image = train_preprocess(image, np.random.default_rng([seed, epoch, int(index)]),
+                               image_size)
+    else:
+      image = eval_preprocess(image, image_size)
+    return image, int(example["label"])
+
+  pool = concurrent.futures.ThreadPoolExecutor(num_workers or os.cpu_count())
+  try:
+    pending = collections.deque()
+    for indices, valid in batches:
+      pending.append((pool.map(load, indices), valid))  # Submits the whole batch now.
+      if len(pending) > prefetch:
+        yield _collate(*pending.popleft(), train)
+    while pending:
+      yield _collate(*pending.popleft(), train)
+  finally:
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
+def train_preprocess(image: np.ndarray, rng: np.random.Generator,
+                     image_size: int) -> np.ndarray:
+  """Random-resized crop (scale 0.08-1, ratio 3/4-4/3) + horizontal flip: [H, W, 3] -> [S, S, 3]."""
+  top, left, height, width = random_resized_crop_box(*image.shape[:2], rng)
+  out = _resize(image, (left, top, left + width, top + height), image_size)
+  return out[:, ::-1] if rng.random() < 0.5 else out
+
+
+def eval_preprocess(image: np.ndarray, image_size: int) -> np.ndarray:
+  """Resize the shorter side to image_size / 0.875, centre crop: [H, W, 3] -> [S, S, 3]."""
+  height, width = image.shape[:2]
+  scale = round(image_size / EVAL_CROP_FRACTION) / min(height, width)
+  # The S x S centre of the resized image, mapped back to source pixels; resampling only that
+  # box gives the same pixels as resizing everything and cropping, for less work.
+  crop = image_size / scale
+  top, left = (height - crop) / 2, (width - crop) / 2
+  return _resize(image, (left, top, left + crop, top + crop), image_size)
+
+
+def random_resized_crop_box(height: int, width: int, rng: np.random.Generator, *,
+                            scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
+                            attempts: int = 10) -> tuple[int, int, int, int]:
+  """(top, left, crop_height, crop_width) of an Inception-style crop, as in torchvision.
+
+  Samples an area fraction in ``scale`` and a log-uniform aspect ratio (width / height) in
+  ``ratio`` until the crop fits, else falls back to the largest centred crop within ``ratio``.
+  """
+  area = height * width
+  for _ in range(attempts):
+    target = area * rng.uniform(*scale)
+    aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+    w = round(math.sqrt(target * aspect))
+    h = round(math.sqrt(target / aspect))
+    if 0 < w <= width and 0 < h <= height:
+      return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+  aspect = width / height
+  if aspect < ratio[0]:
+    w, h = width, round(width / ratio[0])
+  elif aspect > ratio[1]:
+    w, h = round(height * ratio[1]), height
+  else:
+    w, h = width, height
+  return (height - h) // 2, (width - w) // 2, h, w
+
+
+def _resize(image: np.ndarray, box, size: int) -> np.ndarray:
+  """Bilinear (antialiased) resample of ``box`` = (left, top, right, bottom) to [S, S, 3]."""
+  return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR, box=box))
+
+
+def _rgb(image: np.ndarray) -> np.ndarray:
+  # tfds repairs ImageNet's CMYK/PNG files at preparation, but some JPEGs are grayscale.
+  if image.ndim == 2:
+    image = image[..., None]
+  if image.shape[-1] == 1:
+    image = np.repeat(image, 3, axis=-1)
+  return np.ascontiguousarray(image, dtype=np.uint8)
+
+
+def _collate(loaded, valid, train) -> dict[str, np.ndarray]:
+  images, labels = zip(*loaded)
+  batch = {"image": np.stack(images), "label": np.asarray(labels, np.int32)}
+  if not train:
+    batch["valid"] = valid
+  return batch
+
+
+def _data_source(split: str, data_dir: Optional[str]):
+  # Imported here so the rest of mhex_jax does not pay tfds' import time.
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  try:
+    return tfds.data_source(TFDS_NAME, split=split, data_dir=data_dir, download=False)
+  except NotImplementedError as e:
+    # tfds reports a missing dataset as an unsupported (tfrecord) file format.
+    raise FileNotFoundError(
+        f"No array_record {TFDS_NAME} under data_dir={data_dir!r} (default "
+        "$TFDS_DATA_DIR or ~/tensorflow_datasets). Prepare it once with `tfds build "
+        f"{TFDS_NAME} --file_format=array_record --data_dir=<dir> --manual_dir=<dir with "
+        f"ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar>`. tfds said: {e}") from e
