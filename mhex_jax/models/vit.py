@@ -1,0 +1,202 @@
+"""Vision Transformer (pre-LN, as Hugging Face ``ViTModel``) with MHEX on every MLP residual (SPEC §4).
+
+Layer ℓ: s = h + SelfAttention(LN(h)) (the stream after attention) and r = MLP(LN(s)) (the MLP
+branch). The plain layer returns s + r; the MHEX layer returns
+
+    A, o_ℓ = MHEX(gate_placement, gate_init)(s, r, mask)    z = ReLU(mean_t s + mean_t r)
+
+with A = s + g ⊙ r for the default placement "branch" (``shortcut``: g ⊙ s + r; ``sum``:
+g ⊙ (s + r)). The token means skip the class token (``mask`` is 0 there); the gate, a
+per-channel vector, still multiplies every token, class token included, so the stream stays one
+array. The sown saliency features keep the class token in row 0; ``tokens_to_grid`` drops it
+and reshapes patch tokens to the patch grid, where ``mhex_jax.explain.mhex.layer_cams`` and
+``integrate_cams`` apply unchanged.
+
+**Default gate: placement "branch", init "identity".** A gate on the shortcut multiplies the
+residual stream by σ(a) ≈ 0.5 in every layer, so after L layers the stream is scaled by up to
+2^-L and a pretrained model is destroyed; gating the branch leaves the stream's identity path
+intact, and the identity init (W = 0, g = 2σ(a) = 1) makes the MHEX model start as exactly the
+plain (e.g. pretrained) ViT. On a short from-scratch run on the synthetic shapes task it also
+trained best of the six placement × init combinations (see the report in the docstring of
+``tests/test_vit.py``).
+
+MHEX: logits ``[L, B, K]``, prediction = ``logits[-1]``, no final LayerNorm or classifier.
+Plain (``mhex=False``): final LayerNorm, then the class token (or the token mean without a class
+token) into a dense classifier, ``[1, B, K]``.
+
+Attention probabilities, layer inputs and their perturbations come out as in ``bert.py``
+(collections ``"attention"``, ``"hidden_states"``, ``"perturbations"``, ``"mhex"``); the
+``encoder_output`` is the last layer's output before the final LayerNorm, as in HF's
+``hidden_states``.
+"""
+
+from typing import Any, Sequence, Union
+
+import einops
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mhex_jax.models import mhex as mhex_lib
+from mhex_jax.models.bert import (ENCODER_OUTPUT, HIDDEN_STATES, LAYER_INPUT, SelfAttention,
+                                  activation, layer_norm, perturb)
+
+
+def _pair(size: Union[int, Sequence[int]]) -> tuple[int, int]:
+  return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def tokens_to_grid(tokens: jax.Array, grid_size: Sequence[int], class_token: bool = True
+                   ) -> jax.Array:
+  """Patch tokens [B, (1 +) gh·gw, C] → [B, gh, gw, C], dropping the class token."""
+  if class_token:
+    tokens = tokens[:, 1:]
+  gh, gw = grid_size
+  if tokens.shape[1] != gh * gw:
+    raise ValueError(f"{tokens.shape[1]} patch tokens do not fill a {gh}×{gw} grid.")
+  return einops.rearrange(tokens, "b (h w) c -> b h w c", h=gh, w=gw)
+
+
+class ViTLayer(nn.Module):
+  """Pre-LN layer; the MLP residual goes through MHEX when mhex=True."""
+  num_heads: int
+  intermediate_size: int
+  layer_norm_eps: float
+  hidden_act: str
+  hidden_dropout: float
+  attention_dropout: float
+  qkv_bias: bool
+  initializer_range: float
+  num_classes: int
+  mhex: bool
+  gate_init: str
+  gate_placement: str
+  saliency_features: str
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, h, token_mask, *, train=False):
+    h = perturb(self, LAYER_INPUT, h)
+    self.sow(HIDDEN_STATES, LAYER_INPUT, h)
+    init = nn.initializers.truncated_normal(self.initializer_range)
+    dropout = lambda x: nn.Dropout(self.hidden_dropout)(x, deterministic=not train)
+
+    x = layer_norm(self.layer_norm_eps, self.dtype, "attention_norm")(h)
+    x = SelfAttention(self.num_heads, use_bias=self.qkv_bias,
+                      dropout_rate=self.attention_dropout, kernel_init=init, dtype=self.dtype,
+                      name="attention")(x, train=train)
+    s = dropout(x) + h
+    r = layer_norm(self.layer_norm_eps, self.dtype, "mlp_norm")(s)
+    r = nn.Dense(self.intermediate_size, kernel_init=init, dtype=self.dtype,
+                 name="intermediate")(r)
+    r = nn.Dense(s.shape[-1], kernel_init=init, dtype=self.dtype, name="output")(
+        activation(self.hidden_act)(r))
+    r = dropout(r)
+    if not self.mhex:
+      return r + s, None
+    return mhex_lib.MHEX(self.num_classes, gate_init=self.gate_init,
+                         gate_placement=self.gate_placement,
+                         saliency_features=self.saliency_features, dtype=self.dtype,
+                         name="mhex")(s, r, mask=token_mask)
+
+
+class ViT(nn.Module):
+  """MHEX-ViT (or the plain ViT classifier with ``mhex=False``).
+
+  Defaults are ViT-B/16 at 224 px; ``mhex_jax.weights.vit_config_from_hf`` reads them from a
+  checkpoint's ``config.json``.
+
+  Attributes:
+    num_classes: K.
+    image_size, patch_size: int or (height, width); the image must be exactly image_size.
+    num_channels: input channels C.
+    hidden_size (d), num_layers (L), num_heads (H), intermediate_size, layer_norm_eps,
+      hidden_act, qkv_bias: the architecture.
+    hidden_dropout, attention_dropout: dropout rates.
+    class_token: prepend a learned class token (HF ViT always has one). Without it the plain
+      head mean-pools the tokens.
+    initializer_range: std of the truncated-normal initialisers of new weights.
+    mhex: an MHEX module on every MLP residual, one head per layer; otherwise a classifier.
+    gate_init, gate_placement, saliency_features: MHEX options (``models/mhex.py``); the
+      default "identity" + "branch" is explained in the module docstring.
+    dtype: computation dtype; parameters, attention probabilities and logits stay float32.
+  """
+  num_classes: int
+  image_size: Union[int, Sequence[int]] = 224
+  patch_size: Union[int, Sequence[int]] = 16
+  num_channels: int = 3
+  hidden_size: int = 768
+  num_layers: int = 12
+  num_heads: int = 12
+  intermediate_size: int = 3072
+  layer_norm_eps: float = 1e-12
+  hidden_act: str = "gelu"
+  hidden_dropout: float = 0.0
+  attention_dropout: float = 0.0
+  qkv_bias: bool = True
+  class_token: bool = True
+  initializer_range: float = 0.02
+  mhex: bool = True
+  gate_init: str = "identity"
+  gate_placement: str = "branch"
+  saliency_features: str = "sum"
+  dtype: Any = jnp.float32
+
+  @property
+  def grid_size(self) -> tuple[int, int]:
+    """(gh, gw): the patch grid of one image."""
+    (h, w), (ph, pw) = _pair(self.image_size), _pair(self.patch_size)
+    return h // ph, w // pw
+
+  def _check(self, images):
+    if self.num_classes < 2:
+      raise ValueError(f"num_classes must be >= 2, got {self.num_classes}.")
+    activation(self.hidden_act)
+    mhex_lib.check_options(self.gate_init, self.gate_placement, self.saliency_features)
+    (h, w), (ph, pw) = _pair(self.image_size), _pair(self.patch_size)
+    if h % ph or w % pw:
+      raise ValueError(f"image_size {(h, w)} is not a multiple of patch_size {(ph, pw)}.")
+    expected = (h, w, self.num_channels)
+    if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+      raise ValueError(f"ViT input must be [B, {h}, {w}, {self.num_channels}], got shape "
+                       f"{tuple(images.shape)}; resize the images or rebuild the model with "
+                       "the matching image_size/num_channels.")
+
+  @nn.compact
+  def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
+    """Args: images f32[B, H, W, C]. Returns: logits f32[num_heads, B, K]."""
+    self._check(images)
+    init = nn.initializers.truncated_normal(self.initializer_range)
+    patch = _pair(self.patch_size)
+    x = nn.Conv(self.hidden_size, patch, strides=patch, padding="VALID", kernel_init=init,
+                dtype=self.dtype, name="patch_embedding")(images.astype(self.dtype))
+    x = einops.rearrange(x, "b h w d -> b (h w) d")
+    batch, num_patches = x.shape[:2]
+    if self.class_token:
+      cls = self.param("cls_token", init, (1, 1, self.hidden_size))
+      x = jnp.concatenate([jnp.broadcast_to(cls, (batch, 1, self.hidden_size)).astype(x.dtype),
+                           x], axis=1)
+    positions = self.param("position_embeddings", init, (1, x.shape[1], self.hidden_size))
+    x = x + positions.astype(x.dtype)
+    x = nn.Dropout(self.hidden_dropout)(x, deterministic=not train)
+
+    token_mask = None
+    if self.class_token:
+      token_mask = jnp.ones((batch, 1 + num_patches), bool).at[:, 0].set(False)
+    head_logits = []
+    for i in range(self.num_layers):
+      x, logits = ViTLayer(self.num_heads, self.intermediate_size, self.layer_norm_eps,
+                           self.hidden_act, self.hidden_dropout, self.attention_dropout,
+                           self.qkv_bias, self.initializer_range, self.num_classes, self.mhex,
+                           self.gate_init, self.gate_placement, self.saliency_features,
+                           self.dtype, name=f"layer_{i:02d}")(x, token_mask, train=train)
+      head_logits.append(logits)
+    self.sow(HIDDEN_STATES, ENCODER_OUTPUT, x)
+    if self.mhex:
+      return jnp.stack([l.astype(jnp.float32) for l in head_logits])
+
+    x = layer_norm(self.layer_norm_eps, self.dtype, "final_norm")(x)
+    pooled = x[:, 0] if self.class_token else jnp.mean(x, axis=1)
+    logits = nn.Dense(self.num_classes, kernel_init=init, dtype=self.dtype,
+                      name="classifier")(pooled)
+    return logits.astype(jnp.float32)[None]

