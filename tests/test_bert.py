@@ -211,7 +211,7 @@ def test_bad_checkpoint_lists_every_problem(classifier_dir, tmp_path):
 
 
 def test_new_classifier_only_when_asked(classifier_dir):
-  with pytest.raises(ValueError, match=r"classifier\.weight.*new_head=True"):
+  with pytest.raises(ValueError, match=r"(?s)classifier\.weight.*new_head=True"):
     weights.load_bert(classifier_dir, num_classes=5, mhex=False)
   model, variables = weights.load_bert(classifier_dir, num_classes=5, mhex=False, new_head=True)
   assert variables["params"]["classifier"]["kernel"].shape == (32, 5)
