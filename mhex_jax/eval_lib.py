@@ -23,7 +23,7 @@ from mhex_jax.explain import mhex as mhex_explain
 from mhex_jax.metrics import image as image_metrics
 
 
-def restore_variables(config: ml_collections.ConfigDict, workdir: str, model, image_shape,
+def restore_variables(config: ml_collections.ConfigDict, workdir: str, model, dummy_inputs,
                       mesh) -> dict[str, Any]:
   """{"params", "batch_stats"} of the latest checkpoint in ``workdir``, replicated on ``mesh``."""
   manager = train_lib.checkpoint_manager(workdir, config.train)
@@ -34,7 +34,7 @@ def restore_variables(config: ml_collections.ConfigDict, workdir: str, model, im
   # Only the shapes matter: the optimizer state is restored but not used.
   optimizer = train_lib.create_optimizer(config.train, steps_per_epoch=1)
   abstract = jax.eval_shape(
-      lambda: train_lib.create_train_state(model, optimizer, image_shape, config.seed))
+      lambda: train_lib.create_train_state(model, optimizer, dummy_inputs, config.seed))
   replicated = sharding_lib.replicated(mesh)
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
                           abstract)
@@ -112,7 +112,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   model = models.create_model(config.model)
   _, eval_ds = input_pipeline.get_datasets(config.data, config.model.num_classes,
                                            need_train=False)
-  variables = restore_variables(config, workdir, model, eval_ds.image_shape, mesh)
+  variables = restore_variables(config, workdir, model, eval_ds.dummy_inputs(), mesh)
   report: dict[str, Any] = train_lib.evaluate_accuracy(model, variables, eval_ds,
                                                        config.eval.batch_size, mesh)
   report["methods"] = {}

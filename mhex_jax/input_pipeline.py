@@ -52,6 +52,10 @@ class InMemoryDataset:
   def has_masks(self) -> bool:
     return "mask" in self.arrays
 
+  def dummy_inputs(self) -> tuple[np.ndarray, ...]:
+    """Model inputs of batch size 1, for initialisation."""
+    return (np.zeros((1, *self.image_shape), np.float32),)
+
   def batches(self, batch_size: int, *, train: bool, seed: int = 0,
               epoch: int = 0) -> Iterator[dict[str, np.ndarray]]:
     """One epoch of this process' batches; ``batch_size`` is the global batch size."""
@@ -89,6 +93,9 @@ class TfdsImageNet:
   @property
   def image_shape(self) -> tuple[int, ...]:
     return (self.image_size, self.image_size, 3)
+
+  def dummy_inputs(self) -> tuple[np.ndarray, ...]:
+    return (np.zeros((1, *self.image_shape), np.float32),)
 
   def batches(self, batch_size: int, *, train: bool, seed: int = 0,
               epoch: int = 0) -> Iterator[dict[str, np.ndarray]]:

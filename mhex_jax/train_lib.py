@@ -63,8 +63,22 @@ def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
   raise ValueError(f"Unknown train.optimizer={config.optimizer!r}; use 'sgd' or 'adamw'.")
 
 
-def create_train_state(model: nn.Module, optimizer, image_shape, seed: int) -> TrainState:
-  variables = model.init(jax.random.key(seed), jnp.zeros((1, *image_shape), jnp.float32))
+TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def input_keys(batch_or_keys) -> tuple[str, ...]:
+  """The batch keys a model takes as positional inputs: images, or token arrays."""
+  return TEXT_INPUTS if "input_ids" in batch_or_keys else ("image",)
+
+
+def model_inputs(batch) -> tuple:
+  return tuple(batch[k] for k in input_keys(batch))
+
+
+def create_train_state(model: nn.Module, optimizer, dummy_inputs: tuple,
+                       seed: int) -> TrainState:
+  """Fresh parameters for inputs shaped like ``dummy_inputs`` (e.g. ``dataset.dummy_inputs()``)."""
+  variables = model.init(jax.random.key(seed), *dummy_inputs)
   params = variables["params"]
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     batch_stats=variables.get("batch_stats", {}),
@@ -99,14 +113,17 @@ def deep_supervision_loss(head_logits: jax.Array, labels: jax.Array, weights: ja
 
 
 def make_train_step(model: nn.Module, optimizer, weights: jax.Array,
-                    label_smoothing: float = 0.0) -> Callable:
+                    label_smoothing: float = 0.0, seed: int = 0) -> Callable:
   """(state, batch) -> (state, metrics), pure; jit it with ``jit_train_step``."""
 
   def train_step(state: TrainState, batch):
+    # Dropout noise is a function of (seed, step), so a resumed run repeats it exactly.
+    dropout_rng = jax.random.fold_in(jax.random.key(seed), state.step)
+
     def loss_fn(params):
       head_logits, updates = model.apply(
-          {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
-          mutable=["batch_stats"])
+          {"params": params, "batch_stats": state.batch_stats}, *model_inputs(batch),
+          train=True, mutable=["batch_stats"], rngs={"dropout": dropout_rng})
       loss, per_head = deep_supervision_loss(head_logits, batch["label"], weights,
                                              label_smoothing)
       return loss, (head_logits, updates, per_head)
@@ -135,7 +152,7 @@ def make_eval_step(model: nn.Module, mesh) -> Callable:
   """(variables, batch) -> per-head correct counts [L] and the number of valid examples."""
 
   def eval_step(variables, batch):
-    head_logits = model.apply(variables, batch["image"], train=False)
+    head_logits = model.apply(variables, *model_inputs(batch), train=False)
     valid = batch["valid"]
     correct = (jnp.argmax(head_logits, -1) == batch["label"][None]) & valid[None]
     return {"correct": jnp.sum(correct, axis=1), "count": jnp.sum(valid)}
@@ -216,12 +233,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                      f"{train_ds.num_examples} training examples.")
   total_steps = config.train.num_epochs * steps_per_epoch
   optimizer = create_optimizer(config.train, steps_per_epoch)
-  state = create_train_state(model, optimizer, train_ds.image_shape, config.seed)
-  num_heads = len(jax.eval_shape(model.apply, state.variables,
-                                 jnp.zeros((1, *train_ds.image_shape)))) 
+  state = create_train_state(model, optimizer, train_ds.dummy_inputs(), config.seed)
+  num_heads = len(jax.eval_shape(model.apply, state.variables, *train_ds.dummy_inputs()))
   weights = head_weights(config.train, num_heads)
   train_step = jit_train_step(make_train_step(model, optimizer, weights,
-                                              config.train.label_smoothing), mesh)
+                                              config.train.label_smoothing, config.seed), mesh)
 
   save_config(config, workdir)
   manager = checkpoint_manager(workdir, config.train)
@@ -244,7 +260,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       if step >= stop:
         break
       state, metrics = train_step(state, sharding_lib.shard_batch(
-          {k: batch[k] for k in ("image", "label")}, mesh))
+          {k: batch[k] for k in input_keys(batch) + ("label",)}, mesh))
       step += 1
       accumulated.append(metrics)
       if step % config.train.log_every_steps == 0 or step == stop:

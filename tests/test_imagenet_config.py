@@ -28,7 +28,8 @@ def test_full_imagenet_config_one_train_step(tmp_path):
   model = models.create_model(config.model)
   mesh = sharding_lib.make_mesh()
   optimizer = train_lib.create_optimizer(config.train, steps_per_epoch=1)
-  state = train_lib.create_train_state(model, optimizer, (224, 224, 3), config.seed)
+  dummy = (np.zeros((1, 224, 224, 3), np.float32),)
+  state = train_lib.create_train_state(model, optimizer, dummy, config.seed)
   head_logits = jax.eval_shape(model.apply, state.variables, jnp.zeros((1, 224, 224, 3)))
   assert head_logits.shape == (8, 1, 1000)  # 8 MHEX heads for ResNet-18.
   step = train_lib.jit_train_step(

@@ -16,6 +16,7 @@ from mhex_jax import models
 from mhex_jax import sharding as sharding_lib
 from mhex_jax import train_lib
 
+DUMMY = (np.zeros((1, 16, 16, 3), np.float32),)
 CONFIG_PATH = os.path.join(os.path.dirname(__file__), "..", "configs", "default.py")
 
 
@@ -60,7 +61,7 @@ def test_sharded_step_equals_single_device_step():
   config = tiny_config()
   model = models.create_model(config.model)
   optimizer = train_lib.create_optimizer(config.train, steps_per_epoch=4)
-  state = train_lib.create_train_state(model, optimizer, (16, 16, 3), seed=0)
+  state = train_lib.create_train_state(model, optimizer, DUMMY, seed=0)
   rng = np.random.default_rng(0)
   batch = {"image": rng.normal(size=(16, 16, 16, 3)).astype(np.float32),
            "label": rng.integers(0, 4, size=16).astype(np.int32)}
@@ -84,8 +85,7 @@ def test_sharded_step_equals_single_device_step():
 def _load_params(workdir, config):
   from mhex_jax import eval_lib
   model = models.create_model(config.model)
-  return eval_lib.restore_variables(config, workdir, model, (16, 16, 3),
-                                    sharding_lib.make_mesh())
+  return eval_lib.restore_variables(config, workdir, model, DUMMY, sharding_lib.make_mesh())
 
 
 def test_interrupted_run_resumes_at_checkpoint_with_identical_parameters(tmp_path):

@@ -306,6 +306,11 @@ def _build(model_cls, config: dict[str, Any], num_classes: int, mhex: bool,
   return model_cls(num_classes=num_classes, mhex=mhex, **{**config, **model_options})
 
 
+def _init_params(model, seed: int, *input_shapes: jax.ShapeDtypeStruct) -> Any:
+  # lazy_init runs only the initialisers: no forward pass, no compilation of the whole model.
+  return model.lazy_init(jax.random.key(seed), *input_shapes, mutable=["params"])["params"]
+
+
 def load_bert(checkpoint_dir: str | os.PathLike, *, num_classes: int, mhex: bool = True,
               new_head: bool = False, seed: int = 0,
               **model_options) -> tuple[bert_lib.BERT, dict[str, Any]]:
@@ -325,8 +330,8 @@ def load_bert(checkpoint_dir: str | os.PathLike, *, num_classes: int, mhex: bool
   """
   model = _build(bert_lib.BERT, bert_config_from_hf(checkpoint_dir), num_classes, mhex,
                  model_options)
-  dummy = jnp.zeros((1, 2), jnp.int32)
-  params = jax.jit(model.init)(jax.random.key(seed), dummy, jnp.ones_like(dummy))["params"]
+  tokens = jax.ShapeDtypeStruct((1, 2), jnp.int32)
+  params = _init_params(model, seed, tokens, tokens)
   tensors = _canonical_keys(read_safetensors(checkpoint_dir), "bert.")
 
   def skip(key):
@@ -353,8 +358,8 @@ def load_vit(checkpoint_dir: str | os.PathLike, *, num_classes: int, mhex: bool 
   model = _build(vit_lib.ViT, config, num_classes, mhex, model_options)
   height, width = (config["image_size"],) * 2 if isinstance(config["image_size"], int) else (
       config["image_size"])
-  dummy = jnp.zeros((1, height, width, config["num_channels"]), jnp.float32)
-  params = jax.jit(model.init)(jax.random.key(seed), dummy)["params"]
+  images = jax.ShapeDtypeStruct((1, height, width, config["num_channels"]), jnp.float32)
+  params = _init_params(model, seed, images)
   tensors = _canonical_keys(read_safetensors(checkpoint_dir), "vit.")
 
   def skip(key):

@@ -1,0 +1,176 @@
+"""ViT and MHEX-ViT (SPEC §4) and the Hugging Face ViT import, checked against transformers."""
+
+import shutil
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import safetensors.numpy
+import torch
+import transformers
+
+from mhex_jax import weights
+from mhex_jax.explain import mhex as mhex_explain
+from mhex_jax.models import bert
+from mhex_jax.models import mhex as mhex_lib
+from mhex_jax.models import vit
+
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+            image_size=16, patch_size=4, num_channels=3)
+
+
+def _randomise(model):
+  """Moves every weight off its default init (LayerNorm 1/0 would hide scale/bias mix-ups)."""
+  torch.manual_seed(0)
+  with torch.no_grad():
+    for p in model.parameters():
+      p.add_(0.1 * torch.randn_like(p))
+  return model.eval()
+
+
+@pytest.fixture(scope="module")
+def classifier_dir(tmp_path_factory):
+  """A tiny random ViTForImageClassification (3 labels; keys prefixed with ``vit.``)."""
+  path = tmp_path_factory.mktemp("vit_cls")
+  config = transformers.ViTConfig(num_labels=3, **TINY)
+  _randomise(transformers.ViTForImageClassification(config)).save_pretrained(path)
+  return path
+
+
+def _images(batch=2, seed=0):
+  return np.random.default_rng(seed).normal(size=(batch, 16, 16, 3)).astype(np.float32)
+
+
+def _max_diffs(ours, theirs):
+  return [float(np.max(np.abs(np.asarray(a) - b.numpy()))) for a, b in zip(ours, theirs)]
+
+
+def _torch_outputs(model, images):
+  with torch.no_grad():
+    return model(torch.tensor(images.transpose(0, 3, 1, 2)), output_hidden_states=True,
+                 output_attentions=True)
+
+
+def test_plain_vit_classifier_matches_transformers(classifier_dir):
+  reference = transformers.ViTForImageClassification.from_pretrained(
+      classifier_dir, attn_implementation="eager").eval()
+  images = _images()
+  expected = _torch_outputs(reference, images)
+  model, variables = weights.load_vit(classifier_dir, num_classes=3, mhex=False)
+  logits, state = model.apply(variables, images, mutable=["hidden_states", "attention"])
+  assert logits.shape == (1, 2, 3)
+  np.testing.assert_allclose(logits[0], expected.logits.numpy(), atol=1e-5)
+  hidden = bert.hidden_states(state)
+  assert len(hidden) == len(expected.hidden_states) == 3
+  assert max(_max_diffs(hidden, expected.hidden_states)) < 1e-5
+  assert max(_max_diffs(bert.attention_probs(state), expected.attentions)) < 1e-5
+
+
+def test_vitmodel_checkpoint_without_prefix(tmp_path):
+  config = transformers.ViTConfig(**TINY)
+  reference = _randomise(transformers.ViTModel(config, add_pooling_layer=True))
+  reference.save_pretrained(tmp_path)
+  images = _images(seed=1)
+  expected = _torch_outputs(reference, images)
+  # The pooler is skipped; a plain model needs a new classifier.
+  model, variables = weights.load_vit(tmp_path, num_classes=2, mhex=False, new_head=True)
+  _, state = model.apply(variables, images, mutable=["hidden_states"])
+  assert max(_max_diffs(bert.hidden_states(state), expected.hidden_states)) < 1e-5
+  config = weights.vit_config_from_hf(tmp_path)
+  assert (config["image_size"], config["patch_size"], config["qkv_bias"],
+          config["class_token"]) == (16, 4, True, True)
+
+
+def test_mhex_vit_heads_features_and_patch_grid(classifier_dir):
+  model, variables = weights.load_vit(classifier_dir, num_classes=4)
+  assert (model.gate_placement, model.gate_init) == ("branch", "identity")
+  logits, state = model.apply(variables, _images(), mutable=["mhex"])
+  assert logits.shape == (2, 2, 4)
+  blocks = mhex_explain.collect_blocks(variables["params"], state["mhex"])
+  assert [b.features.shape for b in blocks] == [(2, 17, 32)] * 2
+  grids = [b._replace(features=vit.tokens_to_grid(b.features, model.grid_size)) for b in blocks]
+  assert grids[0].features.shape == (2, 4, 4, 32)
+  cams = mhex_explain.layer_cams(grids, jnp.argmax(logits[-1], -1))
+  saliency = mhex_explain.integrate_cams(cams, (16, 16))
+  assert saliency.shape == (2, 16, 16)
+  assert "final_norm" not in variables["params"] and "classifier" not in variables["params"]
+
+
+@pytest.mark.parametrize("placement", mhex_lib.GATE_PLACEMENTS)
+def test_identity_gate_reproduces_plain_hidden_states(classifier_dir, placement):
+  images = _images()
+  plain, plain_vars = weights.load_vit(classifier_dir, num_classes=3, mhex=False)
+  gated, gated_vars = weights.load_vit(classifier_dir, num_classes=3, gate_init="identity",
+                                       gate_placement=placement)
+  _, plain_state = plain.apply(plain_vars, images, mutable=["hidden_states"])
+  _, gated_state = gated.apply(gated_vars, images, mutable=["hidden_states"])
+  for a, b in zip(bert.hidden_states(gated_state), bert.hidden_states(plain_state)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_class_token_is_excluded_from_the_token_means():
+  model = vit.ViT(num_classes=3, image_size=8, patch_size=4, hidden_size=8, num_layers=1,
+                  num_heads=2, intermediate_size=16, gate_init="random")
+  images = jnp.asarray(_images()[:, :8, :8])
+  variables = {"params": model.init(jax.random.key(0), images)["params"]}
+  calls = []
+
+  def record(next_fn, args, kwargs, context):
+    if isinstance(context.module, mhex_lib.MHEX):
+      calls.append((args, kwargs))
+    return next_fn(*args, **kwargs)
+
+  with nn.intercept_methods(record):
+    logits = model.apply(variables, images)
+  (s, r), kwargs = calls[0]
+  np.testing.assert_array_equal(kwargs["mask"], [[False, True, True, True, True]] * 2)
+  mhex_params = variables["params"]["layer_00"]["mhex"]
+  z = jax.nn.relu(s[:, 1:].mean(1) + r[:, 1:].mean(1))
+  expected = z @ mhex_params["gate"]["kernel"] @ mhex_params["head"]["kernel"]
+  np.testing.assert_allclose(logits[0], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_without_class_token_the_plain_head_mean_pools():
+  model = vit.ViT(num_classes=3, image_size=8, patch_size=4, hidden_size=8, num_layers=1,
+                  num_heads=2, intermediate_size=16, class_token=False, mhex=False)
+  images = jnp.asarray(_images()[:, :8, :8])
+  variables = model.init(jax.random.key(0), images)
+  assert "cls_token" not in variables["params"]
+  assert variables["params"]["position_embeddings"].shape == (1, 4, 8)
+  assert model.apply(variables, images).shape == (1, 2, 3)
+
+
+def test_layer_input_gradients_through_perturbations(classifier_dir):
+  # A random gate: with the identity init (W = 0) every head is exactly 0 at init.
+  model, variables = weights.load_vit(classifier_dir, num_classes=3, gate_init="random")
+  images = _images()
+  _, zeros = model.apply(variables, images, mutable=["perturbations"])
+  grads = jax.grad(lambda p: model.apply({**variables, **p}, images)[-1, :, 0].sum())(zeros)
+  per_layer = bert.layer_input_perturbations(grads["perturbations"])
+  assert [g.shape for g in per_layer] == [(2, 17, 32)] * 2
+  assert all(float(jnp.max(jnp.abs(g))) > 0 for g in per_layer)
+
+
+def test_bad_checkpoint_lists_every_problem(classifier_dir, tmp_path):
+  broken = tmp_path / "broken"
+  shutil.copytree(classifier_dir, broken)
+  tensors = safetensors.numpy.load_file(broken / "model.safetensors")
+  del tensors["vit.encoder.layer.0.layernorm_after.weight"]
+  tensors["vit.embeddings.mask_token"] = np.zeros((1, 1, 32), np.float32)
+  tensors["vit.embeddings.position_embeddings"] = np.zeros((1, 5, 32), np.float32)
+  safetensors.numpy.save_file(tensors, broken / "model.safetensors", metadata={"format": "pt"})
+  with pytest.raises(ValueError) as error:
+    weights.load_vit(broken, num_classes=3, mhex=False)
+  message = str(error.value)
+  assert "missing (1): encoder.layer.0.layernorm_after.weight" in message
+  assert "unexpected (1): embeddings.mask_token" in message
+  assert ("mis-shaped (1): embeddings.position_embeddings: checkpoint (1, 5, 32), model "
+          "expects (1, 17, 32)") in message
+
+
+def test_wrong_image_size_is_named(classifier_dir):
+  model, variables = weights.load_vit(classifier_dir, num_classes=3)
+  with pytest.raises(ValueError, match=r"\[B, 16, 16, 3\].*\(2, 32, 32, 3\)"):
+    model.apply(variables, jnp.zeros((2, 32, 32, 3)))
