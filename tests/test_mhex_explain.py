@@ -160,3 +160,42 @@ def test_bad_inputs_raise_named_errors():
   plain_vars = plain.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
   with pytest.raises(ValueError, match="mhex=True"):
     mhex_explain.mhex_saliency(plain.apply, plain_vars, jnp.zeros((1, 16, 16, 3)))
+
+
+def test_masked_normalisation_ignores_masked_positions():
+  maps = jnp.array([[5.0, 1.0, 3.0, -100.0], [2.0, 2.0, 7.0, 9.0]])
+  mask = jnp.array([[True, True, True, False], [True, True, False, False]])
+  out = np.asarray(mhex_explain.normalize_maps(maps, mask))
+  np.testing.assert_allclose(out[0], [1.0, 0.0, 0.5, 0.0])
+  np.testing.assert_array_equal(out[1], [0.0, 0.0, 0.0, 0.0])  # Constant over the mask.
+
+
+def test_token_saliency_layer_choice_masking_and_padding_invariance():
+  rng = np.random.default_rng(3)
+  c, k, t = 5, 3, 6
+  blocks = [mhex_explain.MHEXBlock(f"layer_{i:02d}", jnp.asarray(rng.normal(size=(c, c)), jnp.float32),
+                                   jnp.asarray(rng.normal(size=(c, k)), jnp.float32),
+                                   jnp.asarray(rng.normal(size=(2, t, c)), jnp.float32))
+            for i in range(4)]
+  targets = jnp.array([1, 2])
+  mask = jnp.array([[False, True, True, True, False, False],
+                    [False, True, True, True, True, False]])
+  sal, cams = mhex_explain.token_saliency(blocks, targets, mask, layers=(0, 1, 2))
+  expected = np.asarray(cams[0] + cams[1] + cams[2])
+  for b in range(2):
+    m = np.asarray(mask[b])
+    v = expected[b, m]
+    np.testing.assert_allclose(np.asarray(sal)[b, m], (v - v.min()) / (v.max() - v.min()),
+                               rtol=1e-5, atol=1e-6)
+    assert (np.asarray(sal)[b, ~m] == 0).all()
+  decay, _ = mhex_explain.token_saliency(blocks, targets, mask, layers=None, alpha=0.5)
+  weighted = sum(w * np.asarray(c_) for w, c_ in zip([0.125, 0.25, 0.5, 1.0], cams))
+  v = weighted[0, np.asarray(mask[0])]
+  np.testing.assert_allclose(np.asarray(decay)[0, np.asarray(mask[0])],
+                             (v - v.min()) / (v.max() - v.min()), rtol=1e-5, atol=1e-6)
+  # Huge values on masked-out tokens do not move the normalisation.
+  poisoned = [b._replace(features=b.features.at[:, 0].set(1e6).at[:, -1].set(-1e6)) for b in blocks]
+  sal2, _ = mhex_explain.token_saliency(poisoned, targets, mask)
+  np.testing.assert_allclose(sal2, sal, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="out of range"):
+    mhex_explain.token_saliency(blocks, targets, mask, layers=(7,))

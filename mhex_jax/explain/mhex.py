@@ -127,13 +127,54 @@ def integrate_cams(cams: Sequence[jax.Array], out_size: Sequence[int],
   return total
 
 
-def normalize_maps(maps: jax.Array) -> jax.Array:
-  """Per-example min–max normalisation of [B, ...] maps; constant maps become zeros."""
+def normalize_maps(maps: jax.Array, mask: Optional[jax.Array] = None) -> jax.Array:
+  """Per-example min–max normalisation of [B, ...] maps; constant maps become zeros.
+
+  With a boolean ``mask`` (same shape), the min and max are taken over masked-in positions
+  only and masked-out positions are 0 (padding and special tokens).
+  """
   axes = tuple(range(1, maps.ndim))
-  low = jnp.min(maps, axis=axes, keepdims=True)
-  span = jnp.max(maps, axis=axes, keepdims=True) - low
-  safe = jnp.where(span > 0, span, 1.0)
-  return jnp.where(span > 0, (maps - low) / safe, 0.0)
+  if mask is None:
+    mask = jnp.ones(maps.shape, bool)
+  low = jnp.min(jnp.where(mask, maps, jnp.inf), axis=axes, keepdims=True)
+  high = jnp.max(jnp.where(mask, maps, -jnp.inf), axis=axes, keepdims=True)
+  span = high - low
+  ok = mask & (span > 0)
+  return jnp.where(ok, (maps - jnp.where(ok, low, 0.0)) / jnp.where(ok, span, 1.0), 0.0)
+
+
+def layer_weights(num_layers: int, layers: Optional[Sequence[int]],
+                  alpha: float) -> list[float]:
+  """Weights of per-layer token maps: 1 on ``layers`` (e.g. the first 3), else α-decay."""
+  if layers is None:
+    return depth_weights(num_layers, alpha)
+  bad = [l for l in layers if not -num_layers <= l < num_layers]
+  if bad:
+    raise ValueError(f"layers {bad} out of range for a model with {num_layers} MHEX layers.")
+  chosen = {l % num_layers for l in layers}
+  return [1.0 if i in chosen else 0.0 for i in range(num_layers)]
+
+
+def token_saliency(blocks: Sequence[MHEXBlock], targets: jax.Array, token_mask: jax.Array, *,
+                   layers: Optional[Sequence[int]] = (0, 1, 2), alpha: float = 0.9,
+                   **weight_options) -> tuple[jax.Array, list[jax.Array]]:
+  """MHEX token saliency (SPEC §4): Σ over chosen layers of Σ_k E[c, k] · A[t, k].
+
+  Args:
+    blocks: MHEX layers with token features [B, T, C].
+    targets: int[B].
+    token_mask: bool[B, T], True on tokens that may receive saliency (not padding, not
+      special tokens, not a class token).
+    layers: layer indices summed with weight 1 (default: the first three, "controlled
+      smoothing"); None uses the α-decay over all layers.
+    alpha: depth decay when ``layers`` is None.
+
+  Returns:
+    (saliency f32[B, T] normalised over ``token_mask``, raw per-layer maps [B, T]).
+  """
+  cams = layer_cams(blocks, targets, **weight_options)
+  total = sum(w * c for w, c in zip(layer_weights(len(cams), layers, alpha), cams))
+  return normalize_maps(total, token_mask), cams
 
 
 class Saliency(NamedTuple):
