@@ -14,7 +14,7 @@ import numpy as np
 
 from mhex_jax.data import medmnist, pipeline, synthetic
 
-DATASETS = ("synthetic", "medmnist", "imagenet")
+DATASETS = ("synthetic", "medmnist", "imagenet", "text")
 
 
 @dataclasses.dataclass
@@ -109,6 +109,42 @@ class TfdsImageNet:
       yield out
 
 
+@dataclasses.dataclass
+class TextDataset:
+  """Tokenised text held in memory: input_ids, attention_mask, token_type_ids,
+  special_tokens_mask [N, T] and label [N]."""
+  arrays: dict[str, np.ndarray]
+  num_classes: int
+  has_masks = False
+
+  def __post_init__(self):
+    labels = self.arrays["label"]
+    bad = (labels < 0) | (labels >= self.num_classes)
+    if bad.any():
+      first = int(np.flatnonzero(bad)[0])
+      raise ValueError(f"label {int(labels[first])} at index {first} is outside [0, "
+                       f"{self.num_classes}); set model.num_classes to the number of classes "
+                       "in the data (and check data.label_base).")
+
+  @property
+  def num_examples(self) -> int:
+    return len(self.arrays["label"])
+
+  def dummy_inputs(self) -> tuple[np.ndarray, ...]:
+    length = self.arrays["input_ids"].shape[1]
+    return (np.zeros((1, length), np.int32), np.ones((1, length), np.int32),
+            np.zeros((1, length), np.int32))
+
+  def batches(self, batch_size: int, *, train: bool, seed: int = 0,
+              epoch: int = 0) -> Iterator[dict[str, np.ndarray]]:
+    for batch in pipeline.batch_iterator(self.arrays, batch_size, shuffle=train, seed=seed,
+                                         epoch=epoch, drop_remainder=train,
+                                         process_index=jax.process_index(),
+                                         process_count=jax.process_count()):
+      batch.setdefault("valid", np.ones(len(batch["label"]), bool))
+      yield batch
+
+
 def _augment(images: np.ndarray, rng: np.random.Generator, ops) -> np.ndarray:
   """Random horizontal flips and 4-pixel-padded random crops of a uint8 batch."""
   images = images.copy()
@@ -146,6 +182,11 @@ def get_datasets(config: ml_collections.ConfigDict, num_classes: int,
                                    seed=config.seed)
     eval_arrays = synthetic.make_split(config.num_eval, image_size=config.image_size,
                                        seed=config.seed + 1)
+  elif name == "text":
+    from mhex_jax.data import text  # transformers is only imported for text data.
+    train, eval_arrays = text.make_text_splits(config)
+    return (TextDataset(train, num_classes) if need_train else None,
+            TextDataset(eval_arrays, num_classes))
   elif name == "medmnist":
     if not config.path:
       raise ValueError("data.path is empty: pass --config.data.path=/path/to/<subset>.npz "

@@ -53,3 +53,24 @@ def save_gallery(path: str, images: np.ndarray, saliency: np.ndarray,
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
+
+
+def token_html(tokens: Sequence[Sequence[str]], saliency: np.ndarray,
+               captions: Sequence[str], title: str = "MHEX token saliency") -> str:
+  """A self-contained HTML page: one line per example, each token shaded by its saliency.
+
+  Args:
+    tokens: per example, the token strings of positions 0..T-1 (padding may be omitted).
+    saliency: [N, T] in [0, 1].
+    captions: one caption per example (label / prediction).
+  """
+  import html  # Every token and caption is escaped: texts are untrusted input.
+  rows = []
+  for toks, sal, caption in zip(tokens, saliency, captions):
+    spans = "".join(
+        f'<span style="background: rgba(220, 30, 30, {float(s):.3f})" '
+        f'title="{float(s):.3f}">{html.escape(t)}</span> ' for t, s in zip(toks, sal))
+    rows.append(f"<p><b>{html.escape(caption)}</b><br>{spans}</p>")
+  return ("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>"
+          f"{html.escape(title)}</title></head><body style=\"font-family: sans-serif\">"
+          f"<h3>{html.escape(title)}</h3>{''.join(rows)}</body></html>")
