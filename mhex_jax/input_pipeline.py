@@ -17,6 +17,16 @@ from mhex_jax.data import medmnist, pipeline, synthetic
 DATASETS = ("synthetic", "medmnist", "imagenet", "text")
 
 
+def check_labels(labels: np.ndarray, num_classes: int) -> None:
+  """Raises a ValueError naming the first label outside [0, num_classes)."""
+  bad = (labels < 0) | (labels >= num_classes)
+  if bad.any():
+    first = int(np.flatnonzero(bad)[0])
+    raise ValueError(f"label {int(labels[first])} at index {first} is outside [0, "
+                     f"{num_classes}); set model.num_classes to the number of classes in the "
+                     "data (for CSV text, also check data.label_base).")
+
+
 @dataclasses.dataclass
 class InMemoryDataset:
   """A split held in memory as uint8 images (synthetic data, MedMNIST)."""
@@ -30,12 +40,7 @@ class InMemoryDataset:
     images, labels = self.arrays["image"], self.arrays["label"]
     if images.ndim != 4 or images.dtype != np.uint8:
       raise ValueError(f"images must be uint8 [N, H, W, C], got {images.dtype}{list(images.shape)}.")
-    bad = (labels < 0) | (labels >= self.num_classes)
-    if bad.any():
-      first = int(np.flatnonzero(bad)[0])
-      raise ValueError(f"label {int(labels[first])} at index {first} is outside [0, "
-                       f"{self.num_classes}); set model.num_classes to the number of classes "
-                       "in the data.")
+    check_labels(labels, self.num_classes)
     unknown = set(self.augment) - {"flip", "crop"}
     if unknown:
       raise ValueError(f"Unknown augmentation(s) {sorted(unknown)}; use 'flip' and/or 'crop'.")
@@ -118,13 +123,7 @@ class TextDataset:
   has_masks = False
 
   def __post_init__(self):
-    labels = self.arrays["label"]
-    bad = (labels < 0) | (labels >= self.num_classes)
-    if bad.any():
-      first = int(np.flatnonzero(bad)[0])
-      raise ValueError(f"label {int(labels[first])} at index {first} is outside [0, "
-                       f"{self.num_classes}); set model.num_classes to the number of classes "
-                       "in the data (and check data.label_base).")
+    check_labels(self.arrays["label"], self.num_classes)
 
   @property
   def num_examples(self) -> int:

@@ -165,7 +165,7 @@ def test_layer_input_gradients_through_perturbations(classifier_dir):
   def target_logit(perturbations):
     return model.apply({**variables, **perturbations}, ids, mask)[-1, :, 1].sum()
 
-  grads = jax.grad(target_logit)(zeros)
+  grads = jax.jit(jax.grad(target_logit))(zeros)
   per_layer = bert.layer_input_perturbations(grads["perturbations"])
   assert [g.shape for g in per_layer] == [(3, 11, 32)] * 2
   assert grads["perturbations"]["layer_01"]["attention"]["probs"].shape == (3, 4, 11, 11)
@@ -174,7 +174,7 @@ def test_layer_input_gradients_through_perturbations(classifier_dir):
   def shifted(eps):
     p = jax.tree.map(jnp.copy, zeros)
     p["perturbations"]["layer_01"]["layer_input"] = eps * direction
-    return target_logit(p)
+    return jax.jit(target_logit)(p)
   eps = 1e-2
   finite = (shifted(eps) - shifted(-eps)) / (2 * eps)
   np.testing.assert_allclose(finite, jnp.sum(per_layer[1] * direction), rtol=2e-2)
