@@ -11,7 +11,8 @@ The plain ResNet-18 baseline with the same recipe: add ``--config.model.mhex=Fal
 the ``:plain`` argument). Other subsets: set data.path, model.num_classes,
 model.input_channels/data.as_rgb and data.image_size (28, 64, 128 or 224).
 
-Hardware: 2-core x86 CPU. Expected time and accuracy: see the README (measured).
+Hardware: 2-core x86 CPU, no accelerator. Time: 432 steps (12 epochs) in 8–11 min. Result
+(measured, PneumoniaMNIST val): MHEX-ResNet-18 0.975, plain ResNet-18 (``:plain``) 0.970.
 """
 
 from configs import common

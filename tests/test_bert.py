@@ -10,6 +10,8 @@ import safetensors.numpy
 import torch
 import transformers
 
+from configs import common
+from mhex_jax import models
 from mhex_jax import weights
 from mhex_jax.explain import mhex as mhex_explain
 from mhex_jax.models import bert
@@ -78,6 +80,11 @@ def test_plain_bert_matches_transformers(classifier_dir, torch_classifier):
   assert max(_max_diffs(probs, expected.attentions)) < 1e-5
   # Padded keys get exactly zero attention.
   assert float(jnp.max(probs[0][1, :, :, 7:])) == 0.0
+  # Variables that still hold sown values would make every entry a pair: refused by name.
+  _, stale = model.apply({**variables, **state}, jnp.asarray(ids, jnp.int32), jnp.asarray(mask),
+                         mutable=["hidden_states"])
+  with pytest.raises(ValueError, match="layer_00/layer_input holds 2 sown values"):
+    bert.hidden_states(stale)
 
 
 def test_minilm_matches_transformers():
@@ -226,3 +233,17 @@ def test_bad_inputs_are_named():
     model.init(jax.random.key(0), jnp.zeros((1, 5), jnp.int32), jnp.ones((1, 5)))
   with pytest.raises(ValueError, match="input_ids must be int"):
     model.init(jax.random.key(0), jnp.zeros((1, 3)), jnp.ones((1, 3)))
+
+
+def test_create_model_and_training_mode(classifier_dir):
+  config = common.base_config().model
+  config.name, config.num_classes, config.hf_checkpoint = "bert", 3, str(classifier_dir)
+  model = models.create_model(config)
+  loaded, variables = weights.load_bert(classifier_dir, num_classes=3, gate_init="random")
+  assert model == loaded
+  ids, mask, types = (jnp.asarray(x, jnp.int32) for x in _batch())
+  # As the training step calls it: dropout rng, only "batch_stats" mutable (BERT has none).
+  run = lambda seed: model.apply(variables, ids, mask, types, train=True, mutable=["batch_stats"],
+                                 rngs={"dropout": jax.random.key(seed)})[0]
+  assert not np.allclose(run(0), run(1))
+  np.testing.assert_array_equal(run(0), run(0))

@@ -145,7 +145,8 @@ def test_layer_input_gradients_through_perturbations(classifier_dir):
   model, variables = weights.load_vit(classifier_dir, num_classes=3, gate_init="random")
   images = _images()
   _, zeros = model.apply(variables, images, mutable=["perturbations"])
-  grads = jax.jit(jax.grad(lambda p: model.apply({**variables, **p}, images)[-1, :, 0].sum()))(zeros)
+  target_logit = lambda p: model.apply({**variables, **p}, images)[-1, :, 0].sum()
+  grads = jax.jit(jax.grad(target_logit))(zeros)
   per_layer = bert.layer_input_perturbations(grads["perturbations"])
   assert [g.shape for g in per_layer] == [(2, 17, 32)] * 2
   assert all(float(jnp.max(jnp.abs(g))) > 0 for g in per_layer)

@@ -5,13 +5,16 @@ import ml_collections
 
 from mhex_jax.models.mhex import MHEX
 from mhex_jax.models.resnet import ResNet
+from mhex_jax.models.bert import BERT
+from mhex_jax.models.vit import ViT
 
 _RESNETS = {"resnet18": 18, "resnet34": 34, "resnet50": 50}
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def create_model(config: ml_collections.ConfigDict):
-  """The model named by ``config.name`` (``resnet18``, ``resnet34``, ``resnet50``)."""
+  """The model named by ``config.name`` (``resnet18``, ``resnet34``, ``resnet50``, ``bert``,
+  ``vit``)."""
   if config.dtype not in _DTYPES:
     raise ValueError(f"Unknown model.dtype={config.dtype!r}; use one of {sorted(_DTYPES)}.")
   if config.name in _RESNETS:
@@ -22,4 +25,31 @@ def create_model(config: ml_collections.ConfigDict):
                   gate_init=config.gate_init, gate_placement=config.gate_placement,
                   saliency_features=config.saliency_features,
                   input_channels=config.get("input_channels"), dtype=_DTYPES[config.dtype])
-  raise ValueError(f"Unknown model.name={config.name!r}; use one of {sorted(_RESNETS)}.")
+  if config.name in _TRANSFORMERS:
+    return _create_transformer(config)
+  raise ValueError(f"Unknown model.name={config.name!r}; use one of "
+                   f"{sorted(_RESNETS) + sorted(_TRANSFORMERS)}.")
+
+
+_TRANSFORMERS = {"bert": BERT, "vit": ViT}
+
+
+def _create_transformer(config: ml_collections.ConfigDict):
+  """BERT or ViT. The architecture comes from ``config.hf_checkpoint``'s config.json when set
+  (load its weights with ``mhex_jax.weights``), else from config fields named like the model's
+  attributes (defaults: BERT-base, ViT-B/16). MHEX options and dropout always come from the
+  config; note that the ViT's own default gate is "branch" + "identity" while the common
+  config sets the ResNet's "shortcut" + "random", so ViT configs should set them."""
+  from mhex_jax import weights  # Imports the models: deferred to avoid an import cycle.
+  model_cls = _TRANSFORMERS[config.name]
+  if config.get("mhex_stages") is not None:
+    raise ValueError(f"model.mhex_stages is a ResNet option; {config.name} puts MHEX in every "
+                     "layer (set it to None).")
+  fields = set(model_cls.__dataclass_fields__) - {"parent", "name", "num_classes", "dtype"}
+  kwargs = {k: config[k] for k in sorted(fields) if k in config}
+  if config.get("hf_checkpoint"):
+    read = weights.bert_config_from_hf if config.name == "bert" else weights.vit_config_from_hf
+    architecture = read(config.hf_checkpoint)
+    kwargs = {**architecture, **{k: v for k, v in kwargs.items()
+                                 if k not in weights.hf_import.ARCHITECTURE}}
+  return model_cls(num_classes=config.num_classes, dtype=_DTYPES[config.dtype], **kwargs)

@@ -1,10 +1,10 @@
-"""BERT encoder (post-LN, as Hugging Face ``BertModel``) with an MHEX module in every layer (SPEC §4).
+"""BERT (post-LN, as Hugging Face ``BertModel``) with an MHEX module in every layer (SPEC §4).
 
 In layer ℓ, with u = LayerNorm(h + SelfAttention(h)) (the attention sub-layer output) and
 v = Dense_{4d→d}(GELU(Dense_{d→4d}(u))) (the FFN before its residual and LayerNorm):
 
-    A, o_ℓ = MHEX(gate_placement="sum")(u, v, mask)    z = ReLU(mean_t u + mean_t v), A = g ⊙ (u + v)
-    h'     = LayerNorm(Dropout(A))                      replaces the plain layer's LayerNorm(u + v)
+    A, o_ℓ = MHEX(gate_placement="sum")(u, v, mask)   z = ReLU(mean_t u + mean_t v), A = g ⊙ (u + v)
+    h'     = LayerNorm(Dropout(A))                     replaces the plain LayerNorm(u + v)
 
 Means run over valid (non-padding) tokens; special tokens stay in. The pooler and classifier are
 removed and every layer's head is returned: logits ``[L, B, K]``, prediction = ``logits[-1]``.
@@ -123,14 +123,24 @@ class SelfAttention(nn.Module):
                     name="output")(context)
 
 
+def _single(node: Any, where: str) -> jax.Array:
+  """The one value sown at ``where`` (sow collects a tuple; perturbation trees hold arrays)."""
+  if not isinstance(node, tuple):
+    return node
+  if len(node) != 1:
+    raise ValueError(f"{where} holds {len(node)} sown values; pass variables without sown "
+                     "collections (e.g. {'params': ...}) to apply().")
+  return node[0]
+
+
 def _layer_values(tree: Any, name: str) -> list[jax.Array]:
-  """The single sown value ``name`` inside every ``layer_XX`` subtree, in depth order."""
+  """The value ``name`` ("a/b" for nesting) of every ``layer_XX`` subtree, in depth order."""
   values = []
   for layer in sorted(k for k in tree if k.startswith("layer_")):
     node = tree[layer]
     for key in name.split("/"):
       node = node[key]
-    values.append(node[0] if isinstance(node, tuple) else node)
+    values.append(_single(node, f"{layer}/{name}"))
   return values
 
 
@@ -148,12 +158,15 @@ def hidden_states(state: Any) -> list[jax.Array]:
     raise ValueError(f"No {HIDDEN_STATES!r} collection: apply the model with "
                      f"mutable=[{HIDDEN_STATES!r}].")
   tree = state[HIDDEN_STATES]
-  return _layer_values(tree, LAYER_INPUT) + [tree[ENCODER_OUTPUT][0]]
+  return _layer_values(tree, LAYER_INPUT) + [_single(tree[ENCODER_OUTPUT], ENCODER_OUTPUT)]
 
 
 def layer_input_perturbations(perturbations: Any) -> list[jax.Array]:
-  """Per-layer entries of a ``"perturbations"`` tree (e.g. its gradient), in depth order."""
-  return _layer_values(perturbations, LAYER_INPUT)
+  """Per-layer layer-input entries of a perturbation tree (e.g. its gradient), in depth order.
+
+  Takes the ``"perturbations"`` collection or a variables dict holding it.
+  """
+  return _layer_values(perturbations.get(PERTURBATIONS, perturbations), LAYER_INPUT)
 
 
 class BertEmbeddings(nn.Module):
@@ -264,7 +277,8 @@ class BERT(nn.Module):
     activation(self.hidden_act)
     mhex_lib.check_options(self.gate_init, "sum", self.saliency_features)
     if input_ids.ndim != 2 or not jnp.issubdtype(input_ids.dtype, jnp.integer):
-      raise ValueError(f"input_ids must be int[B, T], got {input_ids.dtype}{list(input_ids.shape)}.")
+      raise ValueError(f"input_ids must be int[B, T], got "
+                       f"{input_ids.dtype}{list(input_ids.shape)}.")
     for name, value in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
       if value is not None and value.shape != input_ids.shape:
         raise ValueError(f"{name} must have the shape of input_ids {input_ids.shape}, got "

@@ -1,4 +1,4 @@
-"""Vision Transformer (pre-LN, as Hugging Face ``ViTModel``) with MHEX on every MLP residual (SPEC §4).
+"""ViT (pre-LN, as Hugging Face ``ViTModel``) with MHEX on every MLP residual (SPEC §4).
 
 Layer ℓ: s = h + SelfAttention(LN(h)) (the stream after attention) and r = MLP(LN(s)) (the MLP
 branch). The plain layer returns s + r; the MHEX layer returns

@@ -27,7 +27,7 @@ import json
 import os
 import pathlib
 import re
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from absl import logging
 import flax
@@ -78,7 +78,7 @@ _VIT_CONFIG = {
     "initializer_range": ("initializer_range", 0.02),
 }
 # Attributes that define the weights' shapes: fixed by config.json, not overridable.
-_ARCHITECTURE = {"vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
+ARCHITECTURE = {"vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
                  "max_positions", "type_vocab_size", "layer_norm_eps", "hidden_act",
                  "image_size", "patch_size", "num_channels", "qkv_bias", "class_token"}
 
@@ -259,12 +259,12 @@ def _fill_params(init_params: Any, mapping: _Mapping, tensors: dict[str, np.ndar
       missing.append(key)
       continue
     used.add(key)
-    value = transform(tensors[key])
-    if value.shape != flat[path].shape:
+    expected = _checkpoint_shape(transform, flat[path].shape)
+    if tensors[key].shape != expected:
       misshaped.append(f"{key}: checkpoint {tuple(tensors[key].shape)}, model expects "
-                       f"{_checkpoint_shape(transform, flat[path].shape)}")
+                       f"{expected}")
       continue
-    flat[path] = value
+    flat[path] = transform(tensors[key])
   leftover = sorted(k for k in tensors if k not in used)
   unexpected = [k for k in leftover if not skip(k)]
   skipped = [k for k in leftover if skip(k)]
@@ -296,7 +296,7 @@ def _checkpoint_shape(transform: Transform, model_shape: tuple[int, ...]) -> tup
 
 def _build(model_cls, config: dict[str, Any], num_classes: int, mhex: bool,
            model_options: dict[str, Any]):
-  fixed = sorted(set(model_options) & _ARCHITECTURE)
+  fixed = sorted(set(model_options) & ARCHITECTURE)
   if fixed:
     raise ValueError(f"{fixed} are fixed by the checkpoint's {CONFIG_FILE} and cannot be "
                      "overridden.")
