@@ -65,4 +65,5 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval.targets = "predicted"  # Or "labels".
   config.eval.removal_baseline = 0.0
   config.eval.pointing_tolerance = 0
+  config.eval.token_layers = (0, 1, 2)  # Text: layers summed; () = α-decay over all layers.
   return config

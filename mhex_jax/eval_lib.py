@@ -21,6 +21,7 @@ from mhex_jax import sharding as sharding_lib
 from mhex_jax import train_lib
 from mhex_jax.explain import mhex as mhex_explain
 from mhex_jax.metrics import image as image_metrics
+from mhex_jax.metrics import text as text_metrics
 
 
 def restore_variables(config: ml_collections.ConfigDict, workdir: str, model, dummy_inputs,
@@ -74,6 +75,59 @@ def make_explain_step(model, config: ml_collections.ConfigDict, mesh, has_masks:
                                              sharding_lib.batch_sharded(mesh)))
 
 
+def _weight_options(config: ml_collections.ConfigDict) -> dict[str, float]:
+  return dict(tau_pos=config.tau_pos, tau_neg=config.tau_neg, beta_pos=config.beta_pos,
+              beta_neg=config.beta_neg)
+
+
+def make_text_explain_step(model, config: ml_collections.ConfigDict, mesh, mask_id: int):
+  """Jitted (variables, batch) -> (per-example text AVG Drop, token saliency, targets)."""
+  layers = tuple(config.token_layers) or None  # () means the α-decay over all layers.
+
+  def explain_step(variables, batch):
+    ids, attention, types = batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
+    removable = (attention > 0) & ~batch["special_tokens_mask"]
+    targets = batch["label"] if config.targets == "labels" else None
+    sal = mhex_explain.mhex_token_saliency(model.apply, variables, ids, attention, types,
+                                           removable, targets, layers=layers,
+                                           alpha=config.alpha, **_weight_options(config))
+    score_fn = lambda x: jax.nn.softmax(model.apply(variables, x, attention, types,
+                                                    train=False)[-1])
+    drop = text_metrics.text_average_drop(score_fn, ids, sal.saliency, removable, sal.targets,
+                                          mask_id)
+    return {"avg_drop": drop}, sal.saliency, sal.targets
+
+  return jax.jit(explain_step, in_shardings=(sharding_lib.replicated(mesh),
+                                             sharding_lib.batch_sharded(mesh)))
+
+
+def explain_text_dataset(model, variables, dataset, config: ml_collections.ConfigDict, mesh,
+                         tokenizer):
+  """Text AVG Drop over the first ``eval.num_explain`` examples, and an HTML page of the first
+  ``eval.num_gallery``."""
+  from mhex_jax.data import text  # transformers is only needed for text.
+  step = make_text_explain_step(model, config.eval, mesh, text.special_ids(tokenizer)["mask"])
+  total, count, page = 0.0, 0, None
+  for batch in dataset.batches(config.eval.batch_size, train=False):
+    if count >= config.eval.num_explain:
+      break
+    keep = batch["valid"].copy()
+    keep[np.cumsum(keep) > config.eval.num_explain - count] = False
+    out, saliency, targets = step(variables, sharding_lib.shard_batch(
+        {k: batch[k] for k in train_lib.TEXT_INPUTS + ("special_tokens_mask", "label")}, mesh))
+    total += float(np.sum(np.asarray(out["avg_drop"])[keep]))
+    if page is None:
+      n = min(config.eval.num_gallery, int(keep.sum()))
+      lengths = batch["attention_mask"][:n].sum(-1)
+      tokens = [tokenizer.convert_ids_to_tokens(ids[:length].tolist())
+                for ids, length in zip(batch["input_ids"][:n], lengths)]
+      page = plotting.token_html(
+          tokens, np.asarray(saliency)[:n],
+          [f"label {l} / pred {t}" for l, t in zip(batch["label"][:n], np.asarray(targets)[:n])])
+    count += int(keep.sum())
+  return {"avg_drop": total / max(count, 1), "num_examples": count}, page
+
+
 def explain_dataset(model, variables, dataset, config: ml_collections.ConfigDict, mesh):
   """MHEX metrics over the first ``config.eval.num_explain`` eval examples.
 
@@ -118,7 +172,15 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   report["methods"] = {}
   out_dir = os.path.join(workdir, "eval")
   os.makedirs(out_dir, exist_ok=True)
-  if config.model.mhex:
+  if config.model.mhex and config.data.name == "text":
+    from mhex_jax.data import text
+    tokenizer = text.load_tokenizer(config.data.tokenizer_dir)
+    report["methods"]["mhex"], page = explain_text_dataset(model, variables, eval_ds, config,
+                                                           mesh, tokenizer)
+    if jax.process_index() == 0:
+      with open(os.path.join(out_dir, "tokens.html"), "w") as f:
+        f.write(page)
+  elif config.model.mhex:
     means, gallery = explain_dataset(model, variables, eval_ds, config, mesh)
     report["methods"]["mhex"] = {
         "avg_drop": means["avg_drop"], "sad": means["sad"], "ead": means["ead"],

@@ -213,3 +213,39 @@ def mhex_saliency(apply_fn: Callable[..., Any], variables: Any, images: jax.Arra
                     beta_neg=beta_neg)
   saliency = normalize_maps(integrate_cams(cams, images.shape[1:3], alpha))
   return Saliency(saliency, cams, logits, targets)
+
+
+class TokenSaliency(NamedTuple):
+  saliency: jax.Array  # f32[B, T] in [0, 1], 0 outside the token mask
+  layer_maps: list[jax.Array]  # raw per-layer maps, each f32[B, T]
+  logits: jax.Array  # f32[B, K] of the final head
+  targets: jax.Array  # int32[B]
+
+
+def mhex_token_saliency(apply_fn: Callable[..., Any], variables: Any, input_ids: jax.Array,
+                        attention_mask: jax.Array, token_type_ids: Optional[jax.Array],
+                        token_mask: jax.Array, targets: Optional[jax.Array] = None, *,
+                        layers: Optional[Sequence[int]] = (0, 1, 2), alpha: float = 0.9,
+                        **weight_options) -> TokenSaliency:
+  """MHEX token saliency of a text Transformer from one forward pass (SPEC §4).
+
+  Args:
+    apply_fn: the model's ``apply``; called as ``apply_fn(v, input_ids, attention_mask,
+      token_type_ids, train=False)``.
+    variables: an MHEX model's variables.
+    input_ids, attention_mask, token_type_ids: int[B, T] model inputs.
+    token_mask: bool[B, T], True on tokens that may get saliency (not padding or special).
+    targets: int[B] or None for the predicted class.
+    layers, alpha, **weight_options: see ``token_saliency`` and ``class_weights``.
+  """
+  variables = {k: v for k, v in variables.items() if k != mhex_lib.COLLECTION}
+  head_logits, state = apply_fn(variables, input_ids, attention_mask, token_type_ids,
+                                train=False, mutable=[mhex_lib.COLLECTION])
+  logits = head_logits[-1]
+  if targets is None:
+    targets = jnp.argmax(logits, axis=-1)
+  targets = jnp.asarray(targets, jnp.int32)
+  blocks = collect_blocks(variables["params"], state.get(mhex_lib.COLLECTION, {}))
+  saliency, cams = token_saliency(blocks, targets, token_mask, layers=layers, alpha=alpha,
+                                  **weight_options)
+  return TokenSaliency(saliency, cams, logits, targets)
