@@ -85,6 +85,29 @@ def create_train_state(model: nn.Module, optimizer, dummy_inputs: tuple,
                     opt_state=optimizer.init(params))
 
 
+def load_pretrained(config: ml_collections.ConfigDict, state: TrainState, optimizer,
+                    seed: int) -> TrainState:
+  """Replaces fresh parameters with those of ``config.hf_checkpoint`` (BERT or ViT).
+
+  MHEX gates and heads (and a new classifier when ``config.new_head``) keep fresh values.
+  """
+  from mhex_jax import weights  # Only pretrained Transformers need the importer.
+  load = {"bert": weights.load_bert, "vit": weights.load_vit}.get(config.name)
+  if load is None:
+    raise ValueError(f"model.hf_checkpoint is set but model.name={config.name!r} has no "
+                     "Hugging Face import; use 'bert' or 'vit'.")
+  _, variables = load(config.hf_checkpoint, num_classes=config.num_classes, mhex=config.mhex,
+                      new_head=config.get("new_head", False), seed=seed,
+                      gate_init=config.gate_init)
+  params = jax.tree.map(jnp.asarray, variables["params"])
+  expected = jax.tree.structure(state.params)
+  if jax.tree.structure(params) != expected:
+    raise ValueError(f"The parameters imported from {config.hf_checkpoint} do not match the "
+                     "model built from the config; check model.* options against the "
+                     "checkpoint's config.json.")
+  return state.replace(params=params, opt_state=optimizer.init(params))
+
+
 def head_weights(config: ml_collections.ConfigDict, num_heads: int) -> jax.Array:
   """λ_ℓ of the deep-supervision loss; all ones unless ``train.head_weights`` is set."""
   if not config.head_weights:
@@ -234,6 +257,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   total_steps = config.train.num_epochs * steps_per_epoch
   optimizer = create_optimizer(config.train, steps_per_epoch)
   state = create_train_state(model, optimizer, train_ds.dummy_inputs(), config.seed)
+  if config.model.get("hf_checkpoint"):
+    state = load_pretrained(config.model, state, optimizer, config.seed)
   num_heads = len(jax.eval_shape(model.apply, state.variables, *train_ds.dummy_inputs()))
   weights = head_weights(config.train, num_heads)
   train_step = jit_train_step(make_train_step(model, optimizer, weights,

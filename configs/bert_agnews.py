@@ -1,0 +1,57 @@
+r"""MHEX-BERT fine-tuned on AG News (default weights: all-MiniLM-L6-v2 from its pip package).
+
+    python train.py --config=configs/bert_agnews.py \
+        --config.data.path=../shared/data/agnews/agnews.csv --workdir=runs/agnews_mhex
+    python eval.py --config=configs/bert_agnews.py \
+        --config.data.path=../shared/data/agnews/agnews.csv --workdir=runs/agnews_mhex
+
+``:plain`` trains the plain classifier (pooler + dense) with the same recipe. Any local BERT
+checkpoint (config.json + model.safetensors + vocab) via ``--config.model.hf_checkpoint=DIR``
+(and ``--config.data.tokenizer_dir=DIR``). Without ``data.eval_path`` the CSV is split 80/20,
+stratified by class, deterministically from ``data.split_seed``.
+
+Hardware: 2-core x86 CPU. Expected time and result: see README (measured).
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+  from mhex_jax.weights import hf_import  # Locates the MiniLM package directory.
+  minilm = str(hf_import.minilm_checkpoint_dir())
+  config = common.base_config()
+  config.model.name = "bert"
+  config.model.hf_checkpoint = minilm
+  config.model.num_classes = 4
+  config.model.mhex = arg != "plain"
+  # The gate starts at exactly 1 so the pretrained layers are unchanged at step 0.
+  config.model.gate_init = "identity"
+  config.model.gate_placement = "sum"
+  config.model.new_head = True  # MiniLM has no classifier: the plain model gets a new one.
+  config.model.hidden_dropout = 0.1
+  config.model.attention_dropout = 0.1
+
+  config.data.name = "text"
+  config.data.path = ""
+  config.data.eval_path = ""
+  config.data.eval_fraction = 0.2
+  config.data.split_seed = 0
+  config.data.max_len = 64
+  config.data.label_column = 0
+  config.data.text_columns = (1, 2)
+  config.data.label_base = 1
+  config.data.has_header = False
+  config.data.tokenizer_dir = minilm
+
+  config.train.batch_size = 32
+  config.train.num_epochs = 2
+  config.train.optimizer = "adamw"
+  config.train.learning_rate = 1e-4
+  config.train.warmup_epochs = 0.1
+  config.train.weight_decay = 0.01
+  config.train.log_every_steps = 20
+  config.train.checkpoint_every_steps = 100
+  config.eval.batch_size = 64
+  config.eval.num_explain = 1200
+  config.eval.num_gallery = 16
+  return config
