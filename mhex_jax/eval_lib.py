@@ -45,8 +45,13 @@ def restore_variables(config: ml_collections.ConfigDict, workdir: str, model, du
   return state.variables
 
 
+def _pair(size):
+  return (size, size) if isinstance(size, int) else tuple(size)
+
+
 def make_explain_step(model, config: ml_collections.ConfigDict, mesh, has_masks: bool):
   """Jitted (variables, batch) -> per-example MHEX metrics, maps and per-block maps."""
+  config_is_vit = hasattr(model, "patch_size")
   options = dict(alpha=config.alpha, tau_pos=config.tau_pos, tau_neg=config.tau_neg,
                  beta_pos=config.beta_pos, beta_neg=config.beta_neg)
   if config.targets not in ("predicted", "labels"):
@@ -55,7 +60,12 @@ def make_explain_step(model, config: ml_collections.ConfigDict, mesh, has_masks:
   def explain_step(variables, batch):
     images = batch["image"]
     targets = batch["label"] if config.targets == "labels" else None
-    sal = mhex_explain.mhex_saliency(model.apply, variables, images, targets, **options)
+    if config_is_vit:
+      sal = mhex_explain.mhex_patch_saliency(
+          model.apply, variables, images, targets, patch_size=_pair(model.patch_size),
+          class_token=model.class_token, **options)
+    else:
+      sal = mhex_explain.mhex_saliency(model.apply, variables, images, targets, **options)
     score_fn = lambda x: jax.nn.softmax(model.apply(variables, x, train=False)[-1])
     maps, targets = sal.saliency, sal.targets
     out = {

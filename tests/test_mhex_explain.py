@@ -199,3 +199,27 @@ def test_token_saliency_layer_choice_masking_and_padding_invariance():
   np.testing.assert_allclose(sal2, sal, rtol=1e-5, atol=1e-6)
   with pytest.raises(ValueError, match="out of range"):
     mhex_explain.token_saliency(blocks, targets, mask, layers=(7,))
+
+
+def test_vit_patch_saliency_matches_manual_grid_and_is_batch_invariant():
+  from mhex_jax.models import vit
+  model = vit.ViT(num_classes=3, image_size=16, patch_size=4, hidden_size=8, num_layers=2,
+                  num_heads=2, intermediate_size=16, gate_init="random")
+  images = jax.random.normal(jax.random.key(0), (3, 16, 16, 3))
+  variables = model.init(jax.random.key(1), images[:1])
+  variables = {"params": variables["params"]}
+  targets = jnp.array([0, 2, 1])
+  sal = mhex_explain.mhex_patch_saliency(model.apply, variables, images, targets,
+                                         patch_size=(4, 4), alpha=0.5)
+  assert sal.saliency.shape == (3, 16, 16)
+  assert [m.shape for m in sal.layer_maps] == [(3, 4, 4)] * 2
+  _, state = model.apply(variables, images, mutable=["mhex"])
+  blocks = mhex_explain.collect_blocks(variables["params"], state["mhex"])
+  cams = mhex_explain.layer_cams(blocks, targets)
+  grid = [np.asarray(c)[:, 1:].reshape(3, 4, 4) for c in cams]  # Token 0 is the class token.
+  total = 0.5 * grid[0] + grid[1]
+  expected = jax.image.resize(total, (3, 16, 16), "bilinear", antialias=False)
+  np.testing.assert_allclose(sal.saliency, mhex_explain.normalize_maps(expected), atol=1e-5)
+  alone = mhex_explain.mhex_patch_saliency(model.apply, variables, images[1:2], targets[1:2],
+                                           patch_size=(4, 4), alpha=0.5)
+  np.testing.assert_allclose(alone.saliency[0], sal.saliency[1], atol=1e-5)

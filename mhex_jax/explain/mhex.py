@@ -249,3 +249,41 @@ def mhex_token_saliency(apply_fn: Callable[..., Any], variables: Any, input_ids:
   saliency, cams = token_saliency(blocks, targets, token_mask, layers=layers, alpha=alpha,
                                   **weight_options)
   return TokenSaliency(saliency, cams, logits, targets)
+
+
+def mhex_patch_saliency(apply_fn: Callable[..., Any], variables: Any, images: jax.Array,
+                        targets: Optional[jax.Array] = None, *, patch_size: Sequence[int],
+                        class_token: bool = True, layers: Optional[Sequence[int]] = None,
+                        alpha: float = 0.9, **weight_options) -> Saliency:
+  """MHEX image saliency of a ViT: patch-token maps on the patch grid, resized to the image.
+
+  Args:
+    apply_fn, variables: an MHEX ViT's ``apply`` and variables.
+    images: f32[B, H, W, C].
+    targets: int[B] or None for the predicted class.
+    patch_size: (ph, pw) of the model; the grid is (H / ph, W / pw).
+    class_token: whether token 0 is a class token (it gets no saliency).
+    layers: layers summed with weight 1; None (default) is the α-decay over all layers.
+
+  Returns:
+    ``Saliency`` with the image map [B, H, W] and raw per-layer grid maps [B, gh, gw].
+  """
+  if images.ndim != 4:
+    raise ValueError(f"images must be [B, H, W, C], got shape {images.shape}.")
+  variables = {k: v for k, v in variables.items() if k != mhex_lib.COLLECTION}
+  head_logits, state = apply_fn(variables, images, train=False, mutable=[mhex_lib.COLLECTION])
+  logits = head_logits[-1]
+  if targets is None:
+    targets = jnp.argmax(logits, axis=-1)
+  targets = jnp.asarray(targets, jnp.int32)
+  blocks = collect_blocks(variables["params"], state.get(mhex_lib.COLLECTION, {}))
+  cams = layer_cams(blocks, targets, **weight_options)
+  if class_token:
+    cams = [c[:, 1:] for c in cams]
+  grid = (images.shape[1] // patch_size[0], images.shape[2] // patch_size[1])
+  cams = [c.reshape(c.shape[0], *grid) for c in cams]
+  weights = layer_weights(len(cams), layers, alpha)
+  total = sum(w * c for w, c in zip(weights, cams))
+  # One resize: every layer of a ViT shares the patch grid.
+  saliency = normalize_maps(integrate_cams([total], images.shape[1:3], alpha=1.0))
+  return Saliency(saliency, cams, logits, targets)

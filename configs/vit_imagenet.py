@@ -1,0 +1,88 @@
+r"""MHEX-ViT-B/16 on ImageNet (tfds ``imagenet2012`` as array_record), optionally from a local
+Hugging Face ViT checkpoint (``--config.model.hf_checkpoint=DIR``, e.g. google/vit-base-patch16-224
+saved with ``save_pretrained``).
+
+    python train.py --config=configs/vit_imagenet.py --config.data.data_dir=DIR \
+        --workdir=gs://BUCKET/mhex_vit [--distributed]
+
+Hardware: TPU v3-8 or 8 GPUs; not run by this project (no accelerator here).
+
+``:quick`` is a tiny MHEX-ViT (patch 4, 4 layers, width 64) on the built-in synthetic shapes that
+trains on a CPU:
+
+    python train.py --config=configs/vit_imagenet.py:quick --workdir=runs/vit_quick
+    python eval.py --config=configs/vit_imagenet.py:quick --workdir=runs/vit_quick
+
+Expected time and result of ``:quick``: see README (measured).
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+  config = common.base_config()
+  config.model.name = "vit"
+  config.model.hf_checkpoint = ""
+  config.model.new_head = True
+  config.model.num_classes = 1000
+  config.model.input_channels = 3
+  config.model.image_size = 224
+  config.model.patch_size = 16
+  config.model.hidden_size = 768
+  config.model.num_layers = 12
+  config.model.num_heads = 12
+  config.model.intermediate_size = 3072
+  config.model.class_token = True
+  config.model.hidden_dropout = 0.0
+  config.model.attention_dropout = 0.0
+  # A gate on the MLP branch, starting at exactly 1: the residual stream is never shrunk.
+  config.model.gate_placement = "branch"
+  config.model.gate_init = "identity"
+  config.model.dtype = "bfloat16"
+
+  config.data.name = "imagenet"
+  config.data.train_split = "train"
+  config.data.eval_split = "validation"
+  config.data.image_size = 224
+  config.data.mean = (0.5, 0.5, 0.5)
+  config.data.std = (0.5, 0.5, 0.5)
+
+  config.train.batch_size = 1024
+  config.train.num_epochs = 300
+  config.train.optimizer = "adamw"
+  config.train.learning_rate = 1e-3
+  config.train.warmup_epochs = 10.0
+  config.train.weight_decay = 0.05
+  config.train.label_smoothing = 0.1
+  config.train.log_every_steps = 100
+  config.train.checkpoint_every_steps = 1000
+  config.eval.batch_size = 1024
+  config.eval.num_explain = 2048
+
+  if arg == "quick":
+    config.model.num_classes = 4
+    config.model.image_size = 32
+    config.model.patch_size = 4
+    config.model.hidden_size = 64
+    config.model.num_layers = 4
+    config.model.num_heads = 4
+    config.model.intermediate_size = 128
+    config.model.dtype = "float32"
+    config.data.name = "synthetic"
+    config.data.image_size = 32
+    config.data.num_train = 8000
+    config.data.num_eval = 1000
+    config.data.mean = (0.5, 0.5, 0.5)
+    config.data.std = (0.25, 0.25, 0.25)
+    config.train.batch_size = 64
+    config.train.num_epochs = 12
+    config.train.learning_rate = 1e-3
+    config.train.warmup_epochs = 1.0
+    config.train.weight_decay = 0.05
+    config.train.label_smoothing = 0.0
+    config.train.log_every_steps = 25
+    config.train.checkpoint_every_steps = 250
+    config.eval.batch_size = 200
+    config.eval.num_explain = 1000
+    config.eval.pointing_tolerance = 1
+  return config
