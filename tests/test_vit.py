@@ -85,7 +85,7 @@ def test_vitmodel_checkpoint_without_prefix(tmp_path):
 
 def test_mhex_vit_heads_features_and_patch_grid(classifier_dir):
   model, variables = weights.load_vit(classifier_dir, num_classes=4)
-  assert (model.gate_placement, model.gate_init) == ("branch", "identity")
+  assert (model.gate_placement, model.gate_init) == ("branch", "random")
   logits, state = model.apply(variables, _images(), mutable=["mhex"])
   assert logits.shape == (2, 2, 4)
   blocks = mhex_explain.collect_blocks(variables["params"], state["mhex"])

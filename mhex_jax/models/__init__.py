@@ -38,8 +38,8 @@ def _create_transformer(config: ml_collections.ConfigDict):
   """BERT or ViT. The architecture comes from ``config.hf_checkpoint``'s config.json when set
   (load its weights with ``mhex_jax.weights``), else from config fields named like the model's
   attributes (defaults: BERT-base, ViT-B/16). MHEX options and dropout always come from the
-  config; note that the ViT's own default gate is "branch" + "identity" while the common
-  config sets the ResNet's "shortcut" + "random", so ViT configs should set them."""
+  config; the common config's gate_placement is the ResNet's "shortcut", so ViT configs
+  should set "branch" (the ViT's measured default, see ``models/vit.py``)."""
   from mhex_jax import weights  # Imports the models: deferred to avoid an import cycle.
   model_cls = _TRANSFORMERS[config.name]
   if config.get("mhex_stages") is not None:
