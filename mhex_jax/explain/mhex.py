@@ -177,6 +177,21 @@ def token_saliency(blocks: Sequence[MHEXBlock], targets: jax.Array, token_mask: 
   return normalize_maps(total, token_mask), cams
 
 
+def forward_blocks(apply_fn: Callable[..., Any], variables: Any, inputs: Sequence[jax.Array],
+                   targets: Optional[jax.Array]) -> tuple[list[MHEXBlock], jax.Array, jax.Array]:
+  """One eval-mode forward pass: (MHEX blocks, final-head logits [B, K], targets int32[B]).
+
+  ``targets=None`` explains the predicted class.
+  """
+  variables = {k: v for k, v in variables.items() if k != mhex_lib.COLLECTION}
+  head_logits, state = apply_fn(variables, *inputs, train=False, mutable=[mhex_lib.COLLECTION])
+  logits = head_logits[-1]
+  if targets is None:
+    targets = jnp.argmax(logits, axis=-1)
+  blocks = collect_blocks(variables["params"], state.get(mhex_lib.COLLECTION, {}))
+  return blocks, logits, jnp.asarray(targets, jnp.int32)
+
+
 class Saliency(NamedTuple):
   saliency: jax.Array  # f32[B, H, W] in [0, 1]
   layer_maps: list[jax.Array]  # raw CAMs, each f32[B, h_ℓ, w_ℓ]
@@ -202,13 +217,7 @@ def mhex_saliency(apply_fn: Callable[..., Any], variables: Any, images: jax.Arra
   """
   if images.ndim != 4:
     raise ValueError(f"images must be [B, H, W, C], got shape {images.shape}.")
-  variables = {k: v for k, v in variables.items() if k != mhex_lib.COLLECTION}
-  head_logits, state = apply_fn(variables, images, train=False, mutable=[mhex_lib.COLLECTION])
-  logits = head_logits[-1]
-  if targets is None:
-    targets = jnp.argmax(logits, axis=-1)
-  targets = jnp.asarray(targets, jnp.int32)
-  blocks = collect_blocks(variables["params"], state.get(mhex_lib.COLLECTION, {}))
+  blocks, logits, targets = forward_blocks(apply_fn, variables, (images,), targets)
   cams = layer_cams(blocks, targets, tau_pos=tau_pos, tau_neg=tau_neg, beta_pos=beta_pos,
                     beta_neg=beta_neg)
   saliency = normalize_maps(integrate_cams(cams, images.shape[1:3], alpha))
@@ -238,14 +247,8 @@ def mhex_token_saliency(apply_fn: Callable[..., Any], variables: Any, input_ids:
     targets: int[B] or None for the predicted class.
     layers, alpha, **weight_options: see ``token_saliency`` and ``class_weights``.
   """
-  variables = {k: v for k, v in variables.items() if k != mhex_lib.COLLECTION}
-  head_logits, state = apply_fn(variables, input_ids, attention_mask, token_type_ids,
-                                train=False, mutable=[mhex_lib.COLLECTION])
-  logits = head_logits[-1]
-  if targets is None:
-    targets = jnp.argmax(logits, axis=-1)
-  targets = jnp.asarray(targets, jnp.int32)
-  blocks = collect_blocks(variables["params"], state.get(mhex_lib.COLLECTION, {}))
+  blocks, logits, targets = forward_blocks(
+      apply_fn, variables, (input_ids, attention_mask, token_type_ids), targets)
   saliency, cams = token_saliency(blocks, targets, token_mask, layers=layers, alpha=alpha,
                                   **weight_options)
   return TokenSaliency(saliency, cams, logits, targets)
@@ -270,13 +273,7 @@ def mhex_patch_saliency(apply_fn: Callable[..., Any], variables: Any, images: ja
   """
   if images.ndim != 4:
     raise ValueError(f"images must be [B, H, W, C], got shape {images.shape}.")
-  variables = {k: v for k, v in variables.items() if k != mhex_lib.COLLECTION}
-  head_logits, state = apply_fn(variables, images, train=False, mutable=[mhex_lib.COLLECTION])
-  logits = head_logits[-1]
-  if targets is None:
-    targets = jnp.argmax(logits, axis=-1)
-  targets = jnp.asarray(targets, jnp.int32)
-  blocks = collect_blocks(variables["params"], state.get(mhex_lib.COLLECTION, {}))
+  blocks, logits, targets = forward_blocks(apply_fn, variables, (images,), targets)
   cams = layer_cams(blocks, targets, **weight_options)
   if class_token:
     cams = [c[:, 1:] for c in cams]
