@@ -10,7 +10,8 @@ checkpoint (config.json + model.safetensors + vocab) via ``--config.model.hf_che
 (and ``--config.data.tokenizer_dir=DIR``). Without ``data.eval_path`` the CSV is split 80/20,
 stratified by class, deterministically from ``data.split_seed``.
 
-Hardware: 2-core x86 CPU. Expected time and result: see README (measured).
+Hardware: 2-core x86 CPU, no accelerator. Time: 300 steps in about 12 min. Result (measured,
+stratified 20% of ../shared/data/agnews/agnews.csv): MHEX-MiniLM 0.892, plain MiniLM 0.898.
 """
 
 from configs import common

@@ -13,7 +13,8 @@ trains on a CPU:
     python train.py --config=configs/vit_imagenet.py:quick --workdir=runs/vit_quick
     python eval.py --config=configs/vit_imagenet.py:quick --workdir=runs/vit_quick
 
-Expected time and result of ``:quick``: see README (measured).
+Measured for ``:quick`` (2-core CPU, about 10 min): test accuracy 0.485 only; the from-scratch
+ViT recipe does not yet reach the CNN's accuracy on this data (open work).
 """
 
 from configs import common
