@@ -34,6 +34,7 @@ def get_config(arg=None):
   config.model.num_heads = 12
   config.model.intermediate_size = 3072
   config.model.class_token = True
+  config.model.patch_stem = "linear"
   config.model.hidden_dropout = 0.0
   config.model.attention_dropout = 0.0
   # A gate on the MLP branch, starting at exactly 1: the residual stream is never shrunk.
@@ -69,6 +70,7 @@ def get_config(arg=None):
     config.model.num_heads = 4
     config.model.intermediate_size = 128
     config.model.dtype = "float32"
+    config.model.patch_stem = "conv"
     # From scratch a random gate trains faster than the identity start (measured on ViT,
     # see models/vit.py); identity is for starting from a pretrained checkpoint.
     config.model.gate_init = "random"
