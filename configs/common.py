@@ -66,4 +66,19 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval.removal_baseline = 0.0
   config.eval.pointing_tolerance = 0
   config.eval.token_layers = (0, 1, 2)  # Text: layers summed; () = α-decay over all layers.
+  # Explainers compared (mhex_jax.explain.registry): comma-separated names, "all", or "" for
+  # MHEX alone (nothing on a plain model).
+  config.eval.methods = ""
+  config.eval.scorer_workdir = ""  # Score the metrics with this workdir's model instead.
+  config.eval.deletion_steps = 100  # Deletion/insertion curve steps.
+  config.eval.deletion_chunk_size = 256  # Perturbed images per forward pass.
+  config.eval.replacement_token = "pad"  # Text AOPC/LOdds replacement: "pad" or "mask".
+  config.eval.aopc_absolute = False  # |p(x) − p(x̃)| as the official AttCAT code.
+  # Per-method options; multi-pass methods take a chunk size that bounds memory.
+  config.eval.explainer_options = ml_collections.ConfigDict({
+      "score_cam": {"chunk_size": 16},
+      "smoothgrad": {"num_samples": 25, "noise_level": 0.15, "chunk_size": 25},
+      "integrated_gradients": {"steps": 32, "chunk_size": 16},
+      "embedding_integrated_gradients": {"steps": 32, "chunk_size": 16},
+  })
   return config

@@ -1,11 +1,23 @@
-"""Evaluation of a trained workdir: accuracy, MHEX saliency metrics, report and gallery.
+"""Evaluation of a trained workdir: accuracy, then every configured explainer side by side.
 
-``evaluate(config, workdir)`` writes ``WORKDIR/eval/report.json`` and ``WORKDIR/eval/gallery.png``.
+``evaluate(config, workdir)`` writes to ``WORKDIR/eval/``:
+
+* ``report.json``: accuracy, per-head accuracy and, under ``"methods"``, one entry per explainer
+  of ``config.eval.methods`` with the mean of every applicable metric (SPEC §5) over the first
+  ``config.eval.num_explain`` eval examples;
+* ``report.md``: the same methods × metrics as a markdown table;
+* ``gallery.png`` (images: input, then one overlay column per method) or ``tokens.html`` (text:
+  one shaded line per method for each example).
+
+Every method explains the same examples and the same targets (``eval.targets``: the explained
+model's predictions or the labels). Metrics are scored by the explained model, or by the model
+of ``config.eval.scorer_workdir`` (a separately trained classifier, as the reference protocol
+does); its architecture comes from that workdir's ``config.json``.
 """
 
 import json
 import os
-from typing import Any
+from typing import Any, Optional
 
 from absl import logging
 import jax
@@ -20,8 +32,15 @@ from mhex_jax import plotting
 from mhex_jax import sharding as sharding_lib
 from mhex_jax import train_lib
 from mhex_jax.explain import mhex as mhex_explain
+from mhex_jax.explain import registry
 from mhex_jax.metrics import image as image_metrics
 from mhex_jax.metrics import text as text_metrics
+
+# Report keys in table order; lower is better for those marked in LOWER_IS_BETTER.
+IMAGE_METRICS = ("avg_drop", "sad", "ead", "classic_average_drop", "average_increase",
+                 "deletion_auc", "insertion_auc", "pointing_game", "energy_pointing_game")
+TEXT_METRICS = ("avg_drop", "aopc", "lodds", "aopc_replacement", "lodds_replacement")
+LOWER_IS_BETTER = ("classic_average_drop", "deletion_auc", "lodds", "lodds_replacement")
 
 
 def restore_variables(config: ml_collections.ConfigDict, workdir: str, model, dummy_inputs,
@@ -45,167 +64,253 @@ def restore_variables(config: ml_collections.ConfigDict, workdir: str, model, du
   return state.variables
 
 
-def _pair(size):
-  return (size, size) if isinstance(size, int) else tuple(size)
+def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a workdir was trained with (``train.py`` writes ``WORKDIR/config.json``)."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} does not exist: eval.scorer_workdir must be a workdir "
+                            "written by train.py.")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
 
 
-def make_explain_step(model, config: ml_collections.ConfigDict, mesh, has_masks: bool):
-  """Jitted (variables, batch) -> per-example MHEX metrics, maps and per-block maps."""
-  config_is_vit = hasattr(model, "patch_size")
-  options = dict(alpha=config.alpha, tau_pos=config.tau_pos, tau_neg=config.tau_neg,
-                 beta_pos=config.beta_pos, beta_neg=config.beta_neg)
-  if config.targets not in ("predicted", "labels"):
-    raise ValueError(f"Unknown eval.targets={config.targets!r}; use 'predicted' or 'labels'.")
+def load_scorer(config: ml_collections.ConfigDict, dummy_inputs, mesh):
+  """(model, variables) of ``config.eval.scorer_workdir``."""
+  scorer_config = load_workdir_config(config.eval.scorer_workdir)
+  if scorer_config.model.num_classes != config.model.num_classes:
+    raise ValueError(f"The scorer in {config.eval.scorer_workdir} has "
+                     f"{scorer_config.model.num_classes} classes, the explained model "
+                     f"{config.model.num_classes}; score with a classifier of the same task.")
+  scorer = models.create_model(scorer_config.model)
+  return scorer, restore_variables(scorer_config, config.eval.scorer_workdir, scorer,
+                                   dummy_inputs, mesh)
 
-  def explain_step(variables, batch):
+
+def method_names(eval_config: ml_collections.ConfigDict, model) -> list[str]:
+  """The explainers of ``eval.methods``: comma-separated names, "all" for every applicable one,
+  or "" for MHEX alone on an MHEX model and nothing on a plain one."""
+  names = [n.strip() for n in eval_config.methods.split(",") if n.strip()]
+  if not names:
+    return [registry.MHEX] if model.mhex else []
+  if names == ["all"]:
+    return list(registry.available(model))
+  unknown = [n for n in names if n not in registry.available(model)]
+  if unknown:
+    raise ValueError(f"eval.methods names {unknown}, which {type(model).__name__}"
+                     f"(mhex={model.mhex}) cannot run; use 'all' or a comma-separated subset "
+                     f"of {list(registry.available(model))}.")
+  return names
+
+
+def method_options(config: ml_collections.ConfigDict, model, name: str) -> dict[str, Any]:
+  """Keyword options of explainer ``name``: MHEX's come from the eval fields of SPEC §3/§4,
+  the others from ``eval.explainer_options.<name>``."""
+  eval_config = config.eval
+  if name == registry.MHEX:
+    options = dict(alpha=eval_config.alpha, tau_pos=eval_config.tau_pos,
+                   tau_neg=eval_config.tau_neg, beta_pos=eval_config.beta_pos,
+                   beta_neg=eval_config.beta_neg)
+    if registry.is_text_model(model):
+      options["layers"] = tuple(eval_config.token_layers) or None
+    return options
+  return dict(eval_config.explainer_options.get(name, {}))
+
+
+def _image_step(model, explain_fn, scorer, eval_config: ml_collections.ConfigDict, mesh,
+                has_masks: bool):
+  """Jitted (variables, scorer_variables, batch) -> (per-example metrics, maps, targets)."""
+
+  def step(variables, scorer_variables, batch):
     images = batch["image"]
-    targets = batch["label"] if config.targets == "labels" else None
-    if config_is_vit:
-      sal = mhex_explain.mhex_patch_saliency(
-          model.apply, variables, images, targets, patch_size=_pair(model.patch_size),
-          class_token=model.class_token, **options)
-    else:
-      sal = mhex_explain.mhex_saliency(model.apply, variables, images, targets, **options)
-    score_fn = lambda x: jax.nn.softmax(model.apply(variables, x, train=False)[-1])
-    maps, targets = sal.saliency, sal.targets
-    out = {
-        "avg_drop": image_metrics.average_drop_removal(
-            score_fn, images, maps, targets, baseline=config.removal_baseline),
-        "sad": image_metrics.soft_average_drop(score_fn, images, maps, targets),
-        "ead": image_metrics.effective_average_drop(
-            score_fn, images, maps, targets, baseline=config.removal_baseline),
-    }
+    targets = registry.resolve_targets(model, variables, images, eval_config.targets,
+                                       batch["label"])
+    maps = explain_fn(variables, images, targets)
+    score_fn = lambda x: jax.nn.softmax(scorer.apply(scorer_variables, x, train=False)[-1])
+    baseline = eval_config.removal_baseline
+    drop = image_metrics.average_drop_removal(score_fn, images, maps, targets,
+                                              baseline=baseline)
+    area = (maps > 0.2).mean(axis=(1, 2))
+    classic_drop, increase = image_metrics.classic_average_drop_increase(
+        score_fn, images, maps, targets)
+    deletion, insertion = image_metrics.deletion_insertion_auc(
+        score_fn, images, maps, targets, steps=eval_config.deletion_steps, baseline=baseline,
+        chunk_size=eval_config.deletion_chunk_size)
+    out = {"avg_drop": drop,
+           "sad": image_metrics.soft_average_drop(score_fn, images, maps, targets),
+           # EAD = AD · f(area), from the AD above rather than a second removal pass.
+           "ead": drop * image_metrics.area_factor(area),
+           "classic_average_drop": classic_drop,
+           "average_increase": increase.astype(jnp.float32),
+           "deletion_auc": deletion, "insertion_auc": insertion}
     if has_masks:
       out["pointing_game"] = image_metrics.pointing_game(
-          maps, batch["mask"], tolerance=config.pointing_tolerance)
+          maps, batch["mask"], tolerance=eval_config.pointing_tolerance)
       out["energy_pointing_game"] = image_metrics.energy_pointing_game(maps, batch["mask"])
-    return out, maps, sal.layer_maps, targets
+    return out, maps, targets
 
-  return jax.jit(explain_step, in_shardings=(sharding_lib.replicated(mesh),
-                                             sharding_lib.batch_sharded(mesh)))
-
-
-def _weight_options(config: ml_collections.ConfigDict) -> dict[str, float]:
-  return dict(tau_pos=config.tau_pos, tau_neg=config.tau_neg, beta_pos=config.beta_pos,
-              beta_neg=config.beta_neg)
+  replicated = sharding_lib.replicated(mesh)
+  return jax.jit(step, in_shardings=(replicated, replicated, sharding_lib.batch_sharded(mesh)))
 
 
-def make_text_explain_step(model, config: ml_collections.ConfigDict, mesh, mask_id: int):
-  """Jitted (variables, batch) -> (per-example text AVG Drop, token saliency, targets)."""
-  layers = tuple(config.token_layers) or None  # () means the α-decay over all layers.
+def _text_step(model, explain_fn, scorer, eval_config: ml_collections.ConfigDict, mesh,
+               special: dict[str, int]):
+  """Jitted (variables, scorer_variables, batch) -> (per-example metrics, scores, targets)."""
+  modes = {"deletion": None, "replacement": special[eval_config.replacement_token]}
 
-  def explain_step(variables, batch):
-    ids, attention, types = batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
-    removable = (attention > 0) & ~batch["special_tokens_mask"]
-    targets = batch["label"] if config.targets == "labels" else None
-    sal = mhex_explain.mhex_token_saliency(model.apply, variables, ids, attention, types,
-                                           removable, targets, layers=layers,
-                                           alpha=config.alpha, **_weight_options(config))
-    score_fn = lambda x: jax.nn.softmax(model.apply(variables, x, attention, types,
-                                                    train=False)[-1])
-    drop = text_metrics.text_average_drop(score_fn, ids, sal.saliency, removable, sal.targets,
-                                          mask_id)
-    return {"avg_drop": drop}, sal.saliency, sal.targets
+  def step(variables, scorer_variables, batch):
+    inputs = {k: batch[k] for k in train_lib.TEXT_INPUTS + ("special_tokens_mask",)}
+    ids, attention, types = inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"]
+    removable = (attention > 0) & ~inputs["special_tokens_mask"].astype(bool)
+    targets = registry.resolve_targets(model, variables, inputs, eval_config.targets,
+                                       batch["label"])
+    scores = explain_fn(variables, inputs, targets)
 
-  return jax.jit(explain_step, in_shardings=(sharding_lib.replicated(mesh),
-                                             sharding_lib.batch_sharded(mesh)))
+    def score_fn(input_ids, attention_mask=attention, token_type_ids=types):
+      return jax.nn.softmax(scorer.apply(scorer_variables, input_ids, attention_mask,
+                                         token_type_ids, train=False)[-1])
+
+    out = {"avg_drop": text_metrics.text_average_drop(score_fn, ids, scores, removable,
+                                                      targets, special["mask"])}
+    for mode, replace_id in modes.items():
+      aopc, lodds = text_metrics.aopc_lodds(
+          score_fn, ids, scores, removable, targets, attention_mask=attention,
+          token_type_ids=types, mode=mode, replace_id=replace_id, pad_id=special["pad"],
+          absolute=eval_config.aopc_absolute)
+      suffix = "" if mode == "deletion" else "_replacement"
+      out["aopc" + suffix], out["lodds" + suffix] = aopc, lodds
+    return out, mhex_explain.normalize_maps(scores, removable), targets
+
+  replicated = sharding_lib.replicated(mesh)
+  return jax.jit(step, in_shardings=(replicated, replicated, sharding_lib.batch_sharded(mesh)))
 
 
-def explain_text_dataset(model, variables, dataset, config: ml_collections.ConfigDict, mesh,
-                         tokenizer):
-  """Text AVG Drop over the first ``eval.num_explain`` examples, and an HTML page of the first
-  ``eval.num_gallery``."""
-  from mhex_jax.data import text  # transformers is only needed for text.
-  step = make_text_explain_step(model, config.eval, mesh, text.special_ids(tokenizer)["mask"])
-  total, count, page = 0.0, 0, None
-  for batch in dataset.batches(config.eval.batch_size, train=False):
-    if count >= config.eval.num_explain:
-      break
+def _explained_batches(dataset, eval_config: ml_collections.ConfigDict, fields):
+  """(batch, keep) for the first ``eval.num_explain`` examples; ``keep`` marks real ones."""
+  count = 0
+  for batch in dataset.batches(eval_config.batch_size, train=False):
+    if count >= eval_config.num_explain:
+      return
     keep = batch["valid"].copy()
-    keep[np.cumsum(keep) > config.eval.num_explain - count] = False
-    out, saliency, targets = step(variables, sharding_lib.shard_batch(
-        {k: batch[k] for k in train_lib.TEXT_INPUTS + ("special_tokens_mask", "label")}, mesh))
-    total += float(np.sum(np.asarray(out["avg_drop"])[keep]))
-    if page is None:
-      n = min(config.eval.num_gallery, int(keep.sum()))
-      lengths = batch["attention_mask"][:n].sum(-1)
-      tokens = [tokenizer.convert_ids_to_tokens(ids[:length].tolist())
-                for ids, length in zip(batch["input_ids"][:n], lengths)]
-      page = plotting.token_html(
-          tokens, np.asarray(saliency)[:n],
-          [f"label {l} / pred {t}" for l, t in zip(batch["label"][:n], np.asarray(targets)[:n])])
+    keep[np.cumsum(keep) > eval_config.num_explain - count] = False
     count += int(keep.sum())
-  return {"avg_drop": total / max(count, 1), "num_examples": count}, page
+    yield {k: batch[k] for k in fields}, keep
 
 
-def explain_dataset(model, variables, dataset, config: ml_collections.ConfigDict, mesh):
-  """MHEX metrics over the first ``config.eval.num_explain`` eval examples.
+def explain_method(name, step, variables, scorer_variables, dataset, eval_config, mesh, fields):
+  """Runs method ``name``'s jitted step over the explained examples.
 
   Returns:
-    (means of every metric, gallery arrays for the first ``num_gallery`` examples).
+    (metric means + "num_examples", maps of the first ``eval.num_gallery`` examples, their
+    targets).
   """
-  step = make_explain_step(model, config.eval, mesh, dataset.has_masks)
   sums: dict[str, float] = {}
-  count, gallery = 0, None
-  for batch in dataset.batches(config.eval.batch_size, train=False):
-    if count >= config.eval.num_explain:
-      break
-    keep = batch["valid"].copy()
-    keep[np.cumsum(keep) > config.eval.num_explain - count] = False
-    fields = ("image", "label", "mask") if dataset.has_masks else ("image", "label")
-    out, maps, layer_maps, targets = step(variables, sharding_lib.shard_batch(
-        {k: batch[k] for k in fields}, mesh))
-    for name, values in out.items():
-      sums[name] = sums.get(name, 0.0) + float(np.sum(np.asarray(values)[keep]))
-    if gallery is None:
-      n = min(config.eval.num_gallery, int(keep.sum()))
-      gallery = {"image": batch["image"][:n], "label": batch["label"][:n],
-                 "target": np.asarray(targets)[:n], "saliency": np.asarray(maps)[:n],
-                 "layer_maps": [np.asarray(m)[:n] for m in layer_maps],
-                 "mask": batch["mask"][:n] if dataset.has_masks else None}
+  count, maps, targets = 0, None, None
+  for batch, keep in _explained_batches(dataset, eval_config, fields):
+    out, batch_maps, batch_targets = step(variables, scorer_variables,
+                                          sharding_lib.shard_batch(batch, mesh))
+    for metric, values in out.items():
+      values = np.asarray(values, np.float64)[keep]
+      if not np.all(np.isfinite(values)):
+        raise FloatingPointError(f"{metric} of {name} is not finite for some examples: the "
+                                 "maps or the scoring model produced NaN/inf.")
+      sums[metric] = sums.get(metric, 0.0) + float(values.sum())
+    if maps is None:
+      n = min(eval_config.num_gallery, int(keep.sum()))
+      maps, targets = np.asarray(batch_maps)[:n], np.asarray(batch_targets)[:n]
     count += int(keep.sum())
-  means = {name: total / max(count, 1) for name, total in sums.items()}
-  means["num_explained"] = count
-  return means, gallery
+  means = {metric: total / max(count, 1) for metric, total in sums.items()}
+  means["num_examples"] = count
+  return means, maps, targets
+
+
+def markdown_table(methods: dict[str, dict[str, float]], metrics) -> str:
+  """Methods × metrics as a markdown table (↓ marks metrics where lower is better)."""
+  columns = [m for m in metrics if any(m in r for r in methods.values())]
+  header = ["method"] + [f"{m} ↓" if m in LOWER_IS_BETTER else m for m in columns]
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for name, results in methods.items():
+    cells = [f"{results[m]:.4f}" if results.get(m) is not None else "" for m in columns]
+    lines.append("| " + " | ".join([name] + cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def compare_images(model, variables, scorer, scorer_variables, dataset, config, mesh,
+                   methods, out_dir: str) -> dict[str, dict[str, float]]:
+  """Every method's image metrics; writes the gallery (one column per method)."""
+  fields = ("image", "label", "mask") if dataset.has_masks else ("image", "label")
+  results, maps, targets = {}, {}, None
+  for name in methods:
+    logging.info("Explaining with %s.", name)
+    explain_fn = registry.explainer(name, model, **method_options(config, model, name))
+    step = _image_step(model, explain_fn, scorer, config.eval, mesh, dataset.has_masks)
+    results[name], maps[name], targets = explain_method(name, step, variables, scorer_variables,
+                                                        dataset, config.eval, mesh, fields)
+  if methods and jax.process_index() == 0:
+    first, _ = next(_explained_batches(dataset, config.eval, fields))
+    n = len(targets)
+    plotting.save_comparison_gallery(
+        os.path.join(out_dir, "gallery.png"),
+        plotting.to_display(first["image"][:n], config.data.mean, config.data.std), maps,
+        [f"label {l} / target {t}" for l, t in zip(first["label"][:n], targets)],
+        first["mask"][:n] if dataset.has_masks else None)
+  return results
+
+
+def compare_text(model, variables, scorer, scorer_variables, dataset, config, mesh, methods,
+                 out_dir: str) -> dict[str, dict[str, float]]:
+  """Every method's text metrics; writes tokens.html (one line per method and example)."""
+  from mhex_jax.data import text  # transformers is only needed for text.
+  tokenizer = text.load_tokenizer(config.data.tokenizer_dir)
+  special = text.special_ids(tokenizer)
+  fields = train_lib.TEXT_INPUTS + ("special_tokens_mask", "label")
+  results, scores, targets = {}, {}, None
+  for name in methods:
+    logging.info("Explaining with %s.", name)
+    explain_fn = registry.explainer(name, model, **method_options(config, model, name))
+    step = _text_step(model, explain_fn, scorer, config.eval, mesh, special)
+    results[name], scores[name], targets = explain_method(name, step, variables, scorer_variables,
+                                                          dataset, config.eval, mesh, fields)
+  if methods and jax.process_index() == 0:
+    first, _ = next(_explained_batches(dataset, config.eval, fields))
+    n = len(targets)
+    lengths = first["attention_mask"][:n].sum(-1)
+    tokens = [tokenizer.convert_ids_to_tokens(ids[:length].tolist())
+              for ids, length in zip(first["input_ids"][:n], lengths)]
+    page = plotting.comparison_token_html(
+        tokens, scores, [f"label {l} / target {t}" for l, t in zip(first["label"][:n], targets)])
+    with open(os.path.join(out_dir, "tokens.html"), "w") as f:
+      f.write(page)
+  return results
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Evaluates the latest checkpoint of ``workdir``; writes report.json and gallery.png."""
+  """Evaluates the latest checkpoint of ``workdir``; writes the report and the gallery."""
   mesh = sharding_lib.make_mesh(config.get("num_devices"))
   sharding_lib.check_batch_size(config.eval.batch_size, mesh)
   model = models.create_model(config.model)
+  methods = method_names(config.eval, model)
   _, eval_ds = input_pipeline.get_datasets(config.data, config.model.num_classes,
                                            need_train=False)
   variables = restore_variables(config, workdir, model, eval_ds.dummy_inputs(), mesh)
   report: dict[str, Any] = train_lib.evaluate_accuracy(model, variables, eval_ds,
                                                        config.eval.batch_size, mesh)
-  report["methods"] = {}
+  scorer, scorer_variables = model, variables
+  if config.eval.scorer_workdir:
+    scorer, scorer_variables = load_scorer(config, eval_ds.dummy_inputs(), mesh)
+  report["scorer_workdir"] = config.eval.scorer_workdir or workdir
   out_dir = os.path.join(workdir, "eval")
   os.makedirs(out_dir, exist_ok=True)
-  if config.model.mhex and config.data.name == "text":
-    from mhex_jax.data import text
-    tokenizer = text.load_tokenizer(config.data.tokenizer_dir)
-    report["methods"]["mhex"], page = explain_text_dataset(model, variables, eval_ds, config,
-                                                           mesh, tokenizer)
-    if jax.process_index() == 0:
-      with open(os.path.join(out_dir, "tokens.html"), "w") as f:
-        f.write(page)
-  elif config.model.mhex:
-    means, gallery = explain_dataset(model, variables, eval_ds, config, mesh)
-    report["methods"]["mhex"] = {
-        "avg_drop": means["avg_drop"], "sad": means["sad"], "ead": means["ead"],
-        "pointing_game": means.get("pointing_game"),
-        "energy_pointing_game": means.get("energy_pointing_game"),
-        "num_examples": means["num_explained"]}
-    if jax.process_index() == 0:
-      plotting.save_gallery(
-          os.path.join(out_dir, "gallery.png"),
-          plotting.to_display(gallery["image"], config.data.mean, config.data.std),
-          gallery["saliency"], gallery["layer_maps"],
-          [f"label {l} / pred {t}" for l, t in zip(gallery["label"], gallery["target"])],
-          gallery["mask"])
+  text_model = registry.is_text_model(model)
+  compare = compare_text if text_model else compare_images
+  report["methods"] = compare(model, variables, scorer, scorer_variables, eval_ds, config,
+                              mesh, methods, out_dir)
   if jax.process_index() == 0:
     with open(os.path.join(out_dir, "report.json"), "w") as f:
       json.dump(report, f, indent=2)
+    with open(os.path.join(out_dir, "report.md"), "w") as f:
+      f.write(f"Accuracy {report['accuracy']:.4f} on {report['num_examples']} examples; "
+              f"metrics over the first {config.eval.num_explain} examples, scored by "
+              f"{report['scorer_workdir']}.\n\n")
+      f.write(markdown_table(report["methods"], TEXT_METRICS if text_model else IMAGE_METRICS))
   logging.info("Report: %s", json.dumps(report))
   return report

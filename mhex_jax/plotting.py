@@ -74,3 +74,60 @@ def token_html(tokens: Sequence[Sequence[str]], saliency: np.ndarray,
   return ("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>"
           f"{html.escape(title)}</title></head><body style=\"font-family: sans-serif\">"
           f"<h3>{html.escape(title)}</h3>{''.join(rows)}</body></html>")
+
+
+def save_comparison_gallery(path: str, images: np.ndarray, maps: dict[str, np.ndarray],
+                            titles: Sequence[str], masks: Optional[np.ndarray] = None) -> None:
+  """Writes one row per example: the input, then one saliency overlay per method.
+
+  Args:
+    path: output PNG.
+    images: display images [N, H, W(, 3)] in [0, 1].
+    maps: method name -> maps [N, H, W] in [0, 1].
+    titles: one caption per example.
+    masks: optional ground-truth masks [N, H, W], drawn as a contour on every overlay.
+  """
+  n, cols = len(images), 1 + len(maps)
+  fig, axes = plt.subplots(n, cols, figsize=(1.6 * cols, 1.7 * n), squeeze=False)
+  cmap = "gray" if images.ndim == 3 else None
+  for i in range(n):
+    axes[i, 0].imshow(images[i], cmap=cmap)
+    axes[i, 0].set_title(titles[i], fontsize=7)
+    for j, method_maps in enumerate(maps.values()):
+      ax = axes[i, 1 + j]
+      ax.imshow(images[i], cmap=cmap)
+      ax.imshow(method_maps[i], cmap="jet", alpha=0.5, vmin=0, vmax=1)
+      if masks is not None:
+        ax.contour(masks[i].astype(float), levels=[0.5], colors="white", linewidths=0.8)
+  for j, name in enumerate(maps):
+    axes[0, 1 + j].set_title(name, fontsize=7)
+  for ax in axes.ravel():
+    ax.axis("off")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def comparison_token_html(tokens: Sequence[Sequence[str]], saliency: dict[str, np.ndarray],
+                          captions: Sequence[str],
+                          title: str = "Token saliency by method") -> str:
+  """A self-contained HTML page: per example, one shaded line of tokens per method.
+
+  Args:
+    tokens: per example, the token strings of positions 0..T-1 (padding may be omitted).
+    saliency: method name -> [N, T] in [0, 1].
+    captions: one caption per example.
+  """
+  import html  # Every token, caption and method name is escaped: texts are untrusted input.
+  blocks = []
+  for i, (toks, caption) in enumerate(zip(tokens, captions)):
+    lines = []
+    for name, maps in saliency.items():
+      spans = "".join(
+          f'<span style="background: rgba(220, 30, 30, {float(s):.3f})" '
+          f'title="{float(s):.3f}">{html.escape(t)}</span> ' for t, s in zip(toks, maps[i]))
+      lines.append(f"<tr><td><i>{html.escape(name)}</i></td><td>{spans}</td></tr>")
+    blocks.append(f"<p><b>{html.escape(caption)}</b></p><table>{''.join(lines)}</table>")
+  return ("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>"
+          f"{html.escape(title)}</title></head><body style=\"font-family: sans-serif\">"
+          f"<h3>{html.escape(title)}</h3>{''.join(blocks)}</body></html>")

@@ -41,12 +41,13 @@ class TrainState:
 def create_learning_rate(config: ml_collections.ConfigDict, steps_per_epoch: int):
   """Linear warmup then cosine decay to 0 (or a constant rate)."""
   total = config.num_epochs * steps_per_epoch
-  warmup = int(config.warmup_epochs * steps_per_epoch)
+  # At least one warmup step and one decay step, however short the run.
+  warmup = max(int(config.warmup_epochs * steps_per_epoch), 1)
   if config.schedule == "constant":
     return optax.constant_schedule(config.learning_rate)
   if config.schedule != "cosine":
     raise ValueError(f"Unknown train.schedule={config.schedule!r}; use 'cosine' or 'constant'.")
-  return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, max(warmup, 1),
+  return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup,
                                             max(total, warmup + 1))
 
 

@@ -6,6 +6,13 @@ serves as the plain baseline. Both variants return logits stacked over heads:
 
 Blocks are named ``block_00``, ``block_01``, ... in depth order, so the sown MHEX features
 sort by depth (``mhex_jax.explain.mhex`` relies on this).
+
+Feature maps for post-hoc explainers (``mhex_jax.explain.image``), as in ``bert.py``: every
+block's input ``block_XX/block_input`` and, when a pooled classifier exists, the map it pools
+(``final_features``) are sown into ``"hidden_states"`` and are perturbation points (collection
+``"perturbations"``, not created by ``init``). Block inputs rather than outputs: in an MHEX
+ResNet the last block's output is never read (the last head reads that block's internal
+summary z), so its gradient is zero, while its input reaches the prediction.
 """
 
 import functools
@@ -16,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from mhex_jax.models import mhex as mhex_lib
+from mhex_jax.models.bert import HIDDEN_STATES, perturb
 
 STAGE_SIZES = {
     18: (2, 2, 2, 2),
@@ -23,6 +31,8 @@ STAGE_SIZES = {
     50: (3, 4, 6, 3),
 }
 STEMS = ("imagenet", "small")
+BLOCK_INPUT = "block_input"
+FINAL_FEATURES = "final_features"
 
 
 def _conv(features, kernel, strides, dtype, name):
@@ -50,6 +60,8 @@ class _Block(nn.Module):
 
   @nn.compact
   def __call__(self, x):
+    x = perturb(self, BLOCK_INPUT, x)
+    self.sow(HIDDEN_STATES, BLOCK_INPUT, x)
     out_channels = self.filters * self.expansion
     r = self.branch(x)
     s = x
@@ -177,6 +189,8 @@ class ResNet(nn.Module):
           head_logits.append(logits)
 
     if 3 not in mhex_stages:
+      x = perturb(self, FINAL_FEATURES, x)
+      self.sow(HIDDEN_STATES, FINAL_FEATURES, x)
       pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
       head_logits.append(nn.Dense(self.num_classes, name="classifier")(pooled))
     return jnp.stack([l.astype(jnp.float32) for l in head_logits])

@@ -1,0 +1,389 @@
+"""Post-hoc image explainers (SPEC §7, "Image baselines"): the CAM family and input gradients.
+
+Every explainer is ``f(model, variables, images, targets, **options) -> f32[B, H, W]``: a raw,
+non-negative map at the input resolution, not normalised (``mhex.normalize_maps`` does that).
+``images`` are the normalised model inputs f32[B, H, W, C], ``targets`` int[B] the explained
+classes, and the score explained is the target logit of the final head (``logits[-1]``). All of
+them are pure and batched and run under ``jax.jit`` (``model`` and string/int options static).
+
+CAM family (on a target layer's feature map A [B, h, w, C] and G = ∂z_c/∂A):
+
+    grad_cam            ReLU(Σ_k mean_hw(G_k) · A_k)                     (Selvaraju et al. 2017)
+    grad_cam_plus_plus  ReLU(Σ_k w_k A_k), w_k = Σ_ij a_ij ReLU(G_ij),   (Chattopadhay et al.
+                        a_ij = G²_ij / (2 G²_ij + Σ_ab A_ab · G³_ij)      2018)
+    layer_cam           ReLU(Σ_k ReLU(G_k) ⊙ A_k)                         (Jiang et al. 2021)
+    score_cam           ReLU(Σ_k α_k A_k), α = softmax_k z_c(x ⊙ M_k)     (Wang et al. 2020)
+
+The ReLU is applied on the feature grid, then the map is resized bilinearly to (H, W).
+
+Input gradients (g = ∂z_c/∂x [B, H, W, C]; the channel reduction is part of each method):
+
+    vanilla_gradient      max_c |g|
+    gradient_x_input      |Σ_c g ⊙ x|
+    smoothgrad            max_c |mean_n g(x + ε_n)|,  ε_n ~ N(0, (level · (max x − min x))²)
+    integrated_gradients  |Σ_c IG|,  IG = (x − b) ⊙ mean_m g(b + α_m (x − b))
+
+Target layers are the model's feature-map perturbation points, named as users pass them:
+``"block_XX"`` (the *input* of ResNet block XX, i.e. the output of block XX − 1 or of the stem)
+and ``"final_features"`` (the map a pooled classifier reads) for ResNets; ``"layer_XX"`` (the
+input of ViT layer XX, patch tokens only, on the patch grid) for ViTs. ``layer_names`` lists
+them. The default (``layer=None``) is the deepest map that reaches the prediction:
+``final_features`` when the model has a pooled classifier (plain ResNet, or MHEX restricted to
+earlier stages), else the input of the last block (MHEX ResNet) or of the last layer (ViT).
+The last MHEX block's *output* is not offered: the last head reads that block's internal
+summary, so the output's gradient is zero; likewise the patch tokens of a ViT's encoder output
+(only the class token, or the MHEX summary inside the last layer, reaches the prediction).
+"""
+
+import functools
+from collections.abc import Mapping
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+
+from mhex_jax.explain import attribution
+from mhex_jax.explain.mhex import normalize_maps
+from mhex_jax.models import vit as vit_lib
+from mhex_jax.models.bert import HIDDEN_STATES, LAYER_INPUT, PERTURBATIONS
+from mhex_jax.models.resnet import BLOCK_INPUT, FINAL_FEATURES
+
+# Collections that models sow into; variables carrying stale copies of them are cleaned first.
+_SOWN = (PERTURBATIONS, HIDDEN_STATES, "attention", "mhex", "intermediates")
+SCORE_CAM_WEIGHTINGS = ("channel_softmax", "probability")
+
+
+def _model_variables(variables: Any) -> dict:
+  return {k: v for k, v in variables.items() if k not in _SOWN}
+
+
+def _check_images(images: jax.Array):
+  if images.ndim != 4 or not jnp.issubdtype(images.dtype, jnp.floating):
+    raise ValueError(f"images must be float [B, H, W, C] (normalised model inputs), got "
+                     f"{images.dtype}{list(images.shape)}.")
+
+
+def _check_inputs(images: jax.Array, targets: jax.Array) -> jax.Array:
+  _check_images(images)
+  targets = jnp.asarray(targets)
+  if targets.shape != images.shape[:1] or not jnp.issubdtype(targets.dtype, jnp.integer):
+    raise ValueError(f"targets must be int[B] with B = {images.shape[0]}, got "
+                     f"{targets.dtype}{list(targets.shape)}; resolve 'predicted' with an argmax "
+                     "of the logits first.")
+  return targets
+
+
+def _check_chunk_size(chunk_size: Optional[int]):
+  if chunk_size is not None and chunk_size < 1:
+    raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}.")
+
+
+def _map_batch_size(chunk_size: Optional[int], length: int) -> int:
+  return min(chunk_size or length, length)
+
+
+# --- Target layers --------------------------------------------------------------------------
+
+def _layer_paths(model, variables, images) -> dict[str, tuple[str, ...]]:
+  """{user name: path in the perturbation tree} of the model's feature-map points."""
+  shapes = jax.eval_shape(
+      lambda: model.apply(variables, images, train=False, mutable=[PERTURBATIONS])[1])
+  paths = {}
+  for key, node in shapes.get(PERTURBATIONS, {}).items():
+    if key == FINAL_FEATURES:
+      paths[key] = (key,)
+    elif isinstance(node, Mapping):
+      for leaf in (BLOCK_INPUT, LAYER_INPUT):
+        if leaf in node:
+          paths[key] = (key, leaf)
+  return dict(sorted(paths.items()))
+
+
+def layer_names(model, variables: Any, images: jax.Array) -> list[str]:
+  """The target layers a model offers (depth order, ``final_features`` last)."""
+  _check_images(images)
+  return list(_layer_paths(model, _model_variables(variables), images))
+
+
+def _resolve_layer(model, variables, images, layer: Optional[str]) -> tuple[str, ...]:
+  paths = _layer_paths(model, variables, images)
+  if not paths:
+    raise ValueError(f"{type(model).__name__} exposes no feature-map perturbation points "
+                     f"('{BLOCK_INPUT}', '{LAYER_INPUT}' or '{FINAL_FEATURES}'); the image "
+                     "explainers need an mhex_jax ResNet or ViT.")
+  if layer is None:
+    layer = FINAL_FEATURES if FINAL_FEATURES in paths else list(paths)[-1]
+  if layer not in paths:
+    raise ValueError(f"Unknown layer={layer!r} for this {type(model).__name__}; use one of "
+                     f"{list(paths)} (or None for the default).")
+  return paths[layer]
+
+
+def default_layer(model, variables: Any, images: jax.Array) -> str:
+  """The layer used when ``layer=None`` (see the module docstring)."""
+  _check_images(images)
+  variables = _model_variables(variables)
+  path = _resolve_layer(model, variables, images, None)
+  return path[0]
+
+
+def _at(tree: Any, path: tuple[str, ...]) -> jax.Array:
+  for key in path:
+    tree = tree[key]
+  # Sown values are 1-tuples; perturbation (and gradient) trees hold arrays.
+  return tree[0] if isinstance(tree, tuple) else tree
+
+
+def _to_grid(model, features: jax.Array) -> jax.Array:
+  """Feature maps [B, h, w, C] pass through; ViT tokens [B, T, d] become [B, gh, gw, d]."""
+  if features.ndim == 3:
+    features = vit_lib.tokens_to_grid(features, model.grid_size,
+                                      getattr(model, "class_token", True))
+  return features.astype(jnp.float32)
+
+
+def layer_activations(model, variables: Any, images: jax.Array, *,
+                      layer: Optional[str] = None) -> jax.Array:
+  """The target layer's feature map A f32[B, h, w, C] (one forward pass)."""
+  _check_images(images)
+  variables = _model_variables(variables)
+  path = _resolve_layer(model, variables, images, layer)
+  _, state = model.apply(variables, images, train=False, mutable=[HIDDEN_STATES])
+  return _to_grid(model, _at(state[HIDDEN_STATES], path))
+
+
+def layer_gradients(model, variables: Any, images: jax.Array, targets: jax.Array, *,
+                    layer: Optional[str] = None) -> tuple[jax.Array, jax.Array]:
+  """(A, ∂z_c/∂A), both f32[B, h, w, C], from one forward and one backward pass.
+
+  The gradient of every perturbation point is requested, but under ``jit`` XLA drops the
+  backward pass below the target layer because nothing reads it.
+  """
+  targets = _check_inputs(images, targets)
+  variables = _model_variables(variables)
+  path = _resolve_layer(model, variables, images, layer)
+  _, state, grads = attribution.perturbation_gradients(
+      model.apply, variables, (images,), targets, collections=(HIDDEN_STATES,))
+  return (_to_grid(model, _at(state[HIDDEN_STATES], path)),
+          _to_grid(model, _at(grads, path)))
+
+
+def _cam_to_image(cam: jax.Array, image_size: tuple[int, int]) -> jax.Array:
+  """ReLU on the feature grid, then bilinear resizing: [B, h, w] → f32[B, H, W] (≥ 0)."""
+  cam = jax.nn.relu(cam)
+  if tuple(cam.shape[1:]) == tuple(image_size):
+    return cam
+  return jax.image.resize(cam, (cam.shape[0], *image_size), method="bilinear", antialias=False)
+
+
+# --- CAM family -----------------------------------------------------------------------------
+
+def grad_cam(model, variables: Any, images: jax.Array, targets: jax.Array, *,
+             layer: Optional[str] = None) -> jax.Array:
+  """Grad-CAM: channel weights = spatial mean of the gradient; ReLU(Σ_k α_k A_k).
+
+  Args:
+    model, variables: an mhex_jax image model and its {"params", maybe "batch_stats"}.
+    images: f32[B, H, W, C] normalised inputs.
+    targets: int[B] explained classes.
+    layer: target layer name (``layer_names``); None = the architecture's default.
+
+  Returns:
+    f32[B, H, W] raw non-negative map.
+  """
+  acts, grads = layer_gradients(model, variables, images, targets, layer=layer)
+  weights = jnp.mean(grads, axis=(1, 2))
+  return _cam_to_image(jnp.einsum("bk,bhwk->bhw", weights, acts), images.shape[1:3])
+
+
+def grad_cam_plus_plus(model, variables: Any, images: jax.Array, targets: jax.Array, *,
+                       layer: Optional[str] = None) -> jax.Array:
+  """Grad-CAM++: pixel-weighted positive gradients as channel weights.
+
+  With the exponential score exp(z_c) of the paper, the second and third derivatives are
+  powers of G = ∂z_c/∂A, so a_ij = G² / (2 G² + Σ_ab A_ab · G³) per channel (0 where the
+  denominator is 0). The common factor exp(z_c) of ReLU(∂exp(z_c)/∂A) is dropped, as in the
+  reference implementations: it scales each example's map by a constant.
+
+  Args/Returns: as ``grad_cam``.
+  """
+  acts, grads = layer_gradients(model, variables, images, targets, layer=layer)
+  grads2 = grads * grads
+  denominator = 2.0 * grads2 + jnp.sum(acts, axis=(1, 2), keepdims=True) * grads2 * grads
+  nonzero = denominator != 0
+  alphas = jnp.where(nonzero, grads2 / jnp.where(nonzero, denominator, 1.0), 0.0)
+  weights = jnp.sum(alphas * jax.nn.relu(grads), axis=(1, 2))
+  return _cam_to_image(jnp.einsum("bk,bhwk->bhw", weights, acts), images.shape[1:3])
+
+
+def layer_cam(model, variables: Any, images: jax.Array, targets: jax.Array, *,
+              layer: Optional[str] = None) -> jax.Array:
+  """LayerCAM: ReLU(Σ_k ReLU(G_k) ⊙ A_k), a per-position weight instead of a channel mean.
+
+  Args/Returns: as ``grad_cam``.
+  """
+  acts, grads = layer_gradients(model, variables, images, targets, layer=layer)
+  return _cam_to_image(jnp.sum(jax.nn.relu(grads) * acts, axis=-1), images.shape[1:3])
+
+
+def score_cam_weights(model, variables: Any, images: jax.Array, targets: jax.Array, *,
+                      layer: Optional[str] = None, chunk_size: Optional[int] = 16,
+                      weighting: str = "channel_softmax") -> tuple[jax.Array, jax.Array]:
+  """Score-CAM's activations A f32[B, h, w, C] and channel weights α f32[B, C].
+
+  Channel k's mask M_k is A_k resized bilinearly to (H, W) and min–max normalised per example;
+  the model scores x ⊙ M_k (one forward pass per channel). Channels that are constant on the
+  grid carry no location and get weight 0 (the reference code skips them).
+
+  Args:
+    model, variables, images, targets, layer: as ``grad_cam``.
+    chunk_size: channels whose masked batches run together (memory ∝ chunk_size · B); None =
+      all C at once.
+    weighting: "channel_softmax" (default): α = softmax over channels of the target logit
+      z_c(x ⊙ M_k), the normalisation the Score-CAM paper describes (and pytorch-grad-cam
+      uses); "probability": α_k = softmax over classes of z(x ⊙ M_k) at c, as the authors'
+      released code.
+  """
+  if weighting not in SCORE_CAM_WEIGHTINGS:
+    raise ValueError(f"Unknown weighting={weighting!r}; use one of {SCORE_CAM_WEIGHTINGS}.")
+  _check_chunk_size(chunk_size)
+  targets = _check_inputs(images, targets)
+  variables = _model_variables(variables)
+  acts = layer_activations(model, variables, images, layer=layer)
+  batch, height, width = images.shape[:3]
+
+  def channel_score(channel):  # [B, h, w] → [B]
+    masks = normalize_maps(jax.image.resize(channel, (batch, height, width), method="bilinear",
+                                            antialias=False))
+    logits = model.apply(variables, images * masks[..., None].astype(images.dtype),
+                         train=False)[-1].astype(jnp.float32)
+    if weighting == "probability":
+      logits = jax.nn.softmax(logits, axis=-1)
+    return jnp.take_along_axis(logits, targets[:, None].astype(jnp.int32), axis=-1)[:, 0]
+
+  channels = jnp.moveaxis(acts, -1, 0)
+  scores = jax.lax.map(channel_score, channels,
+                       batch_size=_map_batch_size(chunk_size, channels.shape[0])).T  # [B, C]
+  informative = jnp.max(acts, axis=(1, 2)) > jnp.min(acts, axis=(1, 2))
+  if weighting == "channel_softmax":
+    scores = jax.nn.softmax(jnp.where(informative, scores, -jnp.inf), axis=-1)
+  return acts, jnp.where(informative, scores, 0.0)
+
+
+def score_cam(model, variables: Any, images: jax.Array, targets: jax.Array, *,
+              layer: Optional[str] = None, chunk_size: Optional[int] = 16,
+              weighting: str = "channel_softmax") -> jax.Array:
+  """Score-CAM: ReLU(Σ_k α_k A_k) with α from masked forward passes (``score_cam_weights``).
+
+  Gradient-free; costs C forward passes of the batch (C = channels of the layer).
+
+  Returns:
+    f32[B, H, W] raw non-negative map.
+  """
+  acts, weights = score_cam_weights(model, variables, images, targets, layer=layer,
+                                    chunk_size=chunk_size, weighting=weighting)
+  return _cam_to_image(jnp.einsum("bk,bhwk->bhw", weights, acts), images.shape[1:3])
+
+
+# --- Input gradients ------------------------------------------------------------------------
+
+def input_gradients(model, variables: Any, images: jax.Array,
+                    targets: jax.Array) -> jax.Array:
+  """∂z_c/∂x f32[B, H, W, C] of the final head's target logits (per example: eval mode)."""
+  targets = _check_inputs(images, targets)
+  variables = _model_variables(variables)
+
+  def total_target_logit(x):
+    return jnp.sum(attribution.target_logits(model.apply(variables, x, train=False), targets))
+
+  return jax.grad(total_target_logit)(images)
+
+
+def _max_abs_over_channels(x: jax.Array) -> jax.Array:
+  return jnp.max(jnp.abs(x), axis=-1).astype(jnp.float32)
+
+
+def _abs_sum_over_channels(x: jax.Array) -> jax.Array:
+  return jnp.abs(jnp.sum(x, axis=-1)).astype(jnp.float32)
+
+
+def vanilla_gradient(model, variables: Any, images: jax.Array,
+                     targets: jax.Array) -> jax.Array:
+  """Gradient saliency (Simonyan et al. 2014): max over channels of |∂z_c/∂x|, f32[B, H, W]."""
+  return _max_abs_over_channels(input_gradients(model, variables, images, targets))
+
+
+def gradient_x_input(model, variables: Any, images: jax.Array,
+                     targets: jax.Array) -> jax.Array:
+  """Gradient × input: |Σ_c x ⊙ ∂z_c/∂x|, f32[B, H, W].
+
+  Summing over channels before the absolute value keeps each pixel's first-order contribution
+  to the logit (channels can cancel), as for Integrated Gradients.
+  """
+  return _abs_sum_over_channels(images * input_gradients(model, variables, images, targets))
+
+
+def smoothgrad(model, variables: Any, images: jax.Array, targets: jax.Array, *,
+               num_samples: int = 50, noise_level: float = 0.15,
+               chunk_size: Optional[int] = 10, rng: Optional[jax.Array] = None) -> jax.Array:
+  """SmoothGrad (Smilkov et al. 2017): max over channels of |mean_n ∂z_c/∂x(x + ε_n)|.
+
+  The signed gradients are averaged, then reduced like ``vanilla_gradient``.
+
+  Args:
+    model, variables, images, targets: as ``grad_cam``.
+    num_samples: n noisy copies per example.
+    noise_level: noise std as a fraction of each example's input range max(x) − min(x) (the
+      paper recommends 0.1–0.2).
+    chunk_size: noisy copies whose gradients run together (memory ∝ chunk_size · B); None = all.
+    rng: PRNG key of the noise; None = ``jax.random.key(0)``. Every example of the batch gets
+      the same standard-normal draws (scaled by its own range), so a map does not depend on
+      the other examples of the batch.
+
+  Returns:
+    f32[B, H, W] raw non-negative map.
+  """
+  if num_samples < 1:
+    raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
+  _check_chunk_size(chunk_size)
+  _check_inputs(images, targets)
+  rng = jax.random.key(0) if rng is None else rng
+  spread = (jnp.max(images, axis=(1, 2, 3), keepdims=True)
+            - jnp.min(images, axis=(1, 2, 3), keepdims=True))
+  noise = jax.random.normal(rng, (num_samples, *images.shape[1:]), images.dtype)
+  gradient = functools.partial(input_gradients, model, variables, targets=targets)
+  grads = jax.lax.map(lambda eps: gradient(images + noise_level * spread * eps[None]), noise,
+                      batch_size=_map_batch_size(chunk_size, num_samples))
+  return _max_abs_over_channels(jnp.mean(grads, axis=0))
+
+
+def integrated_gradients_attributions(model, variables: Any, images: jax.Array,
+                                      targets: jax.Array, *, steps: int = 50,
+                                      baseline: Optional[jax.Array] = None,
+                                      chunk_size: Optional[int] = 10) -> jax.Array:
+  """Unreduced Integrated Gradients f32[B, H, W, C]; they sum to ≈ z_c(x) − z_c(baseline).
+
+  Args:
+    model, variables, images, targets: as ``grad_cam``.
+    steps: midpoint-rule path points (``attribution.path_integral``).
+    baseline: broadcastable to images; None = zeros in normalised input space (the mean image
+      of the normalisation statistics).
+    chunk_size: path points whose gradients run together (memory ∝ chunk_size · B); None = all.
+  """
+  _check_chunk_size(chunk_size)
+  _check_inputs(images, targets)
+  baseline = jnp.zeros_like(images) if baseline is None else jnp.asarray(baseline, images.dtype)
+  gradient = functools.partial(input_gradients, model, variables, targets=targets)
+  return attribution.path_integral(gradient, images, baseline, steps=steps,
+                                   chunk_size=chunk_size)
+
+
+def integrated_gradients(model, variables: Any, images: jax.Array, targets: jax.Array, *,
+                         steps: int = 50, baseline: Optional[jax.Array] = None,
+                         chunk_size: Optional[int] = 10) -> jax.Array:
+  """Integrated Gradients (Sundararajan et al. 2017) reduced to |Σ_c IG|, f32[B, H, W].
+
+  Args: as ``integrated_gradients_attributions``.
+  """
+  return _abs_sum_over_channels(integrated_gradients_attributions(
+      model, variables, images, targets, steps=steps, baseline=baseline, chunk_size=chunk_size))

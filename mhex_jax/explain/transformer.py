@@ -1,0 +1,395 @@
+"""Token explainers for Transformers (SPEC §7): attention baselines, gradient methods, AttCAT.
+
+Every explainer has the registry signature ``name(model, variables, inputs, targets, **options)``
+and is pure, batched and jit-able (close over ``model`` and the options):
+
+* ``model``: a ``BERT`` or ``ViT`` (plain or MHEX); ``variables``: {"params", ...}.
+* ``inputs``: text {"input_ids", "attention_mask", "token_type_ids", "special_tokens_mask"}
+  (int/bool [B, T]; ``token_type_ids`` may be left out, ``special_tokens_mask`` is only needed by
+  ``cat``/``attcat`` with ``mask_special_keys=True``), or images {"image": f32[B, H, W, C]}.
+* ``targets``: int[B], the classes whose final-head logit z_c is explained (gradient methods;
+  the attention-only methods ignore them).
+* Result: a raw token map f32[B, T] over the model's tokens, [CLS] / the class token in row 0,
+  exactly 0 on padding, signed where the method is, not normalised (the caller normalises with
+  ``mhex.normalize_maps`` and, for ViT, maps patch tokens to the image).
+
+**[CLS] row.** Raw attention, rollout and the Chefer relevance read the row of the class token:
+BERT's [CLS] and ViT's class token. A ViT built with ``class_token=False`` has no such row and
+pools all tokens, so there the mean of the rows over valid queries is read instead. The class
+token's own entry keeps the score the method gives it (rollout and relevance give it the
+identity's share; raw attention zeroes the self-entry, so it is 0 there).
+
+**Gradients** come from one forward and one backward pass through the model's perturbation
+points (``attribution.perturbation_gradients``): attention probabilities α^(l) [B, H, T, T]
+and layer inputs h^(l) [B, T, d] with ∂z_c/∂α^(l) and ∂z_c/∂h^(l). The embedding methods
+(gradient × input, Integrated Gradients) work on h^(0), the embedding output, and score a
+token by the sum over the hidden dim.
+
+**Special tokens as keys (AttCAT, CAT).** The official AttCAT explanation pass hides the special
+tokens from attention. BERT's only token mask is ``attention_mask`` (it masks keys; queries are
+never masked), so the explanation pass runs with ``attention_mask ∧ ¬special_tokens_mask``:
+special tokens still are queries ([CLS] still carries the plain model's prediction) but nothing
+attends to them, so their AttCAT score is 0, and z_c is the logit of this pass. In MHEX-BERT the
+same mask also drops them from the heads' token means. An example with no non-special token keeps its plain mask. The column means
+w_l still average over every non-padding query. ViT takes no key mask and its only special
+token, the class token, is what the plain ViT classifies from; its explanation pass is the plain
+one (``mask_special_keys`` has no effect) and the class token is scored like any token.
+"""
+
+from typing import Any, Mapping, NamedTuple, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from mhex_jax.explain import attribution
+from mhex_jax.models import bert
+
+OUTPUTS = ("signed", "abs", "relu")
+BASELINES = ("pad", "zeros")
+# Sown or perturbation collections a caller's variables may still hold; apply() must not see them.
+_STATE_COLLECTIONS = (bert.ATTENTION, bert.HIDDEN_STATES, bert.PERTURBATIONS, "mhex",
+                      "intermediates")
+
+
+class _Tokens(NamedTuple):
+  """What every explainer needs to run a Transformer on ``inputs``."""
+  args: tuple  # positional model inputs after the variables
+  valid: jax.Array  # bool[B, T], True on non-padding tokens
+  class_token: bool  # whether token 0 is [CLS] / a class token
+
+
+def _tokens(model: Any, inputs: Mapping[str, jax.Array], *,
+            mask_special_keys: bool = False) -> _Tokens:
+  """The one adapter between ``inputs`` dicts and the BERT / ViT call signatures."""
+  if not isinstance(inputs, Mapping):
+    raise ValueError(f"inputs must be a dict ({{'input_ids', ...}} or {{'image': images}}), got "
+                     f"{type(inputs).__name__}; wrap images as {{'image': images}}.")
+  if "input_ids" in inputs:
+    missing = {"attention_mask"} - set(inputs)
+    if missing:
+      raise ValueError(f"Text inputs need {sorted(missing)}; got keys {sorted(inputs)}.")
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    valid = mask > 0
+    key_mask = mask
+    if mask_special_keys:
+      if "special_tokens_mask" not in inputs:
+        raise ValueError("mask_special_keys=True needs inputs['special_tokens_mask'] (bool[B, T],"
+                         " True on [CLS]/[SEP]/[PAD]); add it or pass mask_special_keys=False.")
+      keys = valid & ~inputs["special_tokens_mask"].astype(bool)
+      # An example of special tokens only would attend to nothing: it keeps its plain mask.
+      keys = jnp.where(jnp.any(keys, axis=1, keepdims=True), keys, valid)
+      key_mask = keys.astype(mask.dtype)
+    return _Tokens((ids, key_mask, inputs.get("token_type_ids")), valid, True)
+  if "image" in inputs:
+    images = inputs["image"]
+    grid_h, grid_w = model.grid_size
+    class_token = bool(model.class_token)
+    valid = jnp.ones((images.shape[0], grid_h * grid_w + int(class_token)), bool)
+    return _Tokens((images,), valid, class_token)
+  raise ValueError(f"inputs must hold 'input_ids' (BERT) or 'image' (ViT); got keys "
+                   f"{sorted(inputs)}.")
+
+
+def _model_variables(variables: Mapping[str, Any]) -> dict[str, Any]:
+  return {k: v for k, v in variables.items() if k not in _STATE_COLLECTIONS}
+
+
+def _finish(maps: jax.Array, tokens: _Tokens) -> jax.Array:
+  return jnp.where(tokens.valid, maps.astype(jnp.float32), 0.0)
+
+
+def _check_choice(name: str, value: str, allowed: Sequence[str]):
+  if value not in allowed:
+    raise ValueError(f"Unknown {name}={value!r}; use one of {tuple(allowed)}.")
+
+
+def _check_start_layer(start_layer: int, num_layers: int):
+  if not 0 <= start_layer < num_layers:
+    raise ValueError(f"start_layer={start_layer} is out of range for a model with {num_layers} "
+                     f"layers; use 0..{num_layers - 1}.")
+
+
+def _query_row(matrix: jax.Array, tokens: _Tokens) -> jax.Array:
+  """[B, T, T] → [B, T]: the class-token row, or the mean of valid rows without one."""
+  if tokens.class_token:
+    return matrix[:, 0]
+  return _column_mean(matrix, tokens.valid)
+
+
+def _column_mean(matrix: jax.Array, valid: jax.Array) -> jax.Array:
+  """(1 / N_valid) Σ_{valid i} matrix[b, i, j]: [B, T, T] → [B, T]."""
+  weights = valid.astype(jnp.float32)
+  weights = weights / jnp.maximum(jnp.sum(weights, axis=1, keepdims=True), 1.0)
+  return jnp.einsum("bi,bij->bj", weights, matrix)
+
+
+def _apply_output(maps: jax.Array, output: str) -> jax.Array:
+  if output == "abs":
+    return jnp.abs(maps)
+  if output == "relu":
+    return jnp.maximum(maps, 0.0)
+  return maps
+
+
+class _Pass(NamedTuple):
+  """Per-layer intermediates of one forward + backward pass, each list in depth order."""
+  probs: list[jax.Array]  # α^(l) f32[B, H, T, T]
+  prob_grads: list[jax.Array]  # ∂z_c/∂α^(l)
+  layer_inputs: list[jax.Array]  # h^(l) [B, T, d]; h^(0) = embedding output
+  layer_input_grads: list[jax.Array]  # ∂z_c/∂h^(l)
+
+
+def _gradient_pass(model: Any, variables: Any, tokens: _Tokens, targets: jax.Array) -> _Pass:
+  _, state, grads = attribution.perturbation_gradients(
+      model.apply, _model_variables(variables), tokens.args, jnp.asarray(targets, jnp.int32),
+      collections=(bert.ATTENTION, bert.HIDDEN_STATES))
+  # The perturbation tree mirrors the attention collection's layout (layer_XX/attention/probs).
+  return _Pass(bert.attention_probs(state), bert.attention_probs({bert.ATTENTION: grads}),
+               bert.hidden_states(state)[:-1], bert.layer_input_perturbations(grads))
+
+
+def _attention(model: Any, variables: Any, tokens: _Tokens) -> list[jax.Array]:
+  _, state = model.apply(_model_variables(variables), *tokens.args, train=False,
+                         mutable=[bert.ATTENTION])
+  return bert.attention_probs(state)
+
+
+def _token_dot(a: jax.Array, b: jax.Array) -> jax.Array:
+  """Σ_d a[b, t, d] · b[b, t, d] in float32: [B, T, d] × [B, T, d] → [B, T]."""
+  return jnp.einsum("btd,btd->bt", a.astype(jnp.float32), b.astype(jnp.float32))
+
+
+# ---------------------------------------------------------------------------------------------
+# Attention-only baselines.
+
+
+def rollout_matrix(attentions: Sequence[jax.Array], *, start_layer: int = 0) -> jax.Array:
+  """Attention rollout J = M_L ⋯ M_s, M_l = rownorm(mean_h α^(l) + I).
+
+  Args:
+    attentions: per-layer probabilities f32[B, H, T, T], input → output order.
+    start_layer: the first layer s multiplied in (0 = all layers).
+
+  Returns:
+    J f32[B, T, T]; row i is how much of token i's output comes from each input token.
+  """
+  _check_start_layer(start_layer, len(attentions))
+  eye = jnp.eye(attentions[0].shape[-1], dtype=jnp.float32)
+  joint = jnp.broadcast_to(eye, attentions[0].shape[:1] + eye.shape)
+  for probs in attentions[start_layer:]:
+    mixing = jnp.mean(probs.astype(jnp.float32), axis=1) + eye
+    mixing = mixing / jnp.sum(mixing, axis=-1, keepdims=True)
+    joint = jnp.einsum("bij,bjk->bik", mixing, joint)
+  return joint
+
+
+def raw_attention(model: Any, variables: Any, inputs: Mapping[str, jax.Array],
+                  targets: Optional[jax.Array] = None) -> jax.Array:
+  """Last-layer attention of the [CLS] row, averaged over heads, its self-entry zeroed.
+
+  ``targets`` is unused (the map does not depend on the class). Returns f32[B, T].
+  """
+  del targets
+  tokens = _tokens(model, inputs)
+  probs = _attention(model, variables, tokens)[-1]
+  attention = jnp.mean(probs.astype(jnp.float32), axis=1)
+  attention = attention * (1.0 - jnp.eye(attention.shape[-1], dtype=jnp.float32))
+  return _finish(_query_row(attention, tokens), tokens)
+
+
+def attention_rollout(model: Any, variables: Any, inputs: Mapping[str, jax.Array],
+                      targets: Optional[jax.Array] = None, *, start_layer: int = 0) -> jax.Array:
+  """The [CLS] row of ``rollout_matrix`` (Abnar & Zuidema 2020). ``targets`` is unused.
+
+  Args:
+    start_layer: first layer in the product (default 0: every layer).
+
+  Returns:
+    f32[B, T]; each row sums to 1 over its valid tokens, [CLS] included.
+  """
+  del targets
+  tokens = _tokens(model, inputs)
+  joint = rollout_matrix(_attention(model, variables, tokens), start_layer=start_layer)
+  return _finish(_query_row(joint, tokens), tokens)
+
+
+# ---------------------------------------------------------------------------------------------
+# Attention-gradient methods.
+
+
+def relevance_matrix(attentions: Sequence[jax.Array], gradients: Sequence[jax.Array], *,
+                     start_layer: int = 0) -> jax.Array:
+  """Chefer et al. (ICCV 2021), gradient-only: R = I; per block R ← R + mean_h[(∇α ⊙ α)⁺] R.
+
+  Args:
+    attentions: per-layer α^(l) f32[B, H, T, T], input → output order.
+    gradients: ∂z_c/∂α^(l), same shapes.
+    start_layer: the first layer l whose update is applied (0 = all layers).
+
+  Returns:
+    R f32[B, T, T].
+  """
+  if len(attentions) != len(gradients):
+    raise ValueError(f"{len(attentions)} attention maps but {len(gradients)} gradients.")
+  _check_start_layer(start_layer, len(attentions))
+  eye = jnp.eye(attentions[0].shape[-1], dtype=jnp.float32)
+  relevance = jnp.broadcast_to(eye, attentions[0].shape[:1] + eye.shape)
+  for probs, grad in zip(attentions[start_layer:], gradients[start_layer:]):
+    weighted = jnp.mean(jnp.maximum(grad.astype(jnp.float32) * probs, 0.0), axis=1)
+    relevance = relevance + jnp.einsum("bij,bjk->bik", weighted, relevance)
+  return relevance
+
+
+def gradient_relevance(model: Any, variables: Any, inputs: Mapping[str, jax.Array],
+                       targets: jax.Array, *, start_layer: int = 0) -> jax.Array:
+  """The [CLS] row of ``relevance_matrix`` (Chefer et al. ICCV 2021, gradient-only version).
+
+  Args:
+    start_layer: the first block whose update R ← R + Ā R is applied; default 0, every
+      block (SPEC §7). A later start ignores the early blocks' attention.
+
+  Returns:
+    f32[B, T]; non-negative, [CLS] gets ≥ 1 from the identity.
+  """
+  tokens = _tokens(model, inputs)
+  grads = _gradient_pass(model, variables, tokens, targets)
+  relevance = relevance_matrix(grads.probs, grads.prob_grads, start_layer=start_layer)
+  return _finish(_query_row(relevance, tokens), tokens)
+
+
+def grad_sam(model: Any, variables: Any, inputs: Mapping[str, jax.Array],
+             targets: jax.Array) -> jax.Array:
+  """Grad-SAM / attention × gradient: S = Σ_l mean_h[ReLU(∇α^(l)) ⊙ α^(l)], a [T, T] matrix.
+
+  Reduction (choice): the token score is S's column mean over valid queries,
+  score[j] = (1 / N_valid) Σ_{valid i} S[i, j], what token j receives on average: Grad-SAM
+  (Barkan et al. 2021) averages over the rows too, and AttCAT's w_l is the same reduction.
+
+  Returns:
+    f32[B, T], non-negative.
+  """
+  tokens = _tokens(model, inputs)
+  grads = _gradient_pass(model, variables, tokens, targets)
+  total = sum(jnp.mean(jnp.maximum(g.astype(jnp.float32), 0.0) * a, axis=1)
+              for a, g in zip(grads.probs, grads.prob_grads))
+  return _finish(_column_mean(total, tokens.valid), tokens)
+
+
+# ---------------------------------------------------------------------------------------------
+# Embedding methods.
+
+
+def gradient_x_input(model: Any, variables: Any, inputs: Mapping[str, jax.Array],
+                     targets: jax.Array) -> jax.Array:
+  """Σ_d h^(0) ⊙ ∂z_c/∂h^(0) on the embedding output h^(0). Returns signed f32[B, T]."""
+  tokens = _tokens(model, inputs)
+  grads = _gradient_pass(model, variables, tokens, targets)
+  return _finish(_token_dot(grads.layer_input_grads[0], grads.layer_inputs[0]), tokens)
+
+
+def _first_layer_input(model: Any, variables: Any, args: tuple) -> jax.Array:
+  _, state = model.apply(variables, *args, train=False, mutable=[bert.HIDDEN_STATES])
+  return bert.hidden_states(state)[0]
+
+
+def _baseline_args(tokens: _Tokens, pad_id: int) -> tuple:
+  """Model inputs whose embedding output is the "pad" baseline."""
+  if len(tokens.args) == 1:
+    # ViT: a blank (all-zero) image keeps the class token and position embeddings.
+    return (jnp.zeros_like(tokens.args[0]),)
+  ids, mask, types = tokens.args
+  return (jnp.full_like(ids, pad_id), mask, types)
+
+
+def integrated_gradients(model: Any, variables: Any, inputs: Mapping[str, jax.Array],
+                         targets: jax.Array, *, steps: int = 50,
+                         chunk_size: Optional[int] = None, baseline: str = "pad",
+                         pad_id: int = 0) -> jax.Array:
+  """Integrated Gradients on the embedding output h^(0), summed over the hidden dim.
+
+  Path points b + α(x − b) are fed to the model by adding (point − x) to layer 0's input
+  through its perturbation point, so attention masks, positions and types stay those of x.
+
+  Args:
+    steps: m midpoint-rule path points (completeness error O(1/m²)).
+    chunk_size: path points evaluated together (memory ∝ chunk_size · B); None = all.
+    baseline: "pad": the embedding output of the same input with every id replaced by
+      ``pad_id`` (positions and token types kept); for ViT, of an all-zero image (class token
+      and positions kept, so the class token scores 0). "zeros": h = 0.
+    pad_id: the tokenizer's [PAD] id (0 for BERT's uncased vocabularies).
+
+  Returns:
+    signed f32[B, T]; per example the scores sum to ≈ z_c(x) − z_c(baseline).
+  """
+  _check_choice("baseline", baseline, BASELINES)
+  tokens = _tokens(model, inputs)
+  variables = _model_variables(variables)
+  targets = jnp.asarray(targets, jnp.int32)
+  embeddings = _first_layer_input(model, variables, tokens.args)
+  if baseline == "pad":
+    reference = _first_layer_input(model, variables, _baseline_args(tokens, pad_id))
+  else:
+    reference = jnp.zeros_like(embeddings)
+
+  shapes = jax.eval_shape(lambda: model.apply(variables, *tokens.args, train=False,
+                                              mutable=[bert.PERTURBATIONS])[1])
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes[bert.PERTURBATIONS])
+  first = min(k for k in zeros if k.startswith("layer_"))
+
+  def target_logit(shift):
+    # ``shift`` moves the embedding output from x to the path point.
+    shift = shift.astype(zeros[first][bert.LAYER_INPUT].dtype)
+    perturbations = {**zeros, first: {**zeros[first], bert.LAYER_INPUT: shift}}
+    head_logits = model.apply({**variables, bert.PERTURBATIONS: perturbations}, *tokens.args,
+                              train=False)
+    return jnp.sum(attribution.target_logits(head_logits, targets))
+
+  shift_grad = jax.grad(target_logit)
+  attributions = attribution.path_integral(
+      lambda points: shift_grad(points - embeddings), embeddings.astype(jnp.float32),
+      reference.astype(jnp.float32), steps=steps, chunk_size=chunk_size)
+  return _finish(jnp.sum(attributions, axis=-1), tokens)
+
+
+# ---------------------------------------------------------------------------------------------
+# AttCAT and CAT.
+
+
+def _cat_terms(model: Any, variables: Any, inputs: Mapping[str, jax.Array], targets: jax.Array,
+               mask_special_keys: bool) -> tuple[list[jax.Array], list[jax.Array], _Tokens]:
+  """Per-layer cat_l [B, T] and attention column means w_l [B, T] of one explanation pass."""
+  tokens = _tokens(model, inputs, mask_special_keys=mask_special_keys)
+  grads = _gradient_pass(model, variables, tokens, targets)
+  cats = [_token_dot(g, h) for g, h in zip(grads.layer_input_grads, grads.layer_inputs)]
+  # (1 / (H · N_valid)) Σ_h Σ_{valid i} α[h, i, j] = column mean of the head-mean.
+  weights = [_column_mean(jnp.mean(a.astype(jnp.float32), axis=1), tokens.valid)
+             for a in grads.probs]
+  return cats, weights, tokens
+
+
+def attcat(model: Any, variables: Any, inputs: Mapping[str, jax.Array], targets: jax.Array, *,
+           output: str = "signed", mask_special_keys: bool = True) -> jax.Array:
+  """AttCAT (Qiang et al. 2022): Σ_l cat_l[j] · w_l[j] from one forward + backward pass.
+
+  cat_l[j] = Σ_d (∂z_c/∂h^(l))[j, d] · h^(l)[j, d] with h^(l) the input of block l, and
+  w_l[j] = the attention token j receives in block l, averaged over heads and valid queries.
+
+  Args:
+    output: "signed" (default), "abs" or "relu", applied to the summed map.
+    mask_special_keys: hide special tokens as attention keys in the explanation pass (the
+      official default; see the module docstring; no effect on ViT).
+
+  Returns:
+    f32[B, T].
+  """
+  _check_choice("output", output, OUTPUTS)
+  cats, weights, tokens = _cat_terms(model, variables, inputs, targets, mask_special_keys)
+  return _finish(_apply_output(sum(c * w for c, w in zip(cats, weights)), output), tokens)
+
+
+def cat(model: Any, variables: Any, inputs: Mapping[str, jax.Array], targets: jax.Array, *,
+        output: str = "signed", mask_special_keys: bool = True) -> jax.Array:
+  """CAT: AttCAT without the attention weights, Σ_l cat_l[j]. Options as ``attcat``."""
+  _check_choice("output", output, OUTPUTS)
+  cats, _, tokens = _cat_terms(model, variables, inputs, targets, mask_special_keys)
+  return _finish(_apply_output(sum(cats), output), tokens)

@@ -1,0 +1,203 @@
+"""Comparison mode of eval: every explainer on the same examples, report.json/.md, galleries,
+a separate scoring workdir, and the errors for bad method lists."""
+
+import json
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # The tokenizer must come from disk alone.
+
+import numpy as np
+import pytest
+
+from configs import bert_agnews
+from configs import default
+from mhex_jax import eval_lib
+from mhex_jax import models
+from mhex_jax import train_lib
+from mhex_jax.explain import registry
+
+FAST_OPTIONS = {
+    "score_cam": {"chunk_size": 4},
+    "smoothgrad": {"num_samples": 3, "chunk_size": 3},
+    "integrated_gradients": {"steps": 4, "chunk_size": 2},
+    "embedding_integrated_gradients": {"steps": 4, "chunk_size": 2},
+}
+
+
+def _fast_eval(config, methods):
+  config.eval.methods = methods
+  config.eval.num_explain = 16
+  config.eval.num_gallery = 2
+  config.eval.deletion_steps = 4
+  config.eval.deletion_chunk_size = 32
+  for name, options in FAST_OPTIONS.items():
+    config.eval.explainer_options[name] = options
+  return config
+
+
+def _image_config(mhex=True):
+  config = default.get_config()
+  config.model.width = 4
+  config.model.mhex = mhex
+  config.data.image_size = 16
+  config.data.num_train = 64
+  config.data.num_eval = 24
+  config.train.batch_size = 16
+  config.train.num_epochs = 1
+  config.train.checkpoint_every_steps = 100
+  config.eval.batch_size = 16
+  return config
+
+
+@pytest.fixture(scope="module")
+def image_workdirs(tmp_path_factory):
+  """An MHEX and a plain tiny ResNet, each trained for 4 steps."""
+  root = tmp_path_factory.mktemp("image")
+  out = {}
+  for name, mhex in (("mhex", True), ("plain", False)):
+    out[name] = str(root / name)
+    train_lib.train_and_evaluate(_image_config(mhex), out[name])
+  return out
+
+
+def _in_unit_interval(results, metrics):
+  for name in metrics:
+    if results.get(name) is not None:
+      assert 0.0 <= results[name] <= 1.0 + 1e-6, (name, results[name])
+
+
+def test_image_comparison_runs_every_method(image_workdirs):
+  workdir = image_workdirs["mhex"]
+  config = _fast_eval(_image_config(), "all")
+  report = eval_lib.evaluate(config, workdir)
+  model = models.create_model(config.model)
+  assert list(report["methods"]) == list(registry.available(model))
+  assert "mhex" in report["methods"] and "grad_cam" in report["methods"]
+  for name, results in report["methods"].items():
+    assert set(eval_lib.IMAGE_METRICS) <= set(results), name
+    assert results["num_examples"] == 16
+    _in_unit_interval(results, eval_lib.IMAGE_METRICS)
+  # Different maps give different deletion curves: the methods really differ.
+  assert len({round(r["deletion_auc"], 6) for r in report["methods"].values()}) > 1
+
+  out = os.path.join(workdir, "eval")
+  with open(os.path.join(out, "report.json")) as f:
+    assert json.load(f)["methods"] == report["methods"]
+  table = open(os.path.join(out, "report.md")).read()
+  for name in report["methods"]:
+    assert f"| {name} |" in table
+  assert "deletion_auc ↓" in table and "insertion_auc |" in table
+  assert os.path.getsize(os.path.join(out, "gallery.png")) > 0
+
+
+def test_mhex_only_by_default_and_nothing_for_plain(image_workdirs):
+  report = eval_lib.evaluate(_fast_eval(_image_config(), ""), image_workdirs["mhex"])
+  assert list(report["methods"]) == ["mhex"]
+  report = eval_lib.evaluate(_fast_eval(_image_config(mhex=False), ""), image_workdirs["plain"])
+  assert report["methods"] == {}
+
+
+def test_plain_model_comparison_has_no_mhex(image_workdirs):
+  config = _fast_eval(_image_config(mhex=False), "grad_cam,integrated_gradients")
+  report = eval_lib.evaluate(config, image_workdirs["plain"])
+  assert list(report["methods"]) == ["grad_cam", "integrated_gradients"]
+  with pytest.raises(ValueError, match="mhex.*cannot run"):
+    eval_lib.evaluate(_fast_eval(_image_config(mhex=False), "mhex"), image_workdirs["plain"])
+
+
+def test_unknown_method_is_named(image_workdirs):
+  with pytest.raises(ValueError, match="gradcam"):
+    eval_lib.evaluate(_fast_eval(_image_config(), "mhex,gradcam"), image_workdirs["mhex"])
+
+
+def test_scorer_workdir_scores_with_the_other_model(image_workdirs):
+  config = _fast_eval(_image_config(), "mhex")
+  own = eval_lib.evaluate(config, image_workdirs["mhex"])["methods"]["mhex"]
+  config.eval.scorer_workdir = image_workdirs["plain"]
+  report = eval_lib.evaluate(config, image_workdirs["mhex"])
+  scored = report["methods"]["mhex"]
+  assert report["scorer_workdir"] == image_workdirs["plain"]
+  # Same maps (pointing game), another model's probabilities (drops).
+  assert scored["pointing_game"] == own["pointing_game"]
+  assert scored["sad"] != own["sad"] and scored["deletion_auc"] != own["deletion_auc"]
+
+
+def test_scorer_must_solve_the_same_task(image_workdirs, tmp_path):
+  config = json.load(open(os.path.join(image_workdirs["plain"], "config.json")))
+  config["model"]["num_classes"] = 7
+  other = tmp_path / "other"
+  other.mkdir()
+  (other / "config.json").write_text(json.dumps(config))
+  eval_config = _fast_eval(_image_config(), "mhex")
+  eval_config.eval.scorer_workdir = str(other)
+  with pytest.raises(ValueError, match="7 classes"):
+    eval_lib.evaluate(eval_config, image_workdirs["mhex"])
+  eval_config.eval.scorer_workdir = str(tmp_path / "missing")
+  with pytest.raises(FileNotFoundError, match="config.json"):
+    eval_lib.evaluate(eval_config, image_workdirs["mhex"])
+
+
+def test_markdown_table_marks_lower_is_better():
+  table = eval_lib.markdown_table({"a": {"avg_drop": 0.5, "deletion_auc": 0.25},
+                                   "b": {"avg_drop": 0.125, "deletion_auc": None}},
+                                  eval_lib.IMAGE_METRICS)
+  assert table.splitlines() == ["| method | avg_drop | deletion_auc ↓ |", "|---|---|---|",
+                                "| a | 0.5000 | 0.2500 |", "| b | 0.1250 |  |"]
+
+
+# Text ---------------------------------------------------------------------------------------
+
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "dog", "sat", "ran", "on",
+         "mat", "rug", "stocks", "fell", "rose", "team", "won", "lost", "."]
+
+
+def _text_config(tmp_path, mhex=True):
+  vocab_dir = tmp_path / "vocab"
+  vocab_dir.mkdir(exist_ok=True)
+  (vocab_dir / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
+  (vocab_dir / "tokenizer_config.json").write_text(
+      '{"tokenizer_class": "BertTokenizer", "do_lower_case": true}')
+  rng = np.random.default_rng(0)
+  rows = []
+  for i in range(40):
+    label = i % 2
+    words = rng.choice(["stocks fell", "stocks rose"] if label else ["the cat sat", "team won"],
+                       size=rng.integers(1, 4))
+    rows.append(f'"{label + 1}","{" ".join(words)}","on the mat ."')
+  (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
+
+  config = bert_agnews.get_config("plain" if not mhex else None)
+  config.model.hf_checkpoint = ""
+  config.model.num_classes = 2
+  for field, value in dict(vocab_size=len(VOCAB), hidden_size=16, num_layers=3, num_heads=2,
+                           intermediate_size=24, max_positions=32).items():
+    config.model[field] = value
+  config.data.path = str(tmp_path / "data.csv")
+  config.data.tokenizer_dir = str(vocab_dir)
+  config.data.max_len = 16
+  config.train.batch_size = 8
+  config.train.num_epochs = 1
+  config.eval.batch_size = 8
+  return config
+
+
+# Every method on MHEX-BERT; two on the plain one (each method compiles its own eval step).
+@pytest.mark.parametrize("mhex,methods", [(True, "all"), (False, "attcat,attention_rollout")])
+def test_text_comparison_report_and_html(tmp_path, mhex, methods):
+  config = _text_config(tmp_path, mhex)
+  workdir = str(tmp_path / "run")
+  train_lib.train_and_evaluate(config, workdir)
+  report = eval_lib.evaluate(_fast_eval(config, methods), workdir)
+  model = models.create_model(config.model)
+  expected = list(registry.available(model)) if methods == "all" else methods.split(",")
+  assert list(report["methods"]) == expected
+  assert ("mhex" in report["methods"]) == mhex and "attcat" in report["methods"]
+  for name, results in report["methods"].items():
+    assert set(eval_lib.TEXT_METRICS) <= set(results), name
+    assert results["num_examples"] == 8  # The 20% eval split of 40 rows.
+    for metric in eval_lib.TEXT_METRICS:
+      assert np.isfinite(results[metric]), (name, metric)
+  page = open(os.path.join(workdir, "eval", "tokens.html")).read()
+  for name in report["methods"]:
+    assert f"<i>{name}</i>" in page
+  assert "aopc" in open(os.path.join(workdir, "eval", "report.md")).read()
