@@ -74,6 +74,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval.deletion_chunk_size = 256  # Perturbed images per forward pass.
   config.eval.replacement_token = "pad"  # Text AOPC/LOdds replacement: "pad" or "mask".
   config.eval.aopc_absolute = False  # |p(x) − p(x̃)| as the official AttCAT code.
+  config.eval.collaboration_examples = 0  # > 0: SPEC §6 analysis on that many examples.
   # Per-method options; multi-pass methods take a chunk size that bounds memory.
   config.eval.explainer_options = ml_collections.ConfigDict({
       "score_cam": {"chunk_size": 16},

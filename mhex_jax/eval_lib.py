@@ -7,7 +7,10 @@
   ``config.eval.num_explain`` eval examples;
 * ``report.md``: the same methods × metrics as a markdown table;
 * ``gallery.png`` (images: input, then one overlay column per method) or ``tokens.html`` (text:
-  one shaded line per method for each example).
+  one shaded line per method for each example);
+* with ``eval.collaboration_examples`` > 0 (MHEX image models), the gradient collaboration
+  analysis of SPEC §6 under ``report["collaboration"]`` and its mean 7×7 occlusion quality
+  map as ``quality_map.png``.
 
 Every method explains the same examples and the same targets (``eval.targets``: the explained
 model's predictions or the labels). Metrics are scored by the explained model, or by the model
@@ -33,6 +36,7 @@ from mhex_jax import sharding as sharding_lib
 from mhex_jax import train_lib
 from mhex_jax.explain import mhex as mhex_explain
 from mhex_jax.explain import registry
+from mhex_jax.metrics import collaboration
 from mhex_jax.metrics import image as image_metrics
 from mhex_jax.metrics import text as text_metrics
 
@@ -248,7 +252,7 @@ def compare_images(model, variables, scorer, scorer_variables, dataset, config, 
   if methods and jax.process_index() == 0:
     first, _ = next(_explained_batches(dataset, config.eval, fields))
     n = len(targets)
-    plotting.save_comparison_gallery(
+    plotting.save_gallery(
         os.path.join(out_dir, "gallery.png"),
         plotting.to_display(first["image"][:n], config.data.mean, config.data.std), maps,
         [f"label {l} / target {t}" for l, t in zip(first["label"][:n], targets)],
@@ -276,11 +280,46 @@ def compare_text(model, variables, scorer, scorer_variables, dataset, config, me
     lengths = first["attention_mask"][:n].sum(-1)
     tokens = [tokenizer.convert_ids_to_tokens(ids[:length].tolist())
               for ids, length in zip(first["input_ids"][:n], lengths)]
-    page = plotting.comparison_token_html(
+    page = plotting.token_html(
         tokens, scores, [f"label {l} / target {t}" for l, t in zip(first["label"][:n], targets)])
     with open(os.path.join(out_dir, "tokens.html"), "w") as f:
       f.write(page)
   return results
+
+
+def collaboration_analysis(model, variables, dataset, config: ml_collections.ConfigDict, mesh,
+                           out_dir: str) -> dict[str, Any]:
+  """SPEC §6 over the first ``eval.collaboration_examples`` eval examples: per-block gradient
+  cosines s_ℓ, their correlation with MHEX's SAD and with p(label), and the mean occlusion
+  quality map (7×7 grid)."""
+  eval_config = ml_collections.ConfigDict(config.eval.to_dict())
+  eval_config.num_explain = config.eval.collaboration_examples
+  explain_fn = registry.explainer(registry.MHEX, model,
+                                  **method_options(config, model, registry.MHEX))
+
+  def step(variables, batch):
+    images, labels = batch["image"], batch["label"]
+    score_fn = lambda x: jax.nn.softmax(model.apply(variables, x, train=False)[-1])
+    maps = explain_fn(variables, images, labels)
+    return (collaboration.block_cosines(model, variables, images, labels),
+            image_metrics.soft_average_drop(score_fn, images, maps, labels),
+            image_metrics.target_probability(score_fn, images, labels),
+            collaboration.occlusion_quality_map(model, variables, images, labels))
+
+  step = jax.jit(step, in_shardings=(sharding_lib.replicated(mesh),
+                                     sharding_lib.batch_sharded(mesh)))
+  parts = []
+  for batch, keep in _explained_batches(dataset, eval_config, ("image", "label")):
+    out = step(variables, sharding_lib.shard_batch(batch, mesh))
+    parts.append([np.asarray(x)[keep] for x in out])
+  cosines, sad, probs, quality = (np.concatenate(x) for x in zip(*parts))
+  summary = collaboration.collaboration_report(cosines, sad, probs)
+  result = {k: np.asarray(v).tolist() for k, v in summary.items()}
+  result["quality_map"] = quality.mean(axis=0).tolist()
+  result["num_examples"] = len(cosines)
+  if jax.process_index() == 0:
+    plotting.save_quality_map(os.path.join(out_dir, "quality_map.png"), quality.mean(axis=0))
+  return result
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -304,6 +343,12 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   compare = compare_text if text_model else compare_images
   report["methods"] = compare(model, variables, scorer, scorer_variables, eval_ds, config,
                               mesh, methods, out_dir)
+  if config.eval.collaboration_examples:
+    if text_model or not model.mhex:
+      raise ValueError("eval.collaboration_examples > 0 needs an MHEX image model (the "
+                       "analysis follows the gradients of its gate kernels); set it to 0.")
+    report["collaboration"] = collaboration_analysis(model, variables, eval_ds, config, mesh,
+                                                     out_dir)
   if jax.process_index() == 0:
     with open(os.path.join(out_dir, "report.json"), "w") as f:
       json.dump(report, f, indent=2)

@@ -1,4 +1,4 @@
-"""The eval gallery: inputs, MHEX overlays and per-block maps as one PNG."""
+"""Eval figures: the method gallery PNG, the token HTML page and the quality map."""
 
 from typing import Optional, Sequence
 
@@ -15,68 +15,7 @@ def to_display(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) 
   return images[..., 0] if images.shape[-1] == 1 else images
 
 
-def _normalise(m: np.ndarray) -> np.ndarray:
-  span = m.max() - m.min()
-  return (m - m.min()) / span if span > 0 else np.zeros_like(m)
-
-
-def save_gallery(path: str, images: np.ndarray, saliency: np.ndarray,
-                 layer_maps: Sequence[np.ndarray], titles: Sequence[str],
-                 masks: Optional[np.ndarray] = None) -> None:
-  """Writes one row per example: input, saliency overlay, then each block's own map.
-
-  Args:
-    path: output PNG.
-    images: display images [N, H, W(, 3)] in [0, 1].
-    saliency: integrated maps [N, H, W] in [0, 1].
-    layer_maps: per-block raw maps, each [N, h, w] (each shown min-max normalised).
-    titles: one caption per example (e.g. "label 2 / pred 2").
-    masks: optional ground-truth masks [N, H, W], drawn as a contour on the overlay.
-  """
-  n, cols = len(images), 2 + len(layer_maps)
-  fig, axes = plt.subplots(n, cols, figsize=(1.6 * cols, 1.7 * n), squeeze=False)
-  cmap = "gray" if images.ndim == 3 else None
-  for i in range(n):
-    axes[i, 0].imshow(images[i], cmap=cmap)
-    axes[i, 0].set_title(titles[i], fontsize=7)
-    axes[i, 1].imshow(images[i], cmap=cmap)
-    axes[i, 1].imshow(saliency[i], cmap="jet", alpha=0.5, vmin=0, vmax=1)
-    if masks is not None:
-      axes[i, 1].contour(masks[i].astype(float), levels=[0.5], colors="white", linewidths=0.8)
-    for j, layer in enumerate(layer_maps):
-      axes[i, 2 + j].imshow(_normalise(np.asarray(layer[i])), cmap="jet")
-  axes[0, 1].set_title("MHEX overlay", fontsize=7)
-  for j in range(len(layer_maps)):
-    axes[0, 2 + j].set_title(f"block {j}", fontsize=7)
-  for ax in axes.ravel():
-    ax.axis("off")
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-
-
-def token_html(tokens: Sequence[Sequence[str]], saliency: np.ndarray,
-               captions: Sequence[str], title: str = "MHEX token saliency") -> str:
-  """A self-contained HTML page: one line per example, each token shaded by its saliency.
-
-  Args:
-    tokens: per example, the token strings of positions 0..T-1 (padding may be omitted).
-    saliency: [N, T] in [0, 1].
-    captions: one caption per example (label / prediction).
-  """
-  import html  # Every token and caption is escaped: texts are untrusted input.
-  rows = []
-  for toks, sal, caption in zip(tokens, saliency, captions):
-    spans = "".join(
-        f'<span style="background: rgba(220, 30, 30, {float(s):.3f})" '
-        f'title="{float(s):.3f}">{html.escape(t)}</span> ' for t, s in zip(toks, sal))
-    rows.append(f"<p><b>{html.escape(caption)}</b><br>{spans}</p>")
-  return ("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>"
-          f"{html.escape(title)}</title></head><body style=\"font-family: sans-serif\">"
-          f"<h3>{html.escape(title)}</h3>{''.join(rows)}</body></html>")
-
-
-def save_comparison_gallery(path: str, images: np.ndarray, maps: dict[str, np.ndarray],
+def save_gallery(path: str, images: np.ndarray, maps: dict[str, np.ndarray],
                             titles: Sequence[str], masks: Optional[np.ndarray] = None) -> None:
   """Writes one row per example: the input, then one saliency overlay per method.
 
@@ -108,7 +47,7 @@ def save_comparison_gallery(path: str, images: np.ndarray, maps: dict[str, np.nd
   plt.close(fig)
 
 
-def comparison_token_html(tokens: Sequence[Sequence[str]], saliency: dict[str, np.ndarray],
+def token_html(tokens: Sequence[Sequence[str]], saliency: dict[str, np.ndarray],
                           captions: Sequence[str],
                           title: str = "Token saliency by method") -> str:
   """A self-contained HTML page: per example, one shaded line of tokens per method.
@@ -131,3 +70,15 @@ def comparison_token_html(tokens: Sequence[Sequence[str]], saliency: dict[str, n
   return ("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>"
           f"{html.escape(title)}</title></head><body style=\"font-family: sans-serif\">"
           f"<h3>{html.escape(title)}</h3>{''.join(blocks)}</body></html>")
+
+
+def save_quality_map(path: str, quality: np.ndarray) -> None:
+  """Writes the occlusion quality map (Σ_ℓ s_ℓ with each grid cell occluded) as a heat map."""
+  fig, ax = plt.subplots(figsize=(3.2, 3))
+  image = ax.imshow(quality, cmap="coolwarm")
+  fig.colorbar(image, ax=ax)
+  ax.set_title("Σ_ℓ s_ℓ, cell occluded", fontsize=8)
+  ax.axis("off")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)

@@ -201,3 +201,19 @@ def test_text_comparison_report_and_html(tmp_path, mhex, methods):
   for name in report["methods"]:
     assert f"<i>{name}</i>" in page
   assert "aopc" in open(os.path.join(workdir, "eval", "report.md")).read()
+
+
+def test_collaboration_analysis_in_report(image_workdirs):
+  config = _fast_eval(_image_config(), "")
+  config.eval.collaboration_examples = 4
+  report = eval_lib.evaluate(config, image_workdirs["mhex"])
+  result = report["collaboration"]
+  assert result["num_examples"] == 4
+  assert len(result["cosine_mean"]) == 7  # ResNet-18: 8 MHEX blocks, 7 adjacent pairs.
+  assert all(-1 <= c <= 1 for c in result["cosine_mean"])
+  assert np.asarray(result["quality_map"]).shape == (7, 7)
+  assert os.path.exists(os.path.join(image_workdirs["mhex"], "eval", "quality_map.png"))
+  config = _fast_eval(_image_config(mhex=False), "")
+  config.eval.collaboration_examples = 4
+  with pytest.raises(ValueError, match="collaboration_examples"):
+    eval_lib.evaluate(config, image_workdirs["plain"])

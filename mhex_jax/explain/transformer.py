@@ -30,8 +30,8 @@ tokens from attention. BERT's only token mask is ``attention_mask`` (it masks ke
 never masked), so the explanation pass runs with ``attention_mask ∧ ¬special_tokens_mask``:
 special tokens still are queries ([CLS] still carries the plain model's prediction) but nothing
 attends to them, so their AttCAT score is 0, and z_c is the logit of this pass. In MHEX-BERT the
-same mask also drops them from the heads' token means. An example with no non-special token keeps its plain mask. The column means
-w_l still average over every non-padding query. ViT takes no key mask and its only special
+same mask also drops them from the heads' token means. An example with no non-special token
+keeps its plain mask. The column means w_l still average over every non-padding query. ViT takes no key mask and its only special
 token, the class token, is what the plain ViT classifies from; its explanation pass is the plain
 one (``mask_special_keys`` has no effect) and the class token is scored like any token.
 """
