@@ -72,6 +72,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval.scorer_workdir = ""  # Score the metrics with this workdir's model instead.
   config.eval.deletion_steps = 100  # Deletion/insertion curve steps.
   config.eval.deletion_chunk_size = 256  # Perturbed images per forward pass.
+  config.eval.aopc_modes = "deletion,replacement"  # Text AOPC/LOdds removal modes.
   config.eval.replacement_token = "pad"  # Text AOPC/LOdds replacement: "pad" or "mask".
   config.eval.aopc_absolute = False  # |p(x) − p(x̃)| as the official AttCAT code.
   config.eval.collaboration_examples = 0  # > 0: SPEC §6 analysis on that many examples.

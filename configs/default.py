@@ -31,6 +31,8 @@ def get_config(arg=None):
   config.train.log_every_steps = 25
   config.train.checkpoint_every_steps = 250
   config.eval.num_explain = 1000
+  # Small images: 20 deletion/insertion steps of ~50 (32 px) or ~40 (28 px) pixels each.
+  config.eval.deletion_steps = 20
   # The standard pointing game allows 15 px at 224 px (≈ 2 px at 32 px); we allow 1 px.
   config.eval.pointing_tolerance = 1
   return config

@@ -45,5 +45,7 @@ def get_config(arg=None):
   config.train.checkpoint_every_steps = 100
   config.eval.batch_size = 256
   config.eval.num_explain = 524
+  # Small images: 20 deletion/insertion steps of ~50 (32 px) or ~40 (28 px) pixels each.
+  config.eval.deletion_steps = 20
   config.eval.num_gallery = 8
   return config

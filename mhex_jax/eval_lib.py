@@ -160,6 +160,11 @@ def _text_step(model, explain_fn, scorer, eval_config: ml_collections.ConfigDict
                special: dict[str, int]):
   """Jitted (variables, scorer_variables, batch) -> (per-example metrics, scores, targets)."""
   modes = {"deletion": None, "replacement": special[eval_config.replacement_token]}
+  chosen = [m.strip() for m in eval_config.aopc_modes.split(",") if m.strip()]
+  if not chosen or set(chosen) - set(modes):
+    raise ValueError(f"eval.aopc_modes={eval_config.aopc_modes!r}; use 'deletion', "
+                     "'replacement' or 'deletion,replacement'.")
+  modes = {m: modes[m] for m in chosen}
 
   def step(variables, scorer_variables, batch):
     inputs = {k: batch[k] for k in train_lib.TEXT_INPUTS + ("special_tokens_mask",)}
@@ -180,6 +185,7 @@ def _text_step(model, explain_fn, scorer, eval_config: ml_collections.ConfigDict
           score_fn, ids, scores, removable, targets, attention_mask=attention,
           token_type_ids=types, mode=mode, replace_id=replace_id, pad_id=special["pad"],
           absolute=eval_config.aopc_absolute)
+      # Deletion, the AttCAT protocol's default, has the plain keys.
       suffix = "" if mode == "deletion" else "_replacement"
       out["aopc" + suffix], out["lodds" + suffix] = aopc, lodds
     return out, mhex_explain.normalize_maps(scores, removable), targets

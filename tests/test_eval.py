@@ -24,7 +24,10 @@ FAST_OPTIONS = {
 }
 
 
-def _fast_eval(config, methods):
+def _fast_eval(config, methods, num_devices=1):
+  # Each method compiles its own eval step, and 8-way SPMD programs compile slower: one device
+  # except where a test checks the sharded evaluation.
+  config.num_devices = num_devices
   config.eval.methods = methods
   config.eval.num_explain = 16
   config.eval.num_gallery = 2
@@ -111,7 +114,7 @@ def test_unknown_method_is_named(image_workdirs):
 
 
 def test_scorer_workdir_scores_with_the_other_model(image_workdirs):
-  config = _fast_eval(_image_config(), "mhex")
+  config = _fast_eval(_image_config(), "mhex", num_devices=None)  # All 8 devices.
   own = eval_lib.evaluate(config, image_workdirs["mhex"])["methods"]["mhex"]
   config.eval.scorer_workdir = image_workdirs["plain"]
   report = eval_lib.evaluate(config, image_workdirs["mhex"])
