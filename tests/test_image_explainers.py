@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import random_variables
 from mhex_jax.explain import image
 from mhex_jax.models import resnet, vit
 from mhex_jax.models.bert import HIDDEN_STATES, perturb
@@ -48,27 +49,6 @@ class ConvBN(nn.Module):
 
 def _images(batch=3, size=16, seed=0):
   return jax.random.normal(jax.random.key(seed), (batch, size, size, 3))
-
-
-def _random_variables(model, images):
-  """Random {"params", "batch_stats"} filled with numpy from the shapes of ``model.init``
-  (running init itself compiles every initialiser: far slower on CPU than these tests)."""
-  shapes = jax.eval_shape(model.init, jax.random.key(0), images)
-  rng = np.random.default_rng(0)
-
-  def fill(path, leaf):
-    name = path[-1].key
-    if name in ("scale", "var"):
-      return jnp.ones(leaf.shape)
-    if name == "mean":
-      return jnp.zeros(leaf.shape)
-    if name == "kernel":  # He scaling keeps the activations O(1) through the depth.
-      fan_in = int(np.prod(leaf.shape[:-1]))
-      return jnp.asarray(rng.normal(size=leaf.shape) * np.sqrt(2 / fan_in), jnp.float32)
-    return jnp.asarray(0.1 * rng.normal(size=leaf.shape), jnp.float32)
-
-  return jax.tree_util.tree_map_with_path(
-      fill, {k: v for k, v in shapes.items() if k in ("params", "batch_stats")})
 
 
 def _one_conv_variables():
@@ -169,7 +149,7 @@ def test_score_cam_matches_a_plain_channel_loop(weighting):
 
 def _conv_bn():
   model = ConvBN()
-  variables = {"params": _random_variables(model, _images(1))["params"],
+  variables = {"params": random_variables(model, _images(1))["params"],
                # Statistics far from a batch's own, so a train-mode forward would show.
                "batch_stats": {"bn": {"mean": jnp.full((6,), 0.5), "var": jnp.full((6,), 2.0)}}}
   return model, variables
@@ -247,7 +227,7 @@ def _tiny(name):
     model = vit.ViT(num_classes=NUM_CLASSES, image_size=16, patch_size=4, hidden_size=16,
                     num_layers=2, num_heads=2, intermediate_size=32,
                     mhex=name.startswith("mhex"))
-  return model, _random_variables(model, _images(1))
+  return model, random_variables(model, _images(1))
 
 
 @pytest.mark.parametrize("name,default,shape", [
@@ -280,7 +260,7 @@ def test_layer_names_and_restricted_mhex_default():
   assert image.layer_names(model, variables, images) == [f"block_{i:02d}" for i in range(8)]
   restricted = resnet.ResNet(num_classes=NUM_CLASSES, width=4, stem="small",
                              mhex_stages=(0, 1, 2))
-  variables = _random_variables(restricted, images)
+  variables = random_variables(restricted, images)
   # The last stage has a pooled classifier: its input map is the natural CAM layer.
   assert image.default_layer(restricted, variables, images) == "final_features"
   model, variables = _tiny("mhex_vit")

@@ -77,7 +77,7 @@ def _text_mhex(model, variables, inputs, targets, **options):
   sal = mhex_explain.mhex_token_saliency(
       model.apply, variables, inputs["input_ids"], inputs["attention_mask"],
       inputs.get("token_type_ids"), token_mask, targets, **options)
-  # The raw layer sum ranks tokens as the normalised map does and keeps 0 on padding.
+  # Normalised over the token mask: 0 on padding and special tokens, as the metrics need.
   return sal.saliency
 
 
