@@ -41,7 +41,7 @@ from mhex_jax.metrics import image as image_metrics
 from mhex_jax.metrics import text as text_metrics
 
 # Report keys in table order; lower is better for those marked in LOWER_IS_BETTER.
-IMAGE_METRICS = ("avg_drop", "sad", "ead", "classic_average_drop", "average_increase",
+IMAGE_METRICS = ("avg_drop", "sad", "ead", "area", "classic_average_drop", "average_increase",
                  "deletion_auc", "insertion_auc", "pointing_game", "energy_pointing_game")
 TEXT_METRICS = ("avg_drop", "aopc", "lodds", "aopc_replacement", "lodds_replacement")
 LOWER_IS_BETTER = ("classic_average_drop", "deletion_auc", "lodds", "lodds_replacement")
@@ -143,6 +143,7 @@ def _image_step(model, explain_fn, scorer, eval_config: ml_collections.ConfigDic
            "sad": image_metrics.soft_average_drop(score_fn, images, maps, targets),
            # EAD = AD · f(area), from the AD above rather than a second removal pass.
            "ead": drop * image_metrics.area_factor(area),
+           "area": area,  # EAD's a: the fraction of the image with S > 0.2.
            "classic_average_drop": classic_drop,
            "average_increase": increase.astype(jnp.float32),
            "deletion_auc": deletion, "insertion_auc": insertion}
