@@ -7,14 +7,14 @@ saved with ``save_pretrained``).
 
 Hardware: TPU v3-8 or 8 GPUs; not run by this project (no accelerator here).
 
-``:quick`` is a tiny MHEX-ViT (patch 4, 4 layers, width 64) on the built-in synthetic shapes that
-trains on a CPU:
+``:quick`` is a tiny MHEX-ViT (convolutional patch stem to a 4-pixel patch grid, 4 layers,
+width 64) on 16,000 built-in synthetic shapes (flips and crops), 3,000 steps of batch 64:
 
     python train.py --config=configs/vit_imagenet.py:quick --workdir=runs/vit_quick
     python eval.py --config=configs/vit_imagenet.py:quick --workdir=runs/vit_quick
 
-Measured for ``:quick`` (2-core CPU, about 10 min): test accuracy 0.485 only; the from-scratch
-ViT recipe does not yet reach the CNN's accuracy on this data (open work).
+Measured for ``:quick`` (2-core CPU shared with other jobs, 15 min): test accuracy 0.925 (all
+four heads 0.925-0.927); MHEX pointing game 0.379 (1 px tolerance), well below the CNN's.
 """
 
 from configs import common
