@@ -28,3 +28,19 @@ def random_variables(model, images):
 
   return jax.tree_util.tree_map_with_path(
       fill, {k: v for k, v in shapes.items() if k in ("params", "batch_stats")})
+
+
+def randomise_torch_model(model):
+  """Moves every weight of a PyTorch model off its default init (LayerNorm 1/0 would hide
+  scale/bias mix-ups in weight import); returns it in eval mode."""
+  import torch  # Only the parity tests need torch.
+  torch.manual_seed(0)
+  with torch.no_grad():
+    for p in model.parameters():
+      p.add_(0.1 * torch.randn_like(p))
+  return model.eval()
+
+
+def max_abs_diffs(ours, theirs):
+  """Max |ours − theirs| per pair of (JAX array, torch tensor)."""
+  return [float(np.max(np.abs(np.asarray(a) - b.numpy()))) for a, b in zip(ours, theirs)]

@@ -10,6 +10,7 @@ import safetensors.numpy
 import torch
 import transformers
 
+from conftest import max_abs_diffs, randomise_torch_model
 from configs import common
 from mhex_jax import models
 from mhex_jax import weights
@@ -23,21 +24,12 @@ SENTENCES = ["The quick brown fox jumps over the lazy dog.",
              "Stocks rallied on Tuesday."]
 
 
-def _randomise(model):
-  """Moves every weight off its default init (LayerNorm 1/0 would hide scale/bias mix-ups)."""
-  torch.manual_seed(0)
-  with torch.no_grad():
-    for p in model.parameters():
-      p.add_(0.1 * torch.randn_like(p))
-  return model.eval()
-
-
 @pytest.fixture(scope="module")
 def classifier_dir(tmp_path_factory):
   """A tiny random BertForSequenceClassification (3 labels; keys prefixed with ``bert.``)."""
   path = tmp_path_factory.mktemp("bert_cls")
   config = transformers.BertConfig(num_labels=3, **TINY)
-  _randomise(transformers.BertForSequenceClassification(config)).save_pretrained(path)
+  randomise_torch_model(transformers.BertForSequenceClassification(config)).save_pretrained(path)
   return path
 
 
@@ -57,10 +49,6 @@ def _batch(seed=0, batch=3, length=11):
   return ids, mask, types
 
 
-def _max_diffs(ours, theirs):
-  return [float(np.max(np.abs(np.asarray(a) - b.numpy()))) for a, b in zip(ours, theirs)]
-
-
 def test_plain_bert_matches_transformers(classifier_dir, torch_classifier):
   ids, mask, types = _batch()
   with torch.no_grad():
@@ -75,9 +63,9 @@ def test_plain_bert_matches_transformers(classifier_dir, torch_classifier):
   np.testing.assert_allclose(logits[0], expected.logits.numpy(), atol=1e-5)
   hidden = bert.hidden_states(state)
   assert len(hidden) == len(expected.hidden_states) == 3
-  assert max(_max_diffs(hidden, expected.hidden_states)) < 1e-5
+  assert max(max_abs_diffs(hidden, expected.hidden_states)) < 1e-5
   probs = bert.attention_probs(state)
-  assert max(_max_diffs(probs, expected.attentions)) < 1e-5
+  assert max(max_abs_diffs(probs, expected.attentions)) < 1e-5
   # Padded keys get exactly zero attention.
   assert float(jnp.max(probs[0][1, :, :, 7:])) == 0.0
   # Variables that still hold sown values would make every entry a pair: refused by name.
@@ -103,7 +91,7 @@ def test_minilm_matches_transformers():
                                                    "token_type_ids")))
   hidden = bert.hidden_states(state)
   assert len(hidden) == 7
-  assert max(_max_diffs(hidden, expected.hidden_states)) < 1e-4
+  assert max(max_abs_diffs(hidden, expected.hidden_states)) < 1e-4
 
 
 def test_config_from_hf_and_minilm_dir():

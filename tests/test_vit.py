@@ -11,6 +11,7 @@ import safetensors.numpy
 import torch
 import transformers
 
+from conftest import max_abs_diffs, randomise_torch_model
 from mhex_jax import weights
 from mhex_jax.explain import mhex as mhex_explain
 from mhex_jax.models import bert
@@ -21,30 +22,17 @@ TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermed
             image_size=16, patch_size=4, num_channels=3)
 
 
-def _randomise(model):
-  """Moves every weight off its default init (LayerNorm 1/0 would hide scale/bias mix-ups)."""
-  torch.manual_seed(0)
-  with torch.no_grad():
-    for p in model.parameters():
-      p.add_(0.1 * torch.randn_like(p))
-  return model.eval()
-
-
 @pytest.fixture(scope="module")
 def classifier_dir(tmp_path_factory):
   """A tiny random ViTForImageClassification (3 labels; keys prefixed with ``vit.``)."""
   path = tmp_path_factory.mktemp("vit_cls")
   config = transformers.ViTConfig(num_labels=3, **TINY)
-  _randomise(transformers.ViTForImageClassification(config)).save_pretrained(path)
+  randomise_torch_model(transformers.ViTForImageClassification(config)).save_pretrained(path)
   return path
 
 
 def _images(batch=2, seed=0):
   return np.random.default_rng(seed).normal(size=(batch, 16, 16, 3)).astype(np.float32)
-
-
-def _max_diffs(ours, theirs):
-  return [float(np.max(np.abs(np.asarray(a) - b.numpy()))) for a, b in zip(ours, theirs)]
 
 
 def _torch_outputs(model, images):
@@ -64,20 +52,20 @@ def test_plain_vit_classifier_matches_transformers(classifier_dir):
   np.testing.assert_allclose(logits[0], expected.logits.numpy(), atol=1e-5)
   hidden = bert.hidden_states(state)
   assert len(hidden) == len(expected.hidden_states) == 3
-  assert max(_max_diffs(hidden, expected.hidden_states)) < 1e-5
-  assert max(_max_diffs(bert.attention_probs(state), expected.attentions)) < 1e-5
+  assert max(max_abs_diffs(hidden, expected.hidden_states)) < 1e-5
+  assert max(max_abs_diffs(bert.attention_probs(state), expected.attentions)) < 1e-5
 
 
 def test_vitmodel_checkpoint_without_prefix(tmp_path):
   config = transformers.ViTConfig(**TINY)
-  reference = _randomise(transformers.ViTModel(config, add_pooling_layer=True))
+  reference = randomise_torch_model(transformers.ViTModel(config, add_pooling_layer=True))
   reference.save_pretrained(tmp_path)
   images = _images(seed=1)
   expected = _torch_outputs(reference, images)
   # The pooler is skipped; a plain model needs a new classifier.
   model, variables = weights.load_vit(tmp_path, num_classes=2, mhex=False, new_head=True)
   _, state = model.apply(variables, images, mutable=["hidden_states"])
-  assert max(_max_diffs(bert.hidden_states(state), expected.hidden_states)) < 1e-5
+  assert max(max_abs_diffs(bert.hidden_states(state), expected.hidden_states)) < 1e-5
   config = weights.vit_config_from_hf(tmp_path)
   assert (config["image_size"], config["patch_size"], config["qkv_bias"],
           config["class_token"]) == (16, 4, True, True)

@@ -69,6 +69,23 @@ def layer_norm(eps: float, dtype: Any, name: str) -> nn.LayerNorm:
   return nn.LayerNorm(epsilon=eps, dtype=dtype, use_fast_variance=False, name=name)
 
 
+def record_layer_input(module: nn.Module, h: jax.Array) -> jax.Array:
+  """The layer-input convention of every Transformer layer: a perturbation point (for gradients
+  w.r.t. h) and a sown copy, both named ``LAYER_INPUT``."""
+  h = perturb(module, LAYER_INPUT, h)
+  module.sow(HIDDEN_STATES, LAYER_INPUT, h)
+  return h
+
+
+def feed_forward(x: jax.Array, intermediate_size: int, hidden_act: str, kernel_init,
+                 dtype: Any) -> jax.Array:
+  """Dense_{d→intermediate} → activation → Dense_{→d}, as "intermediate" and "output" of the
+  calling layer (call it from a compact method: the parameter names follow HF's layout)."""
+  y = nn.Dense(intermediate_size, kernel_init=kernel_init, dtype=dtype, name="intermediate")(x)
+  return nn.Dense(x.shape[-1], kernel_init=kernel_init, dtype=dtype, name="output")(
+      activation(hidden_act)(y))
+
+
 def perturb(module: nn.Module, name: str, value: jax.Array) -> jax.Array:
   """``module.perturb`` outside ``init``, so initialised variables hold no batch-shaped zeros."""
   if module.is_initializing():
@@ -210,20 +227,15 @@ class BertLayer(nn.Module):
 
   @nn.compact
   def __call__(self, h, mask, *, train=False):
-    h = perturb(self, LAYER_INPUT, h)
-    self.sow(HIDDEN_STATES, LAYER_INPUT, h)
+    h = record_layer_input(self, h)
     init = nn.initializers.normal(self.initializer_range)
     dropout = lambda x: nn.Dropout(self.hidden_dropout)(x, deterministic=not train)
-    d = h.shape[-1]
 
     attended = SelfAttention(self.num_heads, dropout_rate=self.attention_dropout,
                              kernel_init=init, dtype=self.dtype, name="attention")(
                                  h, mask, train=train)
     u = layer_norm(self.layer_norm_eps, self.dtype, "attention_norm")(dropout(attended) + h)
-    v = nn.Dense(self.intermediate_size, kernel_init=init, dtype=self.dtype,
-                 name="intermediate")(u)
-    v = nn.Dense(d, kernel_init=init, dtype=self.dtype, name="output")(
-        activation(self.hidden_act)(v))
+    v = feed_forward(u, self.intermediate_size, self.hidden_act, init, self.dtype)
     output_norm = layer_norm(self.layer_norm_eps, self.dtype, "output_norm")
     if not self.mhex:
       return output_norm(dropout(v) + u), None

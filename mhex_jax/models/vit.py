@@ -52,8 +52,8 @@ import jax
 import jax.numpy as jnp
 
 from mhex_jax.models import mhex as mhex_lib
-from mhex_jax.models.bert import (ENCODER_OUTPUT, HIDDEN_STATES, LAYER_INPUT, SelfAttention,
-                                  activation, layer_norm, perturb)
+from mhex_jax.models.bert import (ENCODER_OUTPUT, HIDDEN_STATES, SelfAttention, activation,
+                                  feed_forward, layer_norm, record_layer_input)
 
 
 def _pair(size: Union[int, Sequence[int]]) -> tuple[int, int]:
@@ -90,8 +90,7 @@ class ViTLayer(nn.Module):
 
   @nn.compact
   def __call__(self, h, token_mask, *, train=False):
-    h = perturb(self, LAYER_INPUT, h)
-    self.sow(HIDDEN_STATES, LAYER_INPUT, h)
+    h = record_layer_input(self, h)
     init = nn.initializers.truncated_normal(self.initializer_range)
     dropout = lambda x: nn.Dropout(self.hidden_dropout)(x, deterministic=not train)
 
@@ -101,11 +100,7 @@ class ViTLayer(nn.Module):
                       name="attention")(x, train=train)
     s = dropout(x) + h
     r = layer_norm(self.layer_norm_eps, self.dtype, "mlp_norm")(s)
-    r = nn.Dense(self.intermediate_size, kernel_init=init, dtype=self.dtype,
-                 name="intermediate")(r)
-    r = nn.Dense(s.shape[-1], kernel_init=init, dtype=self.dtype, name="output")(
-        activation(self.hidden_act)(r))
-    r = dropout(r)
+    r = dropout(feed_forward(r, self.intermediate_size, self.hidden_act, init, self.dtype))
     if not self.mhex:
       return r + s, None
     return mhex_lib.MHEX(self.num_classes, gate_init=self.gate_init,
