@@ -84,3 +84,20 @@ def base_config() -> ml_collections.ConfigDict:
       "embedding_integrated_gradients": {"steps": 32, "chunk_size": 16},
   })
   return config
+
+
+def use_imagenet(config: ml_collections.ConfigDict, mean, std) -> None:
+  """ImageNet-1k from tfds ``imagenet2012`` at 224 px, normalised by (mean, std), with the
+  schedule fields every ImageNet run shares (batch 1024, logging and checkpoints)."""
+  config.model.num_classes = 1000
+  config.data.name = "imagenet"
+  config.data.train_split = "train"
+  config.data.eval_split = "validation"
+  config.data.image_size = 224
+  config.data.mean = tuple(mean)
+  config.data.std = tuple(std)
+  config.train.batch_size = 1024
+  config.train.log_every_steps = 100
+  config.train.checkpoint_every_steps = 1000
+  config.eval.batch_size = 1024
+  config.eval.num_explain = 2048

@@ -18,26 +18,15 @@ from configs import common
 def get_config(arg=None):
   config = common.base_config()
   config.model.name = "resnet18"
-  config.model.num_classes = 1000
   config.model.stem = "imagenet"
   config.model.last_stage_stride = 1
   config.model.dtype = "bfloat16"
-  config.data.name = "imagenet"
-  config.data.train_split = "train"
-  config.data.eval_split = "validation"
-  config.data.image_size = 224
-  config.data.mean = (0.485, 0.456, 0.406)
-  config.data.std = (0.229, 0.224, 0.225)
-  config.train.batch_size = 1024
+  common.use_imagenet(config, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
   config.train.num_epochs = 90
   config.train.learning_rate = 0.4  # 0.1 × batch / 256.
   config.train.warmup_epochs = 5.0
   config.train.weight_decay = 1e-4
   config.train.label_smoothing = 0.1
-  config.train.log_every_steps = 100
-  config.train.checkpoint_every_steps = 1000
-  config.eval.batch_size = 1024
-  config.eval.num_explain = 2048
   if arg == "quick":
     config.model.width = 8
     config.model.dtype = "float32"

@@ -25,7 +25,6 @@ def get_config(arg=None):
   config.model.name = "vit"
   config.model.hf_checkpoint = ""
   config.model.new_head = True
-  config.model.num_classes = 1000
   config.model.input_channels = 3
   config.model.image_size = 224
   config.model.patch_size = 16
@@ -42,24 +41,13 @@ def get_config(arg=None):
   config.model.gate_init = "identity"
   config.model.dtype = "bfloat16"
 
-  config.data.name = "imagenet"
-  config.data.train_split = "train"
-  config.data.eval_split = "validation"
-  config.data.image_size = 224
-  config.data.mean = (0.5, 0.5, 0.5)
-  config.data.std = (0.5, 0.5, 0.5)
-
-  config.train.batch_size = 1024
+  common.use_imagenet(config, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
   config.train.num_epochs = 300
   config.train.optimizer = "adamw"
   config.train.learning_rate = 1e-3
   config.train.warmup_epochs = 10.0
   config.train.weight_decay = 0.05
   config.train.label_smoothing = 0.1
-  config.train.log_every_steps = 100
-  config.train.checkpoint_every_steps = 1000
-  config.eval.batch_size = 1024
-  config.eval.num_explain = 2048
 
   if arg == "quick":
     config.model.num_classes = 4
