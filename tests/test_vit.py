@@ -161,3 +161,33 @@ def test_wrong_image_size_is_named(classifier_dir):
   model, variables = weights.load_vit(classifier_dir, num_classes=3)
   with pytest.raises(ValueError, match=r"\[B, 16, 16, 3\].*\(2, 32, 32, 3\)"):
     model.apply(variables, jnp.zeros((2, 32, 32, 3)))
+
+
+@pytest.mark.parametrize("patch_size", [4, 8])
+def test_conv_stem_receptive_field_is_centred_where_maps_draw_the_token(patch_size):
+  # A token's receptive field (the pixels its embedding depends on) must be centred on the
+  # pixel where the bilinear resize of a patch-grid map puts that token: the patch centre.
+  size, (row, col) = 4 * patch_size, (2, 1)
+  model = vit.ViT(num_classes=3, image_size=size, patch_size=patch_size, hidden_size=16,
+                  num_layers=1, num_heads=2, intermediate_size=16, patch_stem="conv")
+  images = jnp.asarray(np.random.default_rng(0).normal(size=(1, size, size, 3)), jnp.float32)
+  variables = {"params": model.init(jax.random.key(0), images)["params"]}
+  grid = model.grid_size
+  token = 1 + row * grid[1] + col
+  probe = jnp.asarray(np.random.default_rng(1).normal(size=16), jnp.float32)
+
+  def embedding(x):
+    _, state = model.apply(variables, x, mutable=["hidden_states"])
+    return bert.hidden_states(state)[0][0, token] @ probe
+
+  support = np.abs(np.asarray(jax.grad(embedding)(images)[0])).sum(-1) > 0
+  rows, cols = np.nonzero(support.any(1))[0], np.nonzero(support.any(0))[0]
+  field_centre = ((rows.min() + rows.max()) / 2, (cols.min() + cols.max()) / 2)
+
+  one_hot = jnp.zeros((1, *grid)).at[0, row, col].set(1.0)
+  drawn = np.asarray(mhex_explain.integrate_cams([one_hot], (size, size), alpha=1.0))[0]
+  ys, xs = np.mgrid[:size, :size]
+  drawn_centre = ((drawn * ys).sum() / drawn.sum(), (drawn * xs).sum() / drawn.sum())
+  patch_centre = (row * patch_size + (patch_size - 1) / 2, col * patch_size + (patch_size - 1) / 2)
+  np.testing.assert_allclose(field_centre, patch_centre)
+  np.testing.assert_allclose(drawn_centre, patch_centre, atol=1e-4)

@@ -124,11 +124,14 @@ class ViT(nn.Module):
     hidden_dropout, attention_dropout: dropout rates.
     class_token: prepend a learned class token (HF ViT always has one). Without it the plain
       head mean-pools the tokens.
-    patch_stem: "linear" (one patch-sized stride-p conv, as HF ViT) or "conv": log2(p) 3×3
-      stride-2 convs, each followed by LayerNorm and GELU, then a 1×1 projection (the
-      convolutional stem of Xiao et al. 2021). The token grid is the same; the conv stem gives
-      a small ViT the locality it otherwise has to learn from data, which on the synthetic
-      shapes is the difference between 0.5 and > 0.9 accuracy (``configs/vit_imagenet.py``).
+    patch_stem: "linear" (one patch-sized stride-p conv, as HF ViT) or "conv": log2(p) 4×4
+      stride-2 convs with padding 1, each followed by LayerNorm and GELU, then a 1×1
+      projection (a convolutional stem after Xiao et al. 2021). The token grid is the same;
+      the conv stem gives a small ViT the locality it otherwise has to learn from data, which
+      on the synthetic shapes is the difference between 0.5 and > 0.9 accuracy
+      (``configs/vit_imagenet.py``). Even kernels keep every token's receptive field centred
+      on its patch centre (p·j + (p − 1)/2), where the bilinear resize of a patch-grid map draws
+      it; 3×3 stride-2 convs would centre it at p·j, (p − 1)/2 pixels up and left.
     initializer_range: std of the truncated-normal initialisers of new weights.
     mhex: an MHEX module on every MLP residual, one head per layer; otherwise a classifier.
     gate_init, gate_placement, saliency_features: MHEX options (``models/mhex.py``); the
@@ -193,7 +196,9 @@ class ViT(nn.Module):
     for i in range(num_convs):
       # Widths double up to d: d / 2^(n-1), ..., d / 2, d.
       width = max(self.hidden_size >> (num_convs - 1 - i), 8)
-      x = nn.Conv(width, (3, 3), strides=2, padding=1, dtype=self.dtype,
+      # Output i of a 4×4/2 conv with padding 1 sees inputs 2i − 1 .. 2i + 2, centred on
+      # 2i + ½: composed log2(p) times, the centre is p·j + (p − 1)/2, the patch centre.
+      x = nn.Conv(width, (4, 4), strides=2, padding=1, dtype=self.dtype,
                   name=f"stem_conv_{i}")(x)
       x = layer_norm(self.layer_norm_eps, self.dtype, f"stem_norm_{i}")(x)
       x = nn.gelu(x, approximate=False)
