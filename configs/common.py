@@ -2,11 +2,13 @@
 
 import ml_collections
 
+placeholder = ml_collections.config_dict.placeholder
+
 
 def base_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
-  config.num_devices = ml_collections.config_dict.placeholder(int)  # None: all devices.
+  config.num_devices = placeholder(int)  # None: all devices.
 
   config.model = ml_collections.ConfigDict()
   config.model.name = "resnet18"
@@ -16,7 +18,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.stem = "imagenet"
   config.model.last_stage_stride = 2
   config.model.mhex = True
-  config.model.mhex_stages = ml_collections.config_dict.placeholder(tuple)  # None: all.
+  config.model.mhex_stages = placeholder(tuple)  # None: all.
   config.model.gate_init = "random"
   config.model.gate_placement = "shortcut"
   config.model.saliency_features = "sum"
@@ -48,7 +50,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.train.momentum = 0.9
   config.train.weight_decay = 5e-4
   config.train.label_smoothing = 0.0
-  config.train.head_weights = ml_collections.config_dict.placeholder(tuple)  # None: all 1.
+  config.train.head_weights = placeholder(tuple)  # None: all 1.
   config.train.log_every_steps = 50
   config.train.checkpoint_every_steps = 500
   config.train.keep_checkpoints = 3
@@ -57,15 +59,24 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval.batch_size = 256
   config.eval.num_explain = 512  # Examples that get saliency maps and metrics.
   config.eval.num_gallery = 8
-  config.eval.alpha = 0.9
-  config.eval.tau_pos = 0.0
-  config.eval.tau_neg = 0.0
-  config.eval.beta_pos = 1.0
-  config.eval.beta_neg = 0.0
+  # MHEX map options (SPEC §3, §4; mhex_jax.explain.mhex). None takes the default of the
+  # map's kind: images (CNN) and ViT patches keep positive evidence, text tokens use the
+  # signed row of E over the first three layers. layers: indices summed with weight 1, or ()
+  # for the α-decay over all layers; route: "none" or "attention" (Transformers);
+  # feature_norm: "none", "centre" or "layer_norm" (Transformers); contrastive: E[c] minus
+  # the mean row.
+  config.eval.mhex = ml_collections.ConfigDict({
+      "alpha": placeholder(float), "tau_pos": placeholder(float),
+      "tau_neg": placeholder(float), "beta_pos": placeholder(float),
+      "beta_neg": placeholder(float), "layers": placeholder(tuple),
+      "route": placeholder(str), "feature_norm": placeholder(str),
+      "contrastive": placeholder(bool)})
+  # Named MHEX variants, each scored as one more method: name → options over eval.mhex.
+  # eval.methods may name them; "all" includes them.
+  config.eval.variants = ml_collections.ConfigDict()
   config.eval.targets = "predicted"  # Or "labels".
   config.eval.removal_baseline = 0.0
   config.eval.pointing_tolerance = 0
-  config.eval.token_layers = (0, 1, 2)  # Text: layers summed; () = α-decay over all layers.
   # Explainers compared (mhex_jax.explain.registry): comma-separated names, "all", or "" for
   # MHEX alone (nothing on a plain model).
   config.eval.methods = ""

@@ -25,6 +25,7 @@ def get_config(arg=None):
   config.data.image_size = 32
   config.data.num_train = 8000
   config.data.num_eval = 1000
+  config.data.eval_split = "test"  # "val": another held-out stream, for choosing options.
   config.train.batch_size = 64
   config.train.num_epochs = 8
   config.train.learning_rate = 0.05

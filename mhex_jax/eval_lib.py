@@ -91,33 +91,69 @@ def load_scorer(config: ml_collections.ConfigDict, dummy_inputs, mesh):
 
 
 def method_names(eval_config: ml_collections.ConfigDict, model) -> list[str]:
-  """The explainers of ``eval.methods``: comma-separated names, "all" for every applicable one,
-  or "" for MHEX alone on an MHEX model and nothing on a plain one."""
+  """The explainers of ``eval.methods``: comma-separated names of explainers or of
+  ``eval.variants``, "all" for every applicable explainer and every variant, or "" for MHEX
+  alone on an MHEX model and nothing on a plain one."""
   names = [n.strip() for n in eval_config.methods.split(",") if n.strip()]
+  variants = list(eval_config.get("variants", {}))
+  if variants and not model.mhex:
+    raise ValueError(f"eval.variants {variants} are MHEX variants, but the model is plain "
+                     "(model.mhex=False); remove them.")
+  clash = set(variants) & set(registry.available(model))
+  if clash:
+    raise ValueError(f"eval.variants {sorted(clash)} reuse explainer names; rename them.")
   if not names:
     return [registry.MHEX] if model.mhex else []
   if names == ["all"]:
-    return list(registry.available(model))
-  unknown = [n for n in names if n not in registry.available(model)]
+    return list(registry.available(model)) + variants
+  unknown = [n for n in names if n not in registry.available(model) and n not in variants]
   if unknown:
     raise ValueError(f"eval.methods names {unknown}, which {type(model).__name__}"
                      f"(mhex={model.mhex}) cannot run; use 'all' or a comma-separated subset "
-                     f"of {list(registry.available(model))}.")
+                     f"of {list(registry.available(model)) + variants}.")
   return names
 
 
+# MHEX options that only maps of Transformer tokens take.
+_TOKEN_ONLY_OPTIONS = ("layers", "route", "feature_norm", "contrastive")
+
+
+def mhex_options(config: ml_collections.ConfigDict, model,
+                 variant: Optional[str] = None) -> dict[str, Any]:
+  """The MHEX map options set in ``eval.mhex`` (and ``eval.variants.<variant>``); unset ones
+  are left to the map's own defaults (``mhex_jax.explain.mhex``)."""
+  options = {k: v for k, v in config.eval.mhex.to_dict().items() if v is not None}
+  if variant is not None:
+    chosen = config.eval.variants[variant].to_dict()
+    unknown = set(chosen) - set(config.eval.mhex)
+    if unknown:
+      raise ValueError(f"eval.variants.{variant} sets {sorted(unknown)}; MHEX options are "
+                       f"{sorted(config.eval.mhex)}.")
+    options.update({k: v for k, v in chosen.items() if v is not None})
+  if "layers" in options:
+    options["layers"] = tuple(options["layers"])
+  if isinstance(model, models.ResNet):
+    misplaced = sorted(set(options) & set(_TOKEN_ONLY_OPTIONS))
+    if misplaced:
+      raise ValueError(f"MHEX options {misplaced} apply to Transformer token maps only; unset "
+                       f"them for {type(model).__name__}.")
+  return options
+
+
 def method_options(config: ml_collections.ConfigDict, model, name: str) -> dict[str, Any]:
-  """Keyword options of explainer ``name``: MHEX's come from the eval fields of SPEC §3/§4,
-  the others from ``eval.explainer_options.<name>``."""
-  eval_config = config.eval
+  """Keyword options of explainer ``name``: MHEX's and its variants' from ``eval.mhex`` /
+  ``eval.variants``, the others from ``eval.explainer_options.<name>``."""
   if name == registry.MHEX:
-    options = dict(alpha=eval_config.alpha, tau_pos=eval_config.tau_pos,
-                   tau_neg=eval_config.tau_neg, beta_pos=eval_config.beta_pos,
-                   beta_neg=eval_config.beta_neg)
-    if registry.is_text_model(model):
-      options["layers"] = tuple(eval_config.token_layers) or None
-    return options
-  return dict(eval_config.explainer_options.get(name, {}))
+    return mhex_options(config, model)
+  if name in config.eval.get("variants", {}):
+    return mhex_options(config, model, name)
+  return dict(config.eval.explainer_options.get(name, {}))
+
+
+def method_explainer(config: ml_collections.ConfigDict, model, name: str):
+  """``registry.explainer`` of method ``name`` (an MHEX variant runs MHEX with its options)."""
+  base = registry.MHEX if name in config.eval.get("variants", {}) else name
+  return registry.explainer(base, model, **method_options(config, model, name))
 
 
 def _image_step(model, explain_fn, scorer, eval_config: ml_collections.ConfigDict, mesh,
@@ -252,7 +288,7 @@ def compare_images(model, variables, scorer, scorer_variables, dataset, config, 
   results, maps, targets = {}, {}, None
   for name in methods:
     logging.info("Explaining with %s.", name)
-    explain_fn = registry.explainer(name, model, **method_options(config, model, name))
+    explain_fn = method_explainer(config, model, name)
     step = _image_step(model, explain_fn, scorer, config.eval, mesh, dataset.has_masks)
     results[name], maps[name], targets = explain_method(name, step, variables, scorer_variables,
                                                         dataset, config.eval, mesh, fields)
@@ -277,7 +313,7 @@ def compare_text(model, variables, scorer, scorer_variables, dataset, config, me
   results, scores, targets = {}, {}, None
   for name in methods:
     logging.info("Explaining with %s.", name)
-    explain_fn = registry.explainer(name, model, **method_options(config, model, name))
+    explain_fn = method_explainer(config, model, name)
     step = _text_step(model, explain_fn, scorer, config.eval, mesh, special)
     results[name], scores[name], targets = explain_method(name, step, variables, scorer_variables,
                                                           dataset, config.eval, mesh, fields)
@@ -301,8 +337,7 @@ def collaboration_analysis(model, variables, dataset, config: ml_collections.Con
   quality map (7×7 grid)."""
   eval_config = ml_collections.ConfigDict(config.eval.to_dict())
   eval_config.num_explain = config.eval.collaboration_examples
-  explain_fn = registry.explainer(registry.MHEX, model,
-                                  **method_options(config, model, registry.MHEX))
+  explain_fn = method_explainer(config, model, registry.MHEX)
 
   def step(variables, batch):
     images, labels = batch["image"], batch["label"]

@@ -179,8 +179,12 @@ def get_datasets(config: ml_collections.ConfigDict, num_classes: int,
     if need_train:
       train = synthetic.make_split(config.num_train, image_size=config.image_size,
                                    seed=config.seed)
+    streams = {"test": 1, "val": 2, "validation": 2}
+    if config.eval_split not in streams:
+      raise ValueError(f"data.eval_split={config.eval_split!r} for synthetic data; use 'test' "
+                       "or 'val' (held-out streams for reporting and for choosing options).")
     eval_arrays = synthetic.make_split(config.num_eval, image_size=config.image_size,
-                                       seed=config.seed + 1)
+                                       seed=config.seed + streams[config.eval_split])
   elif name == "text":
     from mhex_jax.data import text  # transformers is only imported for text data.
     train, eval_arrays = text.make_text_splits(config)

@@ -235,3 +235,37 @@ def test_create_model_and_training_mode(classifier_dir):
                                  rngs={"dropout": jax.random.key(seed)})[0]
   assert not np.allclose(run(0), run(1))
   np.testing.assert_array_equal(run(0), run(0))
+
+
+def _intercept_mhex_inputs(model, variables, *args):
+  """(u, v) that each layer's MHEX module receives, and the sown features, in depth order."""
+  import flax.linen as nn
+  calls = []
+
+  def record(next_fun, args_, kwargs, context):
+    if isinstance(context.module, models.MHEX):
+      calls.append(args_[:2])
+    return next_fun(*args_, **kwargs)
+
+  with nn.intercept_methods(record):
+    logits, state = model.apply(variables, *args, mutable=["mhex"])
+  blocks = mhex_explain.collect_blocks(variables["params"], state["mhex"])
+  return calls, blocks, logits
+
+
+@pytest.mark.parametrize("saliency_features", ["ungated", "sum"])
+def test_sown_features_are_ungated_u_plus_v_by_default(classifier_dir, saliency_features):
+  model, variables = weights.load_bert(classifier_dir, num_classes=3, gate_init="random",
+                                       saliency_features=saliency_features)
+  assert bert.BERT(num_classes=2).saliency_features == "ungated"
+  ids, mask, _ = _batch()
+  calls, blocks, _ = _intercept_mhex_inputs(model, variables, jnp.asarray(ids, jnp.int32),
+                                            jnp.asarray(mask))
+  for (u, v), block, name in zip(calls, blocks, ("layer_00", "layer_01")):
+    expected = u + v
+    if saliency_features == "sum":
+      m = jnp.asarray(mask, jnp.float32)[..., None]
+      z = jax.nn.relu((u * m).sum(1) / m.sum(1) + (v * m).sum(1) / m.sum(1))
+      expected = jax.nn.sigmoid(z @ variables["params"][name]["mhex"]["gate"]["kernel"])[:, None] * (u + v)
+    np.testing.assert_allclose(block.features, expected, rtol=1e-5, atol=1e-5)
+

@@ -108,6 +108,30 @@ def test_plain_model_comparison_has_no_mhex(image_workdirs):
     eval_lib.evaluate(_fast_eval(_image_config(mhex=False), "mhex"), image_workdirs["plain"])
 
 
+def test_mhex_options_and_variants_are_checked():
+  config = _image_config()
+  model = models.create_model(config.model)
+  config.eval.mhex.beta_neg = -1.0
+  assert eval_lib.method_options(config, model, "mhex") == {"beta_neg": -1.0}
+  config.eval.variants = {"mhex_wide": {"alpha": 0.5}}
+  assert eval_lib.method_names(_fast_eval(config, "all").eval, model)[-1] == "mhex_wide"
+  assert eval_lib.method_options(config, model, "mhex_wide") == {"beta_neg": -1.0, "alpha": 0.5}
+  config.eval.variants = {"mhex_bad": {"sharpness": 1.0}}
+  with pytest.raises(ValueError, match=r"mhex_bad sets \['sharpness'\]"):
+    eval_lib.method_options(config, model, "mhex_bad")
+  config.eval.variants = {"grad_cam": {"alpha": 0.5}}
+  with pytest.raises(ValueError, match="reuse explainer names"):
+    eval_lib.method_names(config.eval, model)
+  config.eval.variants = {}
+  config.eval.mhex.route = "attention"
+  with pytest.raises(ValueError, match=r"\['route'\] apply to Transformer token maps only"):
+    eval_lib.method_options(config, model, "mhex")
+  plain = models.create_model(_image_config(mhex=False).model)
+  config.eval.variants = {"mhex_wide": {"alpha": 0.5}}
+  with pytest.raises(ValueError, match="model is plain"):
+    eval_lib.method_names(config.eval, plain)
+
+
 def test_unknown_method_is_named(image_workdirs):
   with pytest.raises(ValueError, match="gradcam"):
     eval_lib.evaluate(_fast_eval(_image_config(), "mhex,gradcam"), image_workdirs["mhex"])
@@ -181,6 +205,8 @@ def _text_config(tmp_path, mhex=True):
   config.train.batch_size = 8
   config.train.num_epochs = 1
   config.eval.batch_size = 8
+  # One variant row is enough to exercise them (each method compiles its own eval step).
+  config.eval.variants = {"mhex_reference": {"route": "none"}} if mhex else {}
   return config
 
 
@@ -192,8 +218,11 @@ def test_text_comparison_report_and_html(tmp_path, mhex, methods):
   train_lib.train_and_evaluate(config, workdir)
   report = eval_lib.evaluate(_fast_eval(config, methods), workdir)
   model = models.create_model(config.model)
-  expected = list(registry.available(model)) if methods == "all" else methods.split(",")
+  expected = (list(registry.available(model)) + list(config.eval.variants)
+              if methods == "all" else methods.split(","))
   assert list(report["methods"]) == expected
+  if mhex:  # The unrouted variant is a different map from the routed default.
+    assert report["methods"]["mhex_reference"] != report["methods"]["mhex"]
   assert ("mhex" in report["methods"]) == mhex and "attcat" in report["methods"]
   for name, results in report["methods"].items():
     assert set(eval_lib.TEXT_METRICS) <= set(results), name

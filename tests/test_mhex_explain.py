@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from mhex_jax.explain import mhex as mhex_explain
+from mhex_jax.models import bert
 from mhex_jax.models import resnet
 
 
@@ -223,3 +224,126 @@ def test_vit_patch_saliency_matches_manual_grid_and_is_batch_invariant():
   alone = mhex_explain.mhex_patch_saliency(model.apply, variables, images[1:2], targets[1:2],
                                            patch_size=(4, 4), alpha=0.5)
   np.testing.assert_allclose(alone.saliency[0], sal.saliency[1], atol=1e-5)
+
+
+@pytest.mark.parametrize("placement", ["shortcut", "branch", "sum"])
+def test_signed_ungated_token_cam_decomposes_the_head_logit(placement):
+  # o_c = E_c · ReLU(mean_t s + mean_t r). With positive features no channel is clipped, so
+  # the head is linear and the mean over valid tokens of the signed CAM of A = s + r is o_c.
+  from mhex_jax.models import mhex as mhex_lib
+  rng = np.random.default_rng(7)
+  s, r = (jnp.asarray(rng.uniform(0.1, 1.0, size=(2, 6, 5)), jnp.float32) for _ in range(2))
+  mask = jnp.array([[True] * 6, [True, True, True, False, False, True]])
+  module = mhex_lib.MHEX(num_classes=3, gate_placement=placement, saliency_features="ungated")
+  params = module.init(jax.random.key(0), s, r, mask)["params"]
+  (_, logits), state = module.apply({"params": params}, s, r, mask, mutable=["mhex"])
+  block = mhex_explain.collect_blocks({"m": params}, {"m": state["mhex"]})[0]
+  m = mask.astype(jnp.float32)
+  for c in range(3):
+    cam = mhex_explain.layer_cams([block], jnp.full((2,), c), beta_neg=-1.0)[0]
+    np.testing.assert_allclose((cam * m).sum(1) / m.sum(1), logits[:, c], rtol=1e-5, atol=1e-5)
+
+
+def test_contrastive_weights_and_feature_norms_by_hand():
+  e = jnp.array([[3.0, 0.0], [1.0, 2.0]])
+  # Mean row (2, 1): class 0 → (1, −1), class 1 → (−1, 1).
+  np.testing.assert_allclose(
+      mhex_explain.class_weights(e, jnp.array([0, 1]), contrastive=True, beta_neg=-1.0),
+      [[1, -1], [-1, 1]])
+  np.testing.assert_allclose(mhex_explain.class_weights(e, jnp.array([0]), contrastive=True),
+                             [[1, 0]])
+  a = jnp.array([[[1.0, 2.0, 6.0]]])
+  np.testing.assert_allclose(mhex_explain.normalize_features(a, "centre"), [[[-2, -1, 3]]])
+  scaled = mhex_explain.normalize_features(a, "layer_norm")
+  np.testing.assert_allclose(scaled, np.array([[[-2, -1, 3]]]) / np.sqrt(14 / 3), rtol=1e-5)
+  with pytest.raises(ValueError, match="feature_norm='bad'"):
+    mhex_explain.normalize_features(a, "bad")
+
+
+def test_routing_by_hand_identity_attention_and_mass():
+  cams = [jnp.array([[1.0, 2.0, 4.0]]), jnp.array([[0.0, -1.0, 3.0]])]
+  source = jnp.array([[False, True, True]])
+  eye = jnp.eye(3)[None, None]
+  # Identity attention: M = rownorm(I + I) = I, so routing only drops non-source tokens.
+  routed = mhex_explain.route_cams(cams, [eye, eye], source)
+  np.testing.assert_allclose(routed[0], [[0, 2, 4]])
+  np.testing.assert_allclose(routed[1], [[0, -1, 3]])
+  # Layer 1 attends token 2 → token 0 (one head), layer 2 is the identity:
+  # M_1 = rownorm(α + I) has row 2 = (½, 0, ½), so token 2's evidence is split with token 0.
+  to_0 = jnp.zeros((1, 1, 3, 3)).at[0, 0, 2, 0].set(1.0).at[0, 0, 0, 0].set(1.0).at[
+      0, 0, 1, 1].set(1.0)
+  routed = mhex_explain.route_cams(cams, [to_0, eye], source)
+  np.testing.assert_allclose(routed[0], [[2, 2, 2]])
+  np.testing.assert_allclose(routed[1], [[1.5, -1, 1.5]])
+  # Random attention: each layer's evidence is redistributed, never created.
+  rng = np.random.default_rng(0)
+  probs = [jax.nn.softmax(jnp.asarray(rng.normal(size=(1, 2, 3, 3))), -1) for _ in range(2)]
+  for cam, out in zip(cams, mhex_explain.route_cams(cams, probs, source)):
+    np.testing.assert_allclose(out.sum(), (cam * source).sum(), rtol=1e-5)
+  with pytest.raises(ValueError, match="one attention map per MHEX layer"):
+    mhex_explain.route_cams(cams, probs[:1], source)
+
+
+@pytest.mark.parametrize("options", [
+    dict(route="attention"), dict(route="attention", beta_neg=-1.0, layers=(0,)),
+    dict(contrastive=True), dict(feature_norm="layer_norm"), dict(feature_norm="centre"),
+    dict(tau_pos=0.4, tau_neg=0.1, beta_neg=-1.0)])
+def test_vit_patch_variants_are_batch_invariant_and_route_like_rollout(options):
+  from mhex_jax.explain import transformer as tx
+  from mhex_jax.models import vit
+  model = vit.ViT(num_classes=3, image_size=16, patch_size=4, hidden_size=8, num_layers=2,
+                  num_heads=2, intermediate_size=16, gate_init="random")
+  images = jax.random.normal(jax.random.key(0), (3, 16, 16, 3))
+  variables = {"params": model.init(jax.random.key(1), images[:1])["params"]}
+  targets = jnp.array([0, 2, 1])
+  explain = jax.jit(functools.partial(mhex_explain.mhex_patch_saliency, model.apply,
+                                      patch_size=(4, 4), **options))
+  sal = explain(variables, images, targets)
+  assert sal.saliency.shape == (3, 16, 16) and bool(jnp.all(jnp.isfinite(sal.saliency)))
+  alone = explain(variables, images[1:2], targets[1:2])
+  np.testing.assert_allclose(alone.saliency[0], sal.saliency[1], atol=1e-5)
+  if options.get("route") == "attention":
+    # The routed last-layer map is the unrouted CAM pushed through the rollout matrix.
+    _, state = model.apply(variables, images, mutable=["mhex", "attention"])
+    blocks = mhex_explain.collect_blocks(variables["params"], state["mhex"])
+    joint = tx.rollout_matrix(bert.attention_probs(state))
+    cams = mhex_explain.layer_cams(blocks, targets, beta_neg=options.get("beta_neg", 0.0))
+    expected = jnp.einsum("bi,bij->bj", cams[-1][:, 1:], joint[:, 1:, 1:])
+    np.testing.assert_allclose(sal.layer_maps[-1].reshape(3, -1), expected, rtol=1e-4,
+                               atol=1e-5)
+
+
+@pytest.mark.parametrize("options", [
+    dict(), dict(route="attention"), dict(beta_neg=0.0, layers=()),
+    dict(feature_norm="layer_norm", contrastive=True)])
+def test_text_token_variants_ignore_batch_composition_and_padding(options):
+  from mhex_jax.models import BERT
+  model = BERT(num_classes=3, vocab_size=50, hidden_size=16, num_layers=3, num_heads=2,
+               intermediate_size=32, max_positions=32, gate_init="random")
+  rng = np.random.default_rng(0)
+  ids = np.zeros((3, 12), np.int32)
+  lengths = [7, 10, 4]
+  for b, n in enumerate(lengths):
+    ids[b, :n] = rng.integers(3, 50, n)
+  mask = (ids > 0).astype(np.int32)
+  special = ids == 0
+  special[:, 0] = True
+  variables = {"params": model.init(jax.random.key(0), jnp.asarray(ids), jnp.asarray(mask))[
+      "params"]}
+
+  def explain(ids, mask, special, targets):
+    return mhex_explain.mhex_token_saliency(
+        model.apply, variables, jnp.asarray(ids), jnp.asarray(mask), None,
+        jnp.asarray(mask > 0) & ~jnp.asarray(special), jnp.asarray(targets), **options)
+
+  batched = explain(ids, mask, special, [0, 2, 1]).saliency
+  # Row 1 alone, padded to 20 tokens.
+  alone_ids = np.zeros((1, 20), np.int32)
+  alone_ids[0, :10] = ids[1, :10]
+  alone_special = alone_ids == 0
+  alone_special[:, 0] = True
+  alone = explain(alone_ids, (alone_ids > 0).astype(np.int32), alone_special, [2]).saliency
+  np.testing.assert_allclose(alone[0, :10], batched[1, :10], atol=1e-5)
+  assert float(jnp.ptp(batched[1, 1:10])) > 0
+  assert not np.asarray(alone[0, 10:]).any() and not np.asarray(batched[1, 10:]).any()
+  assert float(batched[1, 0]) == 0.0  # [CLS] is special: no saliency.

@@ -8,6 +8,16 @@
 Everything before the normalisation is linear, so the target rows are gathered for the whole
 batch at once, each block is one einsum, and CAMs that share a resolution are summed before a
 single bilinear resize per resolution.
+
+Transformers (SPEC §4): the CAM of a layer is a token map, CAM_ℓ[t] = Σ_k w[k] · A_ℓ[t, k] with
+A = the ungated sum the head averages. With the signed row of E (β⁻ = −1) and no channel
+clipped by the head's ReLU, mean_t CAM_ℓ[t] is exactly the head's logit o_ℓ[c]: the map
+decomposes the layer's evidence over the tokens *where it sits* after attention has mixed them.
+**Attention routing** (``route="attention"``, our extension, not the paper's method) carries it
+back to the input tokens through the same forward pass's attention rollout (``route_cams``),
+which moves the evidence from where it is stored to where it came from. Routing is the default
+for ViT patch maps; ``route="none"`` gives SPEC §4 as written. Options beside it: the layer set,
+per-position feature normalisation and class-contrastive weights (all measured in the README).
 """
 
 from typing import Any, Callable, NamedTuple, Optional, Sequence
@@ -15,7 +25,12 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
+from mhex_jax.explain import transformer
+from mhex_jax.models import bert as bert_lib
 from mhex_jax.models import mhex as mhex_lib
+
+FEATURE_NORMS = ("none", "centre", "layer_norm")
+ROUTES = ("none", "attention")
 
 
 class MHEXBlock(NamedTuple):
@@ -61,20 +76,24 @@ def equivalent_matrix(gate_kernel: jax.Array, head_kernel: jax.Array) -> jax.Arr
   return (gate_kernel.astype(jnp.float32) @ head_kernel.astype(jnp.float32)).T
 
 
-def class_weights(equivalent: jax.Array, targets: jax.Array, *, tau_pos: float = 0.0,
-                  tau_neg: float = 0.0, beta_pos: float = 1.0,
+def class_weights(equivalent: jax.Array, targets: jax.Array, *, contrastive: bool = False,
+                  tau_pos: float = 0.0, tau_neg: float = 0.0, beta_pos: float = 1.0,
                   beta_neg: float = 0.0) -> jax.Array:
   """Per-example channel weights w_final [B, C] for the target classes.
 
   Args:
     equivalent: E [K, C].
     targets: int[B] target classes.
+    contrastive: (our extension) use E[c] − mean_c' E[c'], the evidence for c over the
+      average class, instead of the row E[c]; applied before the filter and the sign weighting.
     tau_pos, tau_neg: class-sharpness thresholds (filter off when both are 0): a channel's
       positive (negative) weight for class c is kept only if c holds at least that share of
       the channel's positive (negative) mass over all classes.
     beta_pos, beta_neg: sign weighting, w_final = β⁺·max(w, 0) + β⁻·max(−w, 0).
-      (1, 0) keeps only positive evidence (default); (1, −1) is the signed map.
+      (1, 0) keeps only positive evidence (the image default); (1, −1) is the signed row.
   """
+  if contrastive:
+    equivalent = equivalent - jnp.mean(equivalent, axis=0, keepdims=True)
   w = equivalent[targets]  # [B, C]
   if tau_pos > 0 or tau_neg > 0:
     e_pos, e_neg = jnp.maximum(equivalent, 0), jnp.maximum(-equivalent, 0)
@@ -86,14 +105,61 @@ def class_weights(equivalent: jax.Array, targets: jax.Array, *, tau_pos: float =
   return beta_pos * jnp.maximum(w, 0) + beta_neg * jnp.maximum(-w, 0)
 
 
-def layer_cams(blocks: Sequence[MHEXBlock], targets: jax.Array, **weight_options) -> list[jax.Array]:
-  """Raw (un-normalised) CAM of every block, each [B, *spatial] at the block's resolution."""
+def normalize_features(features: jax.Array, feature_norm: str = "none") -> jax.Array:
+  """A [B, ..., C] per position over channels: "none", "centre" (minus the channel mean:
+  what a following LayerNorm discards) or "layer_norm" (centred and scaled to unit variance,
+  no affine)."""
+  if feature_norm not in FEATURE_NORMS:
+    raise ValueError(f"Unknown feature_norm={feature_norm!r}; use one of {FEATURE_NORMS}.")
+  features = features.astype(jnp.float32)
+  if feature_norm == "none":
+    return features
+  centred = features - jnp.mean(features, axis=-1, keepdims=True)
+  if feature_norm == "centre":
+    return centred
+  return centred * jax.lax.rsqrt(jnp.mean(centred**2, axis=-1, keepdims=True) + 1e-6)
+
+
+def layer_cams(blocks: Sequence[MHEXBlock], targets: jax.Array, *, feature_norm: str = "none",
+               **weight_options) -> list[jax.Array]:
+  """Raw (un-normalised) CAM of every block, each [B, *spatial] at the block's resolution.
+
+  ``feature_norm`` see ``normalize_features``; ``weight_options`` see ``class_weights``.
+  """
   cams = []
   for block in blocks:
     w = class_weights(equivalent_matrix(block.gate_kernel, block.head_kernel), targets,
                       **weight_options)
-    cams.append(jnp.einsum("b...c,bc->b...", block.features.astype(jnp.float32), w))
+    features = normalize_features(block.features, feature_norm)
+    cams.append(jnp.einsum("b...c,bc->b...", features, w))
   return cams
+
+
+def route_cams(cams: Sequence[jax.Array], attentions: Sequence[jax.Array],
+               source_mask: jax.Array) -> list[jax.Array]:
+  """Carries every layer's token CAM back to the input tokens through the forward pass's own
+  attention (our extension of SPEC §4, no gradients):
+
+      routed_ℓ[j] = Σ_i source[i] · CAM_ℓ[i] · J_ℓ[i, j],   J_ℓ = M_ℓ ⋯ M_1 (attention rollout)
+
+  CAM_ℓ[i] says how much evidence for c token i's features hold after layer ℓ; J_ℓ[i, j] how
+  much of token i's state came from input token j. Rows of J_ℓ sum to 1, so each layer's
+  evidence is redistributed, never created: Σ_j routed_ℓ[j] = Σ_{source i} CAM_ℓ[i].
+
+  Args:
+    cams: L token maps f32[B, T], input → output order.
+    attentions: the L layers' attention probabilities f32[B, H, T, T] (same order).
+    source_mask: bool[B, T], tokens whose CAM is routed (those the heads average).
+
+  Returns:
+    L routed maps f32[B, T].
+  """
+  if len(cams) != len(attentions):
+    raise ValueError(f"{len(cams)} MHEX layers but {len(attentions)} attention maps: routing "
+                     "needs one attention map per MHEX layer.")
+  joints = transformer.rollout_matrices(attentions)
+  return [jnp.einsum("bi,bij->bj", jnp.where(source_mask, cam, 0.0), joint)
+          for cam, joint in zip(cams, joints)]
 
 
 def depth_weights(num_layers: int, alpha: float) -> list[float]:
@@ -145,8 +211,9 @@ def normalize_maps(maps: jax.Array, mask: Optional[jax.Array] = None) -> jax.Arr
 
 def layer_weights(num_layers: int, layers: Optional[Sequence[int]],
                   alpha: float) -> list[float]:
-  """Weights of per-layer token maps: 1 on ``layers`` (e.g. the first 3), else α-decay."""
-  if layers is None:
+  """Weights of per-layer token maps: 1 on ``layers`` (e.g. the first 3); None or () is the
+  α-decay over all layers."""
+  if not layers:
     return depth_weights(num_layers, alpha)
   bad = [l for l in layers if not -num_layers <= l < num_layers]
   if bad:
@@ -155,9 +222,35 @@ def layer_weights(num_layers: int, layers: Optional[Sequence[int]],
   return [1.0 if i in chosen else 0.0 for i in range(num_layers)]
 
 
+def token_cams(blocks: Sequence[MHEXBlock], targets: jax.Array, *, route: str = "none",
+               attentions: Optional[Sequence[jax.Array]] = None,
+               source_mask: Optional[jax.Array] = None, feature_norm: str = "none",
+               **weight_options) -> list[jax.Array]:
+  """Per-layer token CAMs [B, T], routed to the input tokens when ``route="attention"``.
+
+  Args:
+    blocks: MHEX layers with token features [B, T, C].
+    targets: int[B].
+    route: "none" (the CAM where the features sit, SPEC §4) or "attention" (``route_cams``).
+    attentions: per-layer attention probabilities, needed by ``route="attention"``.
+    source_mask: bool[B, T], the tokens whose CAM is routed (default: all).
+    feature_norm, **weight_options: see ``normalize_features`` and ``class_weights``.
+  """
+  if route not in ROUTES:
+    raise ValueError(f"Unknown route={route!r}; use one of {ROUTES}.")
+  cams = layer_cams(blocks, targets, feature_norm=feature_norm, **weight_options)
+  if route == "none":
+    return cams
+  if attentions is None:
+    raise ValueError("route='attention' needs the attention probabilities of the forward pass.")
+  if source_mask is None:
+    source_mask = jnp.ones(cams[0].shape, bool)
+  return route_cams(cams, attentions, source_mask)
+
+
 def token_saliency(blocks: Sequence[MHEXBlock], targets: jax.Array, token_mask: jax.Array, *,
                    layers: Optional[Sequence[int]] = (0, 1, 2), alpha: float = 0.9,
-                   **weight_options) -> tuple[jax.Array, list[jax.Array]]:
+                   beta_neg: float = -1.0, **options) -> tuple[jax.Array, list[jax.Array]]:
   """MHEX token saliency (SPEC §4): Σ over chosen layers of Σ_k E[c, k] · A[t, k].
 
   Args:
@@ -166,30 +259,42 @@ def token_saliency(blocks: Sequence[MHEXBlock], targets: jax.Array, token_mask: 
     token_mask: bool[B, T], True on tokens that may receive saliency (not padding, not
       special tokens, not a class token).
     layers: layer indices summed with weight 1 (default: the first three, "controlled
-      smoothing"); None uses the α-decay over all layers.
+      smoothing"); None or () uses the α-decay over all layers.
     alpha: depth decay when ``layers`` is None.
+    beta_neg: the token default −1 is the signed row of E (SPEC §4); 0 keeps only positive
+      evidence, as the image maps do.
+    **options: ``token_cams`` options (route, attentions, source_mask, feature_norm) and
+      ``class_weights`` options (contrastive, tau_pos, tau_neg, beta_pos).
 
   Returns:
     (saliency f32[B, T] normalised over ``token_mask``, raw per-layer maps [B, T]).
   """
-  cams = layer_cams(blocks, targets, **weight_options)
+  cams = token_cams(blocks, targets, beta_neg=beta_neg, **options)
   total = sum(w * c for w, c in zip(layer_weights(len(cams), layers, alpha), cams))
   return normalize_maps(total, token_mask), cams
 
 
-def forward_blocks(apply_fn: Callable[..., Any], variables: Any, inputs: Sequence[jax.Array],
-                   targets: Optional[jax.Array]) -> tuple[list[MHEXBlock], jax.Array, jax.Array]:
-  """One eval-mode forward pass: (MHEX blocks, final-head logits [B, K], targets int32[B]).
+class Forward(NamedTuple):
+  """What one eval-mode forward pass gives the MHEX explainers."""
+  blocks: list[MHEXBlock]
+  logits: jax.Array  # f32[B, K] of the final head
+  targets: jax.Array  # int32[B]
+  attentions: Optional[list[jax.Array]]  # per-layer f32[B, H, T, T] when asked for
 
-  ``targets=None`` explains the predicted class.
-  """
-  variables = {k: v for k, v in variables.items() if k != mhex_lib.COLLECTION}
-  head_logits, state = apply_fn(variables, *inputs, train=False, mutable=[mhex_lib.COLLECTION])
+
+def forward_blocks(apply_fn: Callable[..., Any], variables: Any, inputs: Sequence[jax.Array],
+                   targets: Optional[jax.Array], *, attention: bool = False) -> Forward:
+  """One eval-mode forward pass; ``targets=None`` explains the predicted class, and
+  ``attention=True`` also returns the attention probabilities of a Transformer."""
+  collections = [mhex_lib.COLLECTION] + ([bert_lib.ATTENTION] if attention else [])
+  variables = {k: v for k, v in variables.items() if k not in collections}
+  head_logits, state = apply_fn(variables, *inputs, train=False, mutable=collections)
   logits = head_logits[-1]
   if targets is None:
     targets = jnp.argmax(logits, axis=-1)
   blocks = collect_blocks(variables["params"], state.get(mhex_lib.COLLECTION, {}))
-  return blocks, logits, jnp.asarray(targets, jnp.int32)
+  attentions = bert_lib.attention_probs(state) if attention else None
+  return Forward(blocks, logits, jnp.asarray(targets, jnp.int32), attentions)
 
 
 class Saliency(NamedTuple):
@@ -210,18 +315,19 @@ def mhex_saliency(apply_fn: Callable[..., Any], variables: Any, images: jax.Arra
     variables: {"params", "batch_stats"} of an MHEX model.
     images: f32[B, H, W, C] normalised inputs.
     targets: int[B] classes to explain; None explains the predicted class.
-    alpha, tau_pos, tau_neg, beta_pos, beta_neg: SPEC §3 options (see ``class_weights``).
+    alpha, tau_pos, tau_neg, beta_pos, beta_neg: SPEC §3 options (see ``class_weights``);
+      the image default keeps positive evidence only.
 
   Returns:
     ``Saliency`` with the integrated map [B, H, W], per-block maps, logits and targets.
   """
   if images.ndim != 4:
     raise ValueError(f"images must be [B, H, W, C], got shape {images.shape}.")
-  blocks, logits, targets = forward_blocks(apply_fn, variables, (images,), targets)
-  cams = layer_cams(blocks, targets, tau_pos=tau_pos, tau_neg=tau_neg, beta_pos=beta_pos,
-                    beta_neg=beta_neg)
+  forward = forward_blocks(apply_fn, variables, (images,), targets)
+  cams = layer_cams(forward.blocks, forward.targets, tau_pos=tau_pos, tau_neg=tau_neg,
+                    beta_pos=beta_pos, beta_neg=beta_neg)
   saliency = normalize_maps(integrate_cams(cams, images.shape[1:3], alpha))
-  return Saliency(saliency, cams, logits, targets)
+  return Saliency(saliency, cams, forward.logits, forward.targets)
 
 
 class TokenSaliency(NamedTuple):
@@ -234,8 +340,7 @@ class TokenSaliency(NamedTuple):
 def mhex_token_saliency(apply_fn: Callable[..., Any], variables: Any, input_ids: jax.Array,
                         attention_mask: jax.Array, token_type_ids: Optional[jax.Array],
                         token_mask: jax.Array, targets: Optional[jax.Array] = None, *,
-                        layers: Optional[Sequence[int]] = (0, 1, 2), alpha: float = 0.9,
-                        **weight_options) -> TokenSaliency:
+                        route: str = "none", **options) -> TokenSaliency:
   """MHEX token saliency of a text Transformer from one forward pass (SPEC §4).
 
   Args:
@@ -245,36 +350,59 @@ def mhex_token_saliency(apply_fn: Callable[..., Any], variables: Any, input_ids:
     input_ids, attention_mask, token_type_ids: int[B, T] model inputs.
     token_mask: bool[B, T], True on tokens that may get saliency (not padding or special).
     targets: int[B] or None for the predicted class.
-    layers, alpha, **weight_options: see ``token_saliency`` and ``class_weights``.
+    route: "none" (SPEC §4) or "attention": every valid token's CAM, special tokens
+      included, is carried back to the input tokens through the attention (``route_cams``).
+    **options: ``token_saliency`` options (layers, alpha, feature_norm, contrastive, tau_pos,
+      tau_neg, beta_pos, beta_neg); the defaults are the reference's: the signed row of E,
+      the first three layers.
   """
-  blocks, logits, targets = forward_blocks(
-      apply_fn, variables, (input_ids, attention_mask, token_type_ids), targets)
-  saliency, cams = token_saliency(blocks, targets, token_mask, layers=layers, alpha=alpha,
-                                  **weight_options)
-  return TokenSaliency(saliency, cams, logits, targets)
+  forward = forward_blocks(apply_fn, variables, (input_ids, attention_mask, token_type_ids),
+                           targets, attention=route != "none")
+  saliency, cams = token_saliency(forward.blocks, forward.targets, token_mask, route=route,
+                                  attentions=forward.attentions,
+                                  source_mask=attention_mask > 0, **options)
+  return TokenSaliency(saliency, cams, forward.logits, forward.targets)
 
 
 def mhex_patch_saliency(apply_fn: Callable[..., Any], variables: Any, images: jax.Array,
                         targets: Optional[jax.Array] = None, *, patch_size: Sequence[int],
                         class_token: bool = True, layers: Optional[Sequence[int]] = None,
-                        alpha: float = 0.9, **weight_options) -> Saliency:
+                        alpha: float = 0.9, route: str = "attention", beta_neg: float = -1.0,
+                        **options) -> Saliency:
   """MHEX image saliency of a ViT: patch-token maps on the patch grid, resized to the image.
+
+  The default, chosen on held-out validation images (README, "MHEX on Transformers"), routes
+  the signed CAMs through the attention (``route_cams``): our extension of SPEC §4, not the
+  paper's method. ``route="none", beta_neg=0.0`` is SPEC §4 as written (positive evidence
+  where the features sit); on a ViT trained from scratch those maps point at where the
+  evidence is stored after attention has mixed the tokens, often the background.
 
   Args:
     apply_fn, variables: an MHEX ViT's ``apply`` and variables.
     images: f32[B, H, W, C].
     targets: int[B] or None for the predicted class.
     patch_size: (ph, pw) of the model; the grid is (H / ph, W / pw).
-    class_token: whether token 0 is a class token (it gets no saliency).
-    layers: layers summed with weight 1; None (default) is the α-decay over all layers.
+    class_token: whether token 0 is a class token (it gets no saliency and, the heads
+      averaging patch tokens only, is not routed).
+    layers: layers summed with weight 1; None or () is the α-decay over all layers.
+    route: "attention" (default, ``route_cams``) or "none" (SPEC §4).
+    beta_neg: sign weighting (see ``class_weights``); the default −1 is the signed row, whose
+      routed maps still sum to the layer's evidence for c.
+    **options: ``token_cams`` / ``class_weights`` options (feature_norm, contrastive,
+      tau_pos, tau_neg, beta_pos).
 
   Returns:
     ``Saliency`` with the image map [B, H, W] and raw per-layer grid maps [B, gh, gw].
   """
   if images.ndim != 4:
     raise ValueError(f"images must be [B, H, W, C], got shape {images.shape}.")
-  blocks, logits, targets = forward_blocks(apply_fn, variables, (images,), targets)
-  cams = layer_cams(blocks, targets, **weight_options)
+  forward = forward_blocks(apply_fn, variables, (images,), targets, attention=route != "none")
+  patches = jnp.ones(forward.blocks[0].features.shape[:2], bool)
+  if class_token:
+    patches = patches.at[:, 0].set(False)
+  cams = token_cams(forward.blocks, forward.targets, route=route,
+                    attentions=forward.attentions, source_mask=patches, beta_neg=beta_neg,
+                    **options)
   if class_token:
     cams = [c[:, 1:] for c in cams]
   grid = (images.shape[1] // patch_size[0], images.shape[2] // patch_size[1])
@@ -283,4 +411,4 @@ def mhex_patch_saliency(apply_fn: Callable[..., Any], variables: Any, images: ja
   total = sum(w * c for w, c in zip(weights, cams))
   # One resize: every layer of a ViT shares the patch grid.
   saliency = normalize_maps(integrate_cams([total], images.shape[1:3], alpha=1.0))
-  return Saliency(saliency, cams, logits, targets)
+  return Saliency(saliency, cams, forward.logits, forward.targets)

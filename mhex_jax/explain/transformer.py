@@ -174,13 +174,28 @@ def rollout_matrix(attentions: Sequence[jax.Array], *, start_layer: int = 0) -> 
     J f32[B, T, T]; row i is how much of token i's output comes from each input token.
   """
   _check_start_layer(start_layer, len(attentions))
+  return rollout_matrices(attentions[start_layer:])[-1]
+
+
+def rollout_matrices(attentions: Sequence[jax.Array]) -> list[jax.Array]:
+  """Every partial rollout J_l = M_l ⋯ M_1 (l = 1..L), M_l = rownorm(mean_h α^(l) + I).
+
+  Args:
+    attentions: per-layer probabilities f32[B, H, T, T], input → output order.
+
+  Returns:
+    L matrices f32[B, T, T]; row i of J_l is how much of token i's state after layer l's
+    attention comes from each input token (rows sum to 1).
+  """
   eye = jnp.eye(attentions[0].shape[-1], dtype=jnp.float32)
   joint = jnp.broadcast_to(eye, attentions[0].shape[:1] + eye.shape)
-  for probs in attentions[start_layer:]:
+  joints = []
+  for probs in attentions:
     mixing = jnp.mean(probs.astype(jnp.float32), axis=1) + eye
     mixing = mixing / jnp.sum(mixing, axis=-1, keepdims=True)
     joint = jnp.einsum("bij,bjk->bik", mixing, joint)
-  return joint
+    joints.append(joint)
+  return joints
 
 
 def raw_attention(model: Any, variables: Any, inputs: Mapping[str, jax.Array],

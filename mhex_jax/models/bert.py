@@ -3,8 +3,11 @@
 In layer ℓ, with u = LayerNorm(h + SelfAttention(h)) (the attention sub-layer output) and
 v = Dense_{4d→d}(GELU(Dense_{d→4d}(u))) (the FFN before its residual and LayerNorm):
 
-    A, o_ℓ = MHEX(gate_placement="sum")(u, v, mask)   z = ReLU(mean_t u + mean_t v), A = g ⊙ (u + v)
-    h'     = LayerNorm(Dropout(A))                     replaces the plain LayerNorm(u + v)
+    g ⊙ (u + v), o_ℓ = MHEX(gate_placement="sum")(u, v, mask)   z = ReLU(mean_t u + mean_t v)
+    h' = LayerNorm(Dropout(g ⊙ (u + v)))                  replaces the plain LayerNorm(u + v)
+
+and the saliency features sown for the token maps are the ungated A = u + v (SPEC §4; the gate
+acts on the stream, not on what the map reads). ``saliency_features="sum"`` sows g ⊙ (u + v).
 
 Means run over valid (non-padding) tokens; special tokens stay in. The pooler and classifier are
 removed and every layer's head is returned: logits ``[L, B, K]``, prediction = ``logits[-1]``.
@@ -261,7 +264,8 @@ class BERT(nn.Module):
     initializer_range: std of the normal initialisers of new weights.
     mhex: an MHEX module in every layer, one head per layer; otherwise pooler + classifier.
     gate_init, saliency_features: MHEX options (``models/mhex.py``). The gate always
-      multiplies the sum u + v (SPEC §4); "identity" starts at exactly the plain layer.
+      multiplies the sum u + v (SPEC §4); "identity" starts at exactly the plain layer. The
+      default features are the ungated u + v (SPEC §4); "sum" gives the gated g ⊙ (u + v).
     dtype: computation dtype; parameters, attention probabilities and logits stay float32.
   """
   num_classes: int
@@ -280,7 +284,7 @@ class BERT(nn.Module):
   initializer_range: float = 0.02
   mhex: bool = True
   gate_init: str = "random"
-  saliency_features: str = "sum"
+  saliency_features: str = "ungated"
   dtype: Any = jnp.float32
 
   def _check(self, input_ids, attention_mask, token_type_ids):

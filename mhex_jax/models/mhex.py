@@ -10,8 +10,10 @@ Given a block's shortcut ``s`` and residual branch ``r`` (both ``[B, *spatial, C
     o = a @ P                        deep-supervision head, no bias  [B, K]
 
 and the gate is applied to the shortcut (default), the branch, or their sum. The module
-returns the gated sum ``A`` (the block's pre-activation output) and the head logits ``o``,
-and sows the saliency features into the ``"mhex"`` collection for the explainers.
+returns the gated sum (the block's pre-activation output) and the head logits ``o``, and sows
+the saliency features ``A`` into the ``"mhex"`` collection for the explainers: the gated sum
+(CNN, SPEC §3), the ungated s + r (Transformers, SPEC §4: the sum the head's z averages, so
+mean_t E·A_t decomposes the head logit when the ReLU is inactive) or the gated shortcut.
 The product ``W @ P`` is the Equivalent Matrix (see ``mhex_jax.explain.mhex``).
 """
 
@@ -23,7 +25,7 @@ import jax.numpy as jnp
 
 GATE_INITS = ("random", "identity")
 GATE_PLACEMENTS = ("shortcut", "branch", "sum")
-SALIENCY_FEATURES = ("sum", "gated_shortcut")
+SALIENCY_FEATURES = ("sum", "ungated", "gated_shortcut")
 
 # Name of the collection that carries saliency features, and of the leaf inside it.
 COLLECTION = "mhex"
@@ -58,8 +60,8 @@ class MHEX(nn.Module):
     gate_init: "random" (W ~ LeCun normal, g = σ(a)) or "identity" (W = 0 and g = 2σ(a),
       so the gate starts at exactly 1 and a pretrained block is unchanged at init).
     gate_placement: what the gate multiplies: "shortcut" (SPEC §2), "branch" or "sum".
-    saliency_features: what is sown for saliency: "sum" (A = gated sum, the default) or
-      "gated_shortcut" (A = g ⊙ s).
+    saliency_features: what is sown for saliency: "sum" (A = the gated sum, the CNN
+      default), "ungated" (A = s + r, the Transformer default) or "gated_shortcut" (A = g ⊙ s).
     dtype: computation dtype of the gated features.
   """
   num_classes: int
@@ -79,7 +81,7 @@ class MHEX(nn.Module):
       mask: optional [B, *spatial] validity mask (tokens); means use valid positions only.
 
     Returns:
-      (A, logits): A [B, *spatial, C] the gated pre-activation sum, logits f32[B, K].
+      (out, logits): out [B, *spatial, C] the gated pre-activation sum, logits f32[B, K].
     """
     check_options(self.gate_init, self.gate_placement, self.saliency_features)
     if shortcut.shape != residual.shape:
@@ -107,6 +109,8 @@ class MHEX(nn.Module):
       out = s + gate * r
     else:
       out = gate * (s + r)
-    features = s if self.saliency_features == "gated_shortcut" else out
+    features = {"sum": out, "gated_shortcut": s,
+                "ungated": shortcut.astype(self.dtype) + residual.astype(self.dtype)}[
+                    self.saliency_features]
     self.sow(COLLECTION, FEATURES, features)
     return out, logits

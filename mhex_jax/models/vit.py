@@ -3,12 +3,13 @@
 Layer ℓ: s = h + SelfAttention(LN(h)) (the stream after attention) and r = MLP(LN(s)) (the MLP
 branch). The plain layer returns s + r; the MHEX layer returns
 
-    A, o_ℓ = MHEX(gate_placement, gate_init)(s, r, mask)    z = ReLU(mean_t s + mean_t r)
+    s + g ⊙ r, o_ℓ = MHEX(gate_placement, gate_init)(s, r, mask)    z = ReLU(mean_t s + mean_t r)
 
-with A = s + g ⊙ r for the default placement "branch" (``shortcut``: g ⊙ s + r; ``sum``:
-g ⊙ (s + r)). The token means skip the class token (``mask`` is 0 there); the gate, a
-per-channel vector, still multiplies every token, class token included, so the stream stays one
-array. The sown saliency features keep the class token in row 0; ``tokens_to_grid`` drops it
+for the default placement "branch" (``shortcut``: g ⊙ s + r; ``sum``: g ⊙ (s + r)). The
+saliency features are the ungated A = s + r by default (SPEC §4: the sum the head's z
+averages); ``saliency_features="sum"`` sows the gated layer output instead. The token means
+skip the class token (``mask`` is 0 there); the gate, a per-channel vector, still multiplies
+every token, class token included, so the stream stays one array. The sown saliency features keep the class token in row 0; ``tokens_to_grid`` drops it
 and reshapes patch tokens to the patch grid, where ``mhex_jax.explain.mhex.layer_cams`` and
 ``integrate_cams`` apply unchanged.
 
@@ -157,7 +158,7 @@ class ViT(nn.Module):
   mhex: bool = True
   gate_init: str = "random"
   gate_placement: str = "branch"
-  saliency_features: str = "sum"
+  saliency_features: str = "ungated"
   dtype: Any = jnp.float32
 
   @property
