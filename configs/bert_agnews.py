@@ -28,8 +28,6 @@ def get_config(arg=None):
   # The gate starts at exactly 1 so the pretrained layers are unchanged at step 0.
   config.model.gate_init = "identity"
   config.model.gate_placement = "sum"
-  # SPEC §4: token maps read the ungated sum that the heads average.
-  config.model.saliency_features = "ungated"
   config.model.new_head = True  # MiniLM has no classifier: the plain model gets a new one.
   config.model.hidden_dropout = 0.1
   config.model.attention_dropout = 0.1
@@ -57,4 +55,7 @@ def get_config(arg=None):
   config.eval.batch_size = 64
   config.eval.num_explain = 1200
   config.eval.num_gallery = 16
+  if config.model.mhex:
+    config.eval.variants = common.transformer_variants(4, spec_layers=(0, 1, 2),
+                                                         default_layers=(0,))
   return config

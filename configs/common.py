@@ -21,7 +21,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.mhex_stages = placeholder(tuple)  # None: all.
   config.model.gate_init = "random"
   config.model.gate_placement = "shortcut"
-  config.model.saliency_features = "sum"
+  # None: the model's own default, the gated sum for a CNN (SPEC §3), the ungated sum for a
+  # Transformer (SPEC §4).
+  config.model.saliency_features = placeholder(str)
   config.model.dtype = "float32"
 
   config.data = ml_collections.ConfigDict()
@@ -57,7 +59,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 256
-  config.eval.num_explain = 512  # Examples that get saliency maps and metrics.
+  config.eval.num_explain = 512  # Examples that get saliency maps and metrics,
+  config.eval.first_example = 0  # from this eval example on (e.g. a validation range).
   config.eval.num_gallery = 8
   # MHEX map options (SPEC §3, §4; mhex_jax.explain.mhex). None takes the default of the
   # map's kind: images (CNN) and ViT patches keep positive evidence, text tokens use the
@@ -112,3 +115,32 @@ def use_imagenet(config: ml_collections.ConfigDict, mean, std) -> None:
   config.train.checkpoint_every_steps = 1000
   config.eval.batch_size = 1024
   config.eval.num_explain = 2048
+
+
+def transformer_variants(num_classes: int, spec_layers: tuple,
+                         default_layers: tuple) -> ml_collections.ConfigDict:
+  """MHEX token-map variants scored beside the default map by ``--config.eval.methods=all``.
+
+  The default map (``mhex_jax.explain.mhex.mhex_token_saliency`` / ``mhex_patch_saliency``) is
+  routed through the attention, signed and LayerNorm-normalised. ``mhex_spec*`` are SPEC §4 as
+  written (no routing, raw features, layers ``spec_layers``: () = the α-decay): signed, with
+  positive weights only, and with the reference's quantitative weighting (β⁻ = −1,
+  τ⁺ = 1/K + 0.1, τ⁻ = 0.1). The others change one option of the default, whose layer set
+  is ``default_layers``.
+  """
+  spec = {"route": "none", "layers": spec_layers, "feature_norm": "none"}
+  sharp = {"tau_pos": 1 / num_classes + 0.1, "tau_neg": 0.1}
+  other_layers = {"mhex_first_layer": (0,), "mhex_last_layer": (-1,), "mhex_all_layers": ()}
+  return ml_collections.ConfigDict({
+      "mhex_spec": spec,
+      "mhex_spec_positive": {**spec, "beta_neg": 0.0},
+      "mhex_spec_reference": {**spec, **sharp},
+      "mhex_spec_routed": {**spec, "route": "attention"},
+      "mhex_unrouted": {"route": "none"},
+      "mhex_positive": {"beta_neg": 0.0},
+      "mhex_reference": sharp,
+      "mhex_raw_features": {"feature_norm": "none"},
+      "mhex_contrastive": {"contrastive": True},
+      **{name: {"layers": layers} for name, layers in other_layers.items()
+         if layers != tuple(default_layers)},
+  })

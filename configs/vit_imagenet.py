@@ -17,8 +17,6 @@ Measured for ``:quick`` (2-core CPU shared with other jobs, 15 min): test accura
 four heads 0.925-0.927); MHEX pointing game 0.379 (1 px tolerance), well below the CNN's.
 """
 
-import ml_collections
-
 from configs import common
 
 
@@ -41,8 +39,6 @@ def get_config(arg=None):
   # A gate on the MLP branch, starting at exactly 1: the residual stream is never shrunk.
   config.model.gate_placement = "branch"
   config.model.gate_init = "identity"
-  # SPEC §4: token maps read the ungated sum that the heads average.
-  config.model.saliency_features = "ungated"
   config.model.dtype = "bfloat16"
 
   common.use_imagenet(config, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
@@ -53,7 +49,8 @@ def get_config(arg=None):
   config.train.weight_decay = 0.05
   config.train.label_smoothing = 0.1
 
-  config.eval.variants = patch_variants(config.model.num_classes)
+  config.eval.variants = common.transformer_variants(config.model.num_classes, spec_layers=(),
+                                                     default_layers=(-1,))
 
   if arg == "quick":
     config.model.num_classes = 4
@@ -89,28 +86,7 @@ def get_config(arg=None):
     config.eval.batch_size = 200
     config.eval.num_explain = 1000
     config.eval.pointing_tolerance = 1
-    config.eval.variants = patch_variants(config.model.num_classes)
+    config.eval.variants = common.transformer_variants(config.model.num_classes, spec_layers=(),
+                                                     default_layers=(-1,))
   return config
 
-
-def patch_variants(num_classes: int) -> ml_collections.ConfigDict:
-  """MHEX patch-map variants scored beside the default (routed, signed) map by
-  ``--config.eval.methods=all``: SPEC §4 as written, the reference's quantitative weighting,
-  and one change at a time to the routed default."""
-  return ml_collections.ConfigDict({
-      # Unrouted: the CAM where the features sit (SPEC §4).
-      "mhex_unrouted": {"route": "none", "beta_neg": 0.0},
-      "mhex_unrouted_signed": {"route": "none"},
-      "mhex_unrouted_reference": {"route": "none", "tau_pos": 1 / num_classes + 0.1,
-                                  "tau_neg": 0.1},
-      "mhex_unrouted_layer_norm": {"route": "none", "feature_norm": "layer_norm"},
-      "mhex_unrouted_contrastive": {"route": "none", "contrastive": True},
-      "mhex_unrouted_first_layer": {"route": "none", "layers": (0,)},
-      # Routed through the attention, one option changed from the default.
-      "mhex_positive": {"beta_neg": 0.0},
-      "mhex_reference": {"tau_pos": 1 / num_classes + 0.1, "tau_neg": 0.1},
-      "mhex_layer_norm": {"feature_norm": "layer_norm"},
-      "mhex_contrastive": {"contrastive": True},
-      "mhex_first_layer": {"layers": (0,)},
-      "mhex_last_layer": {"layers": (-1,)},
-  })

@@ -232,15 +232,25 @@ def _text_step(model, explain_fn, scorer, eval_config: ml_collections.ConfigDict
 
 
 def _explained_batches(dataset, eval_config: ml_collections.ConfigDict, fields):
-  """(batch, keep) for the first ``eval.num_explain`` examples; ``keep`` marks real ones."""
-  count = 0
+  """(batch, keep) for eval examples ``eval.first_example`` ..
+  ``eval.first_example + eval.num_explain − 1``; ``keep`` marks those in the batch."""
+  first = eval_config.get("first_example", 0)
+  end = first + eval_config.num_explain
+  seen = 0
   for batch in dataset.batches(eval_config.batch_size, train=False):
-    if count >= eval_config.num_explain:
+    if seen >= end:
       return
-    keep = batch["valid"].copy()
-    keep[np.cumsum(keep) > eval_config.num_explain - count] = False
-    count += int(keep.sum())
-    yield {k: batch[k] for k in fields}, keep
+    index = seen + np.cumsum(batch["valid"]) - 1  # Example index of every valid row.
+    seen += int(batch["valid"].sum())
+    keep = batch["valid"] & (index >= first) & (index < end)
+    if keep.any():
+      yield {k: batch[k] for k in fields}, keep
+
+
+def _gallery_batch(dataset, eval_config: ml_collections.ConfigDict, fields, n: int):
+  """The first ``n`` explained examples of the first explained batch (the gallery's rows)."""
+  batch, keep = next(_explained_batches(dataset, eval_config, fields))
+  return {k: v[keep][:n] for k, v in batch.items()}
 
 
 def explain_method(name, step, variables, scorer_variables, dataset, eval_config, mesh, fields):
@@ -263,7 +273,8 @@ def explain_method(name, step, variables, scorer_variables, dataset, eval_config
       sums[metric] = sums.get(metric, 0.0) + float(values.sum())
     if maps is None:
       n = min(eval_config.num_gallery, int(keep.sum()))
-      maps, targets = np.asarray(batch_maps)[:n], np.asarray(batch_targets)[:n]
+      maps = np.asarray(batch_maps)[keep][:n]
+      targets = np.asarray(batch_targets)[keep][:n]
     count += int(keep.sum())
   means = {metric: total / max(count, 1) for metric, total in sums.items()}
   means["num_examples"] = count
@@ -293,13 +304,12 @@ def compare_images(model, variables, scorer, scorer_variables, dataset, config, 
     results[name], maps[name], targets = explain_method(name, step, variables, scorer_variables,
                                                         dataset, config.eval, mesh, fields)
   if methods and jax.process_index() == 0:
-    first, _ = next(_explained_batches(dataset, config.eval, fields))
-    n = len(targets)
+    first = _gallery_batch(dataset, config.eval, fields, len(targets))
     plotting.save_gallery(
         os.path.join(out_dir, "gallery.png"),
-        plotting.to_display(first["image"][:n], config.data.mean, config.data.std), maps,
-        [f"label {l} / target {t}" for l, t in zip(first["label"][:n], targets)],
-        first["mask"][:n] if dataset.has_masks else None)
+        plotting.to_display(first["image"], config.data.mean, config.data.std), maps,
+        [f"label {l} / target {t}" for l, t in zip(first["label"], targets)],
+        first["mask"] if dataset.has_masks else None)
   return results
 
 
@@ -318,13 +328,12 @@ def compare_text(model, variables, scorer, scorer_variables, dataset, config, me
     results[name], scores[name], targets = explain_method(name, step, variables, scorer_variables,
                                                           dataset, config.eval, mesh, fields)
   if methods and jax.process_index() == 0:
-    first, _ = next(_explained_batches(dataset, config.eval, fields))
-    n = len(targets)
-    lengths = first["attention_mask"][:n].sum(-1)
+    first = _gallery_batch(dataset, config.eval, fields, len(targets))
+    lengths = first["attention_mask"].sum(-1)
     tokens = [tokenizer.convert_ids_to_tokens(ids[:length].tolist())
-              for ids, length in zip(first["input_ids"][:n], lengths)]
+              for ids, length in zip(first["input_ids"], lengths)]
     page = plotting.token_html(
-        tokens, scores, [f"label {l} / target {t}" for l, t in zip(first["label"][:n], targets)])
+        tokens, scores, [f"label {l} / target {t}" for l, t in zip(first["label"], targets)])
     with open(os.path.join(out_dir, "tokens.html"), "w") as f:
       f.write(page)
   return results
@@ -395,9 +404,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     with open(os.path.join(out_dir, "report.json"), "w") as f:
       json.dump(report, f, indent=2)
     with open(os.path.join(out_dir, "report.md"), "w") as f:
+      first = config.eval.get("first_example", 0)
+      explained = (f"the first {config.eval.num_explain} examples" if not first else
+                   f"examples {first}..{first + config.eval.num_explain - 1}")
       f.write(f"Accuracy {report['accuracy']:.4f} on {report['num_examples']} examples; "
-              f"metrics over the first {config.eval.num_explain} examples, scored by "
-              f"{report['scorer_workdir']}.\n\n")
+              f"metrics over {explained}, scored by {report['scorer_workdir']}.\n\n")
       f.write(markdown_table(report["methods"], TEXT_METRICS if text_model else IMAGE_METRICS))
   logging.info("Report: %s", json.dumps(report))
   return report

@@ -210,8 +210,9 @@ def test_vit_patch_saliency_matches_manual_grid_and_is_batch_invariant():
   variables = model.init(jax.random.key(1), images[:1])
   variables = {"params": variables["params"]}
   targets = jnp.array([0, 2, 1])
+  spec = dict(route="none", layers=(), feature_norm="none", beta_neg=0.0)  # SPEC §4.
   sal = mhex_explain.mhex_patch_saliency(model.apply, variables, images, targets,
-                                         patch_size=(4, 4), alpha=0.5)
+                                         patch_size=(4, 4), alpha=0.5, **spec)
   assert sal.saliency.shape == (3, 16, 16)
   assert [m.shape for m in sal.layer_maps] == [(3, 4, 4)] * 2
   _, state = model.apply(variables, images, mutable=["mhex"])
@@ -222,7 +223,7 @@ def test_vit_patch_saliency_matches_manual_grid_and_is_batch_invariant():
   expected = jax.image.resize(total, (3, 16, 16), "bilinear", antialias=False)
   np.testing.assert_allclose(sal.saliency, mhex_explain.normalize_maps(expected), atol=1e-5)
   alone = mhex_explain.mhex_patch_saliency(model.apply, variables, images[1:2], targets[1:2],
-                                           patch_size=(4, 4), alpha=0.5)
+                                           patch_size=(4, 4), alpha=0.5, **spec)
   np.testing.assert_allclose(alone.saliency[0], sal.saliency[1], atol=1e-5)
 
 
@@ -307,7 +308,8 @@ def test_vit_patch_variants_are_batch_invariant_and_route_like_rollout(options):
     _, state = model.apply(variables, images, mutable=["mhex", "attention"])
     blocks = mhex_explain.collect_blocks(variables["params"], state["mhex"])
     joint = tx.rollout_matrix(bert.attention_probs(state))
-    cams = mhex_explain.layer_cams(blocks, targets, beta_neg=options.get("beta_neg", 0.0))
+    cams = mhex_explain.layer_cams(blocks, targets, beta_neg=options.get("beta_neg", -1.0),
+                                   feature_norm="layer_norm")
     expected = jnp.einsum("bi,bij->bj", cams[-1][:, 1:], joint[:, 1:, 1:])
     np.testing.assert_allclose(sal.layer_maps[-1].reshape(3, -1), expected, rtol=1e-4,
                                atol=1e-5)

@@ -23,7 +23,7 @@ def create_model(config: ml_collections.ConfigDict):
                   last_stage_stride=config.last_stage_stride, mhex=config.mhex,
                   mhex_stages=None if config.mhex_stages is None else tuple(config.mhex_stages),
                   gate_init=config.gate_init, gate_placement=config.gate_placement,
-                  saliency_features=config.saliency_features,
+                  saliency_features=config.get("saliency_features") or "sum",
                   input_channels=config.get("input_channels"), dtype=_DTYPES[config.dtype])
   if config.name in _TRANSFORMERS:
     return _create_transformer(config)
@@ -46,7 +46,8 @@ def _create_transformer(config: ml_collections.ConfigDict):
     raise ValueError(f"model.mhex_stages is a ResNet option; {config.name} puts MHEX in every "
                      "layer (set it to None).")
   fields = set(model_cls.__dataclass_fields__) - {"parent", "name", "num_classes", "dtype"}
-  kwargs = {k: config[k] for k in sorted(fields) if k in config}
+  # Unset (None) fields keep the model's defaults.
+  kwargs = {k: config[k] for k in sorted(fields) if config.get(k) is not None}
   if config.get("hf_checkpoint"):
     read = weights.bert_config_from_hf if config.name == "bert" else weights.vit_config_from_hf
     architecture = read(config.hf_checkpoint)
