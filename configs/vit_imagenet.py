@@ -14,7 +14,7 @@ width 64) on 16,000 built-in synthetic shapes (flips and crops), 3,000 steps of 
     python eval.py --config=configs/vit_imagenet.py:quick --workdir=runs/vit_quick
 
 Measured for ``:quick`` (2-core CPU, 6 min): test accuracy 0.933 (heads 0.932-0.933); MHEX
-pointing game PLACEHOLDER_PG (1 px tolerance), energy pointing game PLACEHOLDER_EPG on the 1,000
+pointing game 0.997 (1 px tolerance), energy pointing game 0.584 on the 1,000
 test images with the default attention-routed map (README, "MHEX on Transformers"). The
 ``eval.variants`` below are scored beside it by ``--config.eval.methods=all``.
 """
