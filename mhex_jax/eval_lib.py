@@ -3,8 +3,9 @@
 ``evaluate(config, workdir)`` writes to ``WORKDIR/eval/``:
 
 * ``report.json``: accuracy, per-head accuracy and, under ``"methods"``, one entry per explainer
-  of ``config.eval.methods`` with the mean of every applicable metric (SPEC §5) over the first
-  ``config.eval.num_explain`` eval examples;
+  of ``config.eval.methods`` (registry names and the named MHEX variants of
+  ``config.eval.variants``) with the mean of every applicable metric (SPEC §5) over
+  ``config.eval.num_explain`` eval examples from ``config.eval.first_example`` on;
 * ``report.md``: the same methods × metrics as a markdown table;
 * ``gallery.png`` (images: input, then one overlay column per method) or ``tokens.html`` (text:
   one shaded line per method for each example);
@@ -12,7 +13,9 @@
   analysis of SPEC §6 under ``report["collaboration"]`` and its mean 7×7 occlusion quality
   map as ``quality_map.png``.
 
-Every method explains the same examples and the same targets (``eval.targets``: the explained
+MHEX maps take their options from ``config.eval.mhex`` (unset fields keep the defaults of the
+map's kind, ``mhex_jax.explain.mhex``); a variant overrides some of them. Every method explains
+the same examples and the same targets (``eval.targets``: the explained
 model's predictions or the labels). Metrics are scored by the explained model, or by the model
 of ``config.eval.scorer_workdir`` (a separately trained classifier, as the reference protocol
 does); its architecture comes from that workdir's ``config.json``.
