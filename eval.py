@@ -11,20 +11,20 @@ from absl import flags
 import jax
 from ml_collections import config_flags
 
+from mhex_jax import distributed
 from mhex_jax import eval_lib
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "A workdir written by train.py.")
-flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host pods).")
+distributed.define_flags()
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if FLAGS.distributed:
-    jax.distributed.initialize()
+  distributed.initialize(FLAGS)
   report = eval_lib.evaluate(FLAGS.config, FLAGS.workdir)
   if jax.process_index() == 0:
     print(json.dumps(report, indent=2))

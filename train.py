@@ -6,20 +6,20 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from mhex_jax import distributed
 from mhex_jax import train_lib
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Where checkpoints and metrics go; rerun to resume.")
-flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host pods).")
+distributed.define_flags()
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if FLAGS.distributed:
-    jax.distributed.initialize()
+  distributed.initialize(FLAGS)
   logging.info("JAX process %d/%d, local devices: %s", jax.process_index(),
                jax.process_count(), jax.local_devices())
   train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)

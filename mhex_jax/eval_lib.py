@@ -235,17 +235,19 @@ def _text_step(model, explain_fn, scorer, eval_config: ml_collections.ConfigDict
 
 
 def _explained_batches(dataset, eval_config: ml_collections.ConfigDict, fields):
-  """(batch, keep) for eval examples ``eval.first_example`` ..
-  ``eval.first_example + eval.num_explain − 1``; ``keep`` marks those in the batch."""
+  """(this process' batch, keep) for eval examples ``eval.first_example`` ..
+  ``eval.first_example + eval.num_explain − 1``; ``keep`` marks them in the *global* batch,
+  in batch order (``sharding_lib.gather_batch``), so every process agrees on it."""
   first = eval_config.get("first_example", 0)
   end = first + eval_config.num_explain
   seen = 0
   for batch in dataset.batches(eval_config.batch_size, train=False):
     if seen >= end:
       return
-    index = seen + np.cumsum(batch["valid"]) - 1  # Example index of every valid row.
-    seen += int(batch["valid"].sum())
-    keep = batch["valid"] & (index >= first) & (index < end)
+    valid = sharding_lib.gather_batch(batch["valid"])
+    index = seen + np.cumsum(valid) - 1  # Example index of every valid row.
+    seen += int(valid.sum())
+    keep = valid & (index >= first) & (index < end)
     if keep.any():
       yield {k: batch[k] for k in fields}, keep
 
@@ -253,7 +255,7 @@ def _explained_batches(dataset, eval_config: ml_collections.ConfigDict, fields):
 def _gallery_batch(dataset, eval_config: ml_collections.ConfigDict, fields, n: int):
   """The first ``n`` explained examples of the first explained batch (the gallery's rows)."""
   batch, keep = next(_explained_batches(dataset, eval_config, fields))
-  return {k: v[keep][:n] for k, v in batch.items()}
+  return {k: v[keep][:n] for k, v in sharding_lib.gather_batch(batch).items()}
 
 
 def explain_method(name, step, variables, scorer_variables, dataset, eval_config, mesh, fields):
@@ -261,23 +263,23 @@ def explain_method(name, step, variables, scorer_variables, dataset, eval_config
 
   Returns:
     (metric means + "num_examples", maps of the first ``eval.num_gallery`` examples, their
-    targets).
+    targets), the same on every process.
   """
   sums: dict[str, float] = {}
   count, maps, targets = 0, None, None
   for batch, keep in _explained_batches(dataset, eval_config, fields):
     out, batch_maps, batch_targets = step(variables, scorer_variables,
                                           sharding_lib.shard_batch(batch, mesh))
-    for metric, values in out.items():
-      values = np.asarray(values, np.float64)[keep]
+    for metric, values in sharding_lib.gather_batch(out).items():
+      values = values.astype(np.float64)[keep]
       if not np.all(np.isfinite(values)):
         raise FloatingPointError(f"{metric} of {name} is not finite for some examples: the "
                                  "maps or the scoring model produced NaN/inf.")
       sums[metric] = sums.get(metric, 0.0) + float(values.sum())
     if maps is None:
       n = min(eval_config.num_gallery, int(keep.sum()))
-      maps = np.asarray(batch_maps)[keep][:n]
-      targets = np.asarray(batch_targets)[keep][:n]
+      batch_maps, batch_targets = sharding_lib.gather_batch((batch_maps, batch_targets))
+      maps, targets = batch_maps[keep][:n], batch_targets[keep][:n]
     count += int(keep.sum())
   means = {metric: total / max(count, 1) for metric, total in sums.items()}
   means["num_examples"] = count
@@ -306,8 +308,9 @@ def compare_images(model, variables, scorer, scorer_variables, dataset, config, 
     step = _image_step(model, explain_fn, scorer, config.eval, mesh, dataset.has_masks)
     results[name], maps[name], targets = explain_method(name, step, variables, scorer_variables,
                                                         dataset, config.eval, mesh, fields)
+  if methods:
+    first = _gallery_batch(dataset, config.eval, fields, len(targets))  # On every process.
   if methods and jax.process_index() == 0:
-    first = _gallery_batch(dataset, config.eval, fields, len(targets))
     plotting.save_gallery(
         os.path.join(out_dir, "gallery.png"),
         plotting.to_display(first["image"], config.data.mean, config.data.std), maps,
@@ -330,8 +333,9 @@ def compare_text(model, variables, scorer, scorer_variables, dataset, config, me
     step = _text_step(model, explain_fn, scorer, config.eval, mesh, special)
     results[name], scores[name], targets = explain_method(name, step, variables, scorer_variables,
                                                           dataset, config.eval, mesh, fields)
+  if methods:
+    first = _gallery_batch(dataset, config.eval, fields, len(targets))  # On every process.
   if methods and jax.process_index() == 0:
-    first = _gallery_batch(dataset, config.eval, fields, len(targets))
     lengths = first["attention_mask"].sum(-1)
     tokens = [tokenizer.convert_ids_to_tokens(ids[:length].tolist())
               for ids, length in zip(first["input_ids"], lengths)]
@@ -364,8 +368,8 @@ def collaboration_analysis(model, variables, dataset, config: ml_collections.Con
                                      sharding_lib.batch_sharded(mesh)))
   parts = []
   for batch, keep in _explained_batches(dataset, eval_config, ("image", "label")):
-    out = step(variables, sharding_lib.shard_batch(batch, mesh))
-    parts.append([np.asarray(x)[keep] for x in out])
+    out = sharding_lib.gather_batch(step(variables, sharding_lib.shard_batch(batch, mesh)))
+    parts.append([x[keep] for x in out])
   cosines, sad, probs, quality = (np.concatenate(x) for x in zip(*parts))
   summary = collaboration.collaboration_report(cosines, sad, probs)
   result = {k: np.asarray(v).tolist() for k, v in summary.items()}

@@ -8,6 +8,7 @@ matmul over a sharded axis is rejected.
 from typing import Any, Optional
 
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -52,3 +53,21 @@ def shard_batch(batch: dict[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
   return jax.device_put(tree, replicated(mesh))
+
+
+def gather_batch(tree: Any) -> Any:
+  """Every process' rows of a batch, as numpy arrays in the data pipeline's batch order.
+
+  ``tree`` holds this process' rows (numpy) or batch-sharded global arrays (``shard_batch``,
+  or a jitted step's per-example outputs). Process p holds rows p, p + P, ... of each global
+  batch (``mhex_jax.data.pipeline``), and a global array stores the processes' rows one block
+  after another; both come back interleaved into batch order, the same on every process and
+  the same as one process would see.
+  """
+  count = jax.process_count()
+  if count == 1:
+    return jax.tree.map(np.asarray, tree)
+  gathered = multihost_utils.process_allgather(tree, tiled=True)
+  return jax.tree.map(
+      lambda x: np.asarray(x).reshape(count, -1, *x.shape[1:]).swapaxes(0, 1).reshape(x.shape),
+      gathered)
