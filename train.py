@@ -1,5 +1,7 @@
 r"""Trains a model from a config: python train.py --config=configs/default.py --workdir=DIR."""
 
+import sys
+
 from absl import app
 from absl import flags
 from absl import logging
@@ -22,7 +24,12 @@ def main(argv):
   distributed.initialize(FLAGS)
   logging.info("JAX process %d/%d, local devices: %s", jax.process_index(),
                jax.process_count(), jax.local_devices())
-  train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  try:
+    train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except FloatingPointError as error:
+    # The message says which checkpoint is left; a traceback would bury it.
+    logging.error("%s", error)
+    sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ is importable on its own (``create_train_state``, ``make_train_step``, ``evaluat
 import json
 import math
 import os
+import signal
+import threading
 import time
 from typing import Any, Callable, Optional
 
@@ -14,6 +16,7 @@ from absl import logging
 import flax
 import flax.linen as nn
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -227,12 +230,62 @@ def _format_duration(seconds: float) -> str:
   return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
 
 
-def _check_finite(step: int, metrics: dict[str, float], learning_rate) -> None:
+def _mean_metrics(accumulated: list[dict[str, Any]]) -> dict[str, float]:
+  return {k: float(np.mean([m[k] for m in accumulated])) for k in accumulated[0]}
+
+
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+  return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def _check_finite(step: int, metrics: dict[str, float], state: Optional[TrainState],
+                  manager: ocp.CheckpointManager, learning_rate) -> None:
+  """Raises a FloatingPointError when the metrics (or ``state``'s parameters) are not finite,
+  after the saves in flight have finished, saying which checkpoint is left to resume from."""
   bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
-  if bad:
-    raise FloatingPointError(f"Non-finite training metrics at step {step}: {bad}. The last "
-                             f"checkpoint is intact; lower train.learning_rate (now "
-                             f"{learning_rate}) or check the input data.")
+  if state is not None and not bad and not bool(_all_finite((state.params, state.opt_state))):
+    bad = {"parameters": "not all finite"}
+  if not bad:
+    return
+  manager.wait_until_finished()
+  last = manager.latest_step()
+  kept = (f"The last checkpoint, at step {last}, holds finite values (rerunning resumes from "
+          "it)" if last is not None else "No checkpoint was saved")
+  raise FloatingPointError(f"Non-finite training metrics at step {step}: {bad}. {kept}; lower "
+                           f"train.learning_rate (now {learning_rate}) or check the input data.")
+
+
+class StopSignals:
+  """Turns SIGTERM and SIGINT (preemption, Ctrl-C) into a request to checkpoint and stop at the
+  next step boundary, instead of dying mid-step or mid-save. ``requested()`` is agreed by all
+  processes (a small all-gather when there are several), so they stop at the same step."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.received: Optional[str] = None
+    self._previous = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in self.SIGNALS:
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def __exit__(self, *exc_info):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+  def _handle(self, signum, frame):
+    del frame
+    self.received = signal.Signals(signum).name
+
+  def requested(self) -> bool:
+    flag = self.received is not None
+    if jax.process_count() > 1:
+      flag = bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
+    return flag
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -275,34 +328,62 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   logging.info("Training %s for %d steps (%d per epoch) on %d devices; starting at step %d.",
                config.model.name, total_steps, steps_per_epoch, mesh.size, step)
 
-  accumulated, last_log_time, last_log_step = [], time.time(), step
-  while step < stop:
-    epoch, offset = divmod(step, steps_per_epoch)
-    # The data order is a pure function of (seed, epoch): resuming skips to the same batch.
-    for i, batch in enumerate(train_ds.batches(config.train.batch_size, train=True,
-                                               seed=config.seed, epoch=epoch)):
-      if i < offset:
-        continue
-      if step >= stop:
-        break
-      state, metrics = train_step(state, sharding_lib.shard_batch(
-          {k: batch[k] for k in input_keys(batch) + ("label",)}, mesh))
-      step += 1
-      accumulated.append(metrics)
-      if step % config.train.log_every_steps == 0 or step == stop:
-        summary = {k: float(np.mean([m[k] for m in accumulated])) for k in accumulated[0]}
-        _check_finite(step, summary, config.train.learning_rate)
-        now = time.time()
-        rate = (step - last_log_step) / max(now - last_log_time, 1e-9)
-        summary.update(learning_rate=float(lr_fn(step)), steps_per_second=rate, epoch=epoch)
-        writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()})
-        logging.info("step %d/%d | loss %.4f | acc %.3f | %.2f steps/s | ETA %s", step,
-                     total_steps, summary["loss"], summary["accuracy"], rate,
-                     _format_duration((stop - step) / max(rate, 1e-9)))
-        accumulated, last_log_time, last_log_step = [], now, step
-      if step % config.train.checkpoint_every_steps == 0 or step == stop:
-        manager.save(step, args=ocp.args.StandardSave(state))
-  manager.wait_until_finished()
+  accumulated, unchecked, saved = [], [], [step]
+  last_log_time, last_log_step, stopped = time.time(), step, None
+
+  def save(step, state):
+    # Never write non-finite values: check what was not checked yet, parameters included.
+    _check_finite(step, _mean_metrics(unchecked) if unchecked else {}, state, manager,
+                  config.train.learning_rate)
+    unchecked.clear()
+    manager.save(step, args=ocp.args.StandardSave(state), force=True)
+    saved.append(step)
+
+  try:
+    with StopSignals() as signals:
+      while step < stop and stopped is None:
+        epoch, offset = divmod(step, steps_per_epoch)
+        # The data order is a pure function of (seed, epoch): resuming skips to the same batch.
+        for i, batch in enumerate(train_ds.batches(config.train.batch_size, train=True,
+                                                   seed=config.seed, epoch=epoch)):
+          if i < offset:
+            continue
+          if step >= stop:
+            break
+          state, metrics = train_step(state, sharding_lib.shard_batch(
+              {k: batch[k] for k in input_keys(batch) + ("label",)}, mesh))
+          step += 1
+          accumulated.append(metrics)
+          unchecked.append(metrics)
+          if step % config.train.log_every_steps == 0 or step == stop:
+            summary = _mean_metrics(accumulated)
+            _check_finite(step, summary, None, manager, config.train.learning_rate)
+            now = time.time()
+            rate = (step - last_log_step) / max(now - last_log_time, 1e-9)
+            summary.update(learning_rate=float(lr_fn(step)), steps_per_second=rate,
+                           epoch=epoch)
+            writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()})
+            logging.info("step %d/%d | loss %.4f | acc %.3f | %.2f steps/s | ETA %s", step,
+                         total_steps, summary["loss"], summary["accuracy"], rate,
+                         _format_duration((stop - step) / max(rate, 1e-9)))
+            accumulated, last_log_time, last_log_step = [], now, step
+          if step % config.train.checkpoint_every_steps == 0 or step == stop:
+            save(step, state)
+          if signals.requested():
+            stopped = signals.received or "another process"
+            if saved[-1] != step:
+              save(step, state)
+            break
+  finally:
+    # An exception or a signal never abandons a save in flight.
+    manager.wait_until_finished()
+  if stopped is not None:
+    logging.warning("Stopped by %s at step %d/%d; the checkpoint of step %d is saved in %s. "
+                    "Rerun the same command to resume.", stopped, step, total_steps, step,
+                    workdir)
+    writer.close()
+    manager.close()
+    return {"step": step, "stopped_by": stopped}
 
   result = {"step": step}
   if step >= total_steps:

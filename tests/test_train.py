@@ -2,6 +2,9 @@
 
 import json
 import os
+import signal
+import subprocess
+import sys
 
 from absl import flags
 import jax
@@ -153,3 +156,73 @@ def test_unknown_model_options_are_rejected():
   config.model.name = "resnet19"
   with pytest.raises(ValueError, match="resnet19"):
     models.create_model(config.model)
+
+
+def _signal_config():
+  config = tiny_config()
+  config.data.num_train = 640  # 40 steps per epoch, 120 steps: the signal lands mid-run.
+  config.train.num_epochs = 3
+  config.train.log_every_steps = 1
+  config.train.checkpoint_every_steps = 50
+  return config
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_saves_the_current_step_and_resume_is_bit_identical(tmp_path, signum):
+  config = _signal_config()
+  (tmp_path / "config.json").write_text(config.to_json())
+  config_file = tmp_path / "signal_config.py"
+  config_file.write_text(
+      "import json, ml_collections\n\ndef get_config():\n"
+      f"  return ml_collections.ConfigDict(json.load(open({str(tmp_path / 'config.json')!r})))\n")
+  workdir = str(tmp_path / "run")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  process = subprocess.Popen(
+      [sys.executable, "train.py", f"--config={config_file}", f"--workdir={workdir}"],
+      cwd=root, env={**os.environ, "PYTHONPATH": root}, stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True)
+  lines = []
+  for line in process.stdout:
+    lines.append(line)
+    if "| loss" in line and "step 10/120" in line:
+      process.send_signal(signum)
+  assert process.wait(timeout=300) == 0, "".join(lines[-30:])
+  stops = [l for l in lines if "Stopped by" in l]
+  assert stops and signal.Signals(signum).name in stops[0], "".join(lines[-30:])
+  stopped_at = int(stops[0].split(" at step ")[1].split("/")[0])
+  assert 10 <= stopped_at < 120
+  manager = train_lib.checkpoint_manager(workdir, config.train)
+  assert manager.latest_step() == stopped_at
+  manager.close()
+
+  resumed = train_lib.train_and_evaluate(config, workdir)
+  straight = str(tmp_path / "straight")
+  reference = train_lib.train_and_evaluate(config, straight)
+  assert resumed["step"] == reference["step"] == 120
+  a, b = _load_params(straight, config), _load_params(workdir, config)
+  jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
+
+
+def test_non_finite_loss_stops_with_a_true_message_and_saves_nothing_non_finite(tmp_path):
+  config = tiny_config()
+  config.train.learning_rate = 1e3
+  config.train.log_every_steps = 100
+  config.train.checkpoint_every_steps = 1
+  workdir = str(tmp_path / "run")
+  with pytest.raises(FloatingPointError) as error:
+    train_lib.train_and_evaluate(config, workdir)
+  message = str(error.value)
+  manager = train_lib.checkpoint_manager(workdir, config.train)
+  steps = manager.all_steps()
+  if steps:
+    assert f"The last checkpoint, at step {max(steps)}, holds finite values" in message
+  else:
+    assert "No checkpoint was saved" in message
+  template = train_lib.create_train_state(
+      models.create_model(config.model),
+      train_lib.create_optimizer(config.train, steps_per_epoch=4), DUMMY, config.seed)
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), template)
+  for step in steps:
+    state = manager.restore(step, args=train_lib.ocp.args.StandardRestore(abstract))
+    assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(state)), step
+  manager.close()
