@@ -13,6 +13,7 @@ from ml_collections import config_flags
 
 from mhex_jax import distributed
 from mhex_jax import eval_lib
+from mhex_jax import train_lib
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
@@ -25,6 +26,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   distributed.initialize(FLAGS)
+  train_lib.quiet_library_logs()
   report = eval_lib.evaluate(FLAGS.config, FLAGS.workdir)
   if jax.process_index() == 0:
     print(json.dumps(report, indent=2))

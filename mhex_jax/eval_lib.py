@@ -23,6 +23,7 @@ does); its architecture comes from that workdir's ``config.json``.
 
 import json
 import os
+import time
 from typing import Any, Optional
 
 from absl import logging
@@ -267,6 +268,7 @@ def explain_method(name, step, variables, scorer_variables, dataset, eval_config
   """
   sums: dict[str, float] = {}
   count, maps, targets = 0, None, None
+  start = time.time()
   for batch, keep in _explained_batches(dataset, eval_config, fields):
     out, batch_maps, batch_targets = step(variables, scorer_variables,
                                           sharding_lib.shard_batch(batch, mesh))
@@ -281,6 +283,10 @@ def explain_method(name, step, variables, scorer_variables, dataset, eval_config
       batch_maps, batch_targets = sharding_lib.gather_batch((batch_maps, batch_targets))
       maps, targets = batch_maps[keep][:n], batch_targets[keep][:n]
     count += int(keep.sum())
+    elapsed = time.time() - start
+    logging.info("%s: %d/%d examples, %.0f s, about %.0f s left.", name, count,
+                 eval_config.num_explain, elapsed,
+                 elapsed / count * max(eval_config.num_explain - count, 0))
   means = {metric: total / max(count, 1) for metric, total in sums.items()}
   means["num_examples"] = count
   return means, maps, targets

@@ -5,6 +5,7 @@ is importable on its own (``create_train_state``, ``make_train_step``, ``evaluat
 """
 
 import json
+import logging as logging_std
 import math
 import os
 import signal
@@ -223,6 +224,21 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
+
+
+class _LibraryInfoFilter(logging_std.Filter):
+  """Drops INFO lines of the checkpointing library (orbax writes ~45 per checkpoint), keeping
+  its warnings and errors and every line of this project."""
+
+  def filter(self, record: logging_std.LogRecord) -> bool:
+    return record.levelno >= logging_std.WARNING or "/orbax/" not in record.pathname
+
+
+def quiet_library_logs() -> None:
+  """Installs ``_LibraryInfoFilter`` on the absl handler (``train.py`` and ``eval.py`` call it)."""
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, _LibraryInfoFilter) for f in handler.filters):
+    handler.addFilter(_LibraryInfoFilter())
 
 
 def _format_duration(seconds: float) -> str:

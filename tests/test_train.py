@@ -226,3 +226,19 @@ def test_non_finite_loss_stops_with_a_true_message_and_saves_nothing_non_finite(
     state = manager.restore(step, args=train_lib.ocp.args.StandardRestore(abstract))
     assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(state)), step
   manager.close()
+
+
+def test_library_info_lines_are_quieted_but_warnings_kept():
+  import logging
+  train_lib.quiet_library_logs()
+  train_lib.quiet_library_logs()  # Idempotent.
+  handler = train_lib.logging.get_absl_handler()
+  assert sum(isinstance(f, train_lib._LibraryInfoFilter) for f in handler.filters) == 1
+
+  def record(level, path):
+    return logging.LogRecord("absl", level, path, 1, "message", None, None)
+
+  orbax = "/site-packages/orbax/checkpoint/checkpoint_manager.py"
+  assert not handler.filter(record(logging.INFO, orbax))
+  assert handler.filter(record(logging.WARNING, orbax))
+  assert handler.filter(record(logging.INFO, "/repo/mhex_jax/train_lib.py"))
