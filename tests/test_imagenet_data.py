@@ -154,6 +154,24 @@ def test_missing_dataset_names_the_fix(tmp_path):
     imagenet.num_examples("validation", str(tmp_path))
 
 
+def test_missing_dataset_under_the_default_data_dir_names_the_fix(tmp_path):
+  # tfds reads $TFDS_DATA_DIR at import, so this runs in a fresh interpreter; an empty version
+  # folder (what an unfinished `tfds build` leaves) made tfds raise a bare KeyError here.
+  import os
+  import subprocess
+  import sys
+  (tmp_path / "imagenet2012" / "5.1.0").mkdir(parents=True)
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  code = ("from mhex_jax.data import imagenet\n"
+          "try:\n  imagenet.num_examples('train')\n"
+          "except FileNotFoundError as e:\n  print('FileNotFoundError:', e)\n")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root,
+                       env={**os.environ, "TFDS_DATA_DIR": str(tmp_path), "PYTHONPATH": root},
+                       timeout=120)
+  assert "FileNotFoundError: No array_record imagenet2012" in out.stdout, out.stderr[-2000:]
+  assert "tfds build imagenet2012 --file_format=array_record" in out.stdout
+
+
 # A real array_record "imagenet2012" with JPEG bytes: exercises the decode path without TF.
 
 _COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30), (128, 128, 128)]

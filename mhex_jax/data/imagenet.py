@@ -164,8 +164,9 @@ def _data_source(split: str, data_dir: Optional[str]):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   try:
     return tfds.data_source(TFDS_NAME, split=split, data_dir=data_dir, download=False)
-  except NotImplementedError as e:
-    # tfds reports a missing dataset as an unsupported (tfrecord) file format.
+  except (NotImplementedError, KeyError) as e:
+    # tfds reports a missing dataset as an unsupported (tfrecord) file format, or, when an
+    # empty version folder exists (e.g. under the default data_dir), as a KeyError on its splits.
     raise FileNotFoundError(
         f"No array_record {TFDS_NAME} under data_dir={data_dir!r} (default "
         "$TFDS_DATA_DIR or ~/tensorflow_datasets). Prepare it once with `tfds build "
