@@ -63,11 +63,11 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval.first_example = 0  # from this eval example on (e.g. a validation range).
   config.eval.num_gallery = 8
   # MHEX map options (SPEC §3, §4; mhex_jax.explain.mhex). None takes the default of the
-  # map's kind: images (CNN) and ViT patches keep positive evidence, text tokens use the
-  # signed row of E over the first three layers. layers: indices summed with weight 1, or ()
-  # for the α-decay over all layers; route: "none" or "attention" (Transformers);
-  # feature_norm: "none", "centre" or "layer_norm" (Transformers); contrastive: E[c] minus
-  # the mean row.
+  # map's kind: CNN images keep positive evidence over all blocks (SPEC §3); Transformer token
+  # and patch maps are signed, LayerNorm-normalised and routed through the attention (text:
+  # first layer, ViT: last layer). layers: indices summed with weight 1, or () for the
+  # α-decay over all layers; route: "none" or "attention" (Transformers); feature_norm:
+  # "none", "centre" or "layer_norm" (Transformers); contrastive: E[c] minus the mean row.
   config.eval.mhex = ml_collections.ConfigDict({
       "alpha": placeholder(float), "tau_pos": placeholder(float),
       "tau_neg": placeholder(float), "beta_pos": placeholder(float),

@@ -51,9 +51,6 @@ def get_config(arg=None):
   config.train.weight_decay = 0.05
   config.train.label_smoothing = 0.1
 
-  config.eval.variants = common.transformer_variants(config.model.num_classes, spec_layers=(),
-                                                     default_layers=(-1,))
-
   if arg == "quick":
     config.model.num_classes = 4
     config.model.image_size = 32
@@ -88,7 +85,6 @@ def get_config(arg=None):
     config.eval.batch_size = 200
     config.eval.num_explain = 1000
     config.eval.pointing_tolerance = 1
-    config.eval.variants = common.transformer_variants(config.model.num_classes, spec_layers=(),
+  config.eval.variants = common.transformer_variants(config.model.num_classes, spec_layers=(),
                                                      default_layers=(-1,))
   return config
-

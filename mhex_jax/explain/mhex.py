@@ -18,8 +18,8 @@ back to the input tokens through the same forward pass's attention rollout (``ro
 which moves the evidence from where it is stored to where it came from. Routing is the default
 of ``mhex_token_saliency`` and ``mhex_patch_saliency`` (chosen on validation data);
 ``route="none"`` gives SPEC §4 as written, and ``token_saliency`` keeps the reference's
-defaults. Options beside it: the layer set,
-per-position feature normalisation and class-contrastive weights (all measured in the README).
+defaults. Options beside it: the layer set, per-position feature normalisation and
+class-contrastive weights (all measured in the README).
 """
 
 from typing import Any, Callable, NamedTuple, Optional, Sequence

@@ -102,15 +102,14 @@ class MHEX(nn.Module):
     gate = jnp.reshape(gate, (gate.shape[0],) + (1,) * (shortcut.ndim - 2) + (channels,))
 
     s, r = shortcut.astype(self.dtype), residual.astype(self.dtype)
+    ungated = s + r
     if self.gate_placement == "shortcut":
       s = gate * s
       out = s + r
     elif self.gate_placement == "branch":
       out = s + gate * r
     else:
-      out = gate * (s + r)
-    features = {"sum": out, "gated_shortcut": s,
-                "ungated": shortcut.astype(self.dtype) + residual.astype(self.dtype)}[
-                    self.saliency_features]
+      out = gate * ungated
+    features = {"sum": out, "gated_shortcut": s, "ungated": ungated}[self.saliency_features]
     self.sow(COLLECTION, FEATURES, features)
     return out, logits
