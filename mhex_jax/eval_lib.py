@@ -22,7 +22,6 @@ does); its architecture comes from that workdir's ``config.json``.
 """
 
 import json
-import os
 import time
 from typing import Any, Optional
 
@@ -33,6 +32,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from mhex_jax import files
 from mhex_jax import input_pipeline
 from mhex_jax import models
 from mhex_jax import plotting
@@ -57,7 +57,7 @@ def restore_variables(config: ml_collections.ConfigDict, workdir: str, model, du
   manager = train_lib.checkpoint_manager(workdir, config.train)
   step = manager.latest_step()
   if step is None:
-    raise FileNotFoundError(f"No checkpoint in {os.path.join(workdir, 'checkpoints')}; train "
+    raise FileNotFoundError(f"No checkpoint in {manager.directory}; train "
                             f"first: python train.py --config=... --workdir={workdir}")
   # Only the shapes matter: the optimizer state is restored but not used.
   optimizer = train_lib.create_optimizer(config.train, steps_per_epoch=1)
@@ -74,12 +74,11 @@ def restore_variables(config: ml_collections.ConfigDict, workdir: str, model, du
 
 def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a workdir was trained with (``train.py`` writes ``WORKDIR/config.json``)."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  path = files.workdir_path(workdir) / "config.json"
+  if not path.exists():
     raise FileNotFoundError(f"{path} does not exist: eval.scorer_workdir must be a workdir "
                             "written by train.py.")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
 def load_scorer(config: ml_collections.ConfigDict, dummy_inputs, mesh):
@@ -241,8 +240,10 @@ def _explained_batches(dataset, eval_config: ml_collections.ConfigDict, fields):
   in batch order (``sharding_lib.gather_batch``), so every process agrees on it."""
   first = eval_config.get("first_example", 0)
   end = first + eval_config.num_explain
-  seen = 0
-  for batch in dataset.batches(eval_config.batch_size, train=False):
+  # Every eval batch but the last is full: the batches before ``first`` are skipped by index.
+  start = first // eval_config.batch_size
+  seen = start * eval_config.batch_size
+  for batch in dataset.batches(eval_config.batch_size, train=False, start=start):
     if seen >= end:
       return
     valid = sharding_lib.gather_batch(batch["valid"])
@@ -304,7 +305,7 @@ def markdown_table(methods: dict[str, dict[str, float]], metrics) -> str:
 
 
 def compare_images(model, variables, scorer, scorer_variables, dataset, config, mesh,
-                   methods, out_dir: str) -> dict[str, dict[str, float]]:
+                   methods, out_dir) -> dict[str, dict[str, float]]:
   """Every method's image metrics; writes the gallery (one column per method)."""
   fields = ("image", "label", "mask") if dataset.has_masks else ("image", "label")
   results, maps, targets = {}, {}, None
@@ -318,7 +319,7 @@ def compare_images(model, variables, scorer, scorer_variables, dataset, config, 
     first = _gallery_batch(dataset, config.eval, fields, len(targets))  # On every process.
   if methods and jax.process_index() == 0:
     plotting.save_gallery(
-        os.path.join(out_dir, "gallery.png"),
+        out_dir / "gallery.png",
         plotting.to_display(first["image"], config.data.mean, config.data.std), maps,
         [f"label {l} / target {t}" for l, t in zip(first["label"], targets)],
         first["mask"] if dataset.has_masks else None)
@@ -326,7 +327,7 @@ def compare_images(model, variables, scorer, scorer_variables, dataset, config, 
 
 
 def compare_text(model, variables, scorer, scorer_variables, dataset, config, mesh, methods,
-                 out_dir: str) -> dict[str, dict[str, float]]:
+                 out_dir) -> dict[str, dict[str, float]]:
   """Every method's text metrics; writes tokens.html (one line per method and example)."""
   from mhex_jax.data import text  # transformers is only needed for text.
   tokenizer = text.load_tokenizer(config.data.tokenizer_dir)
@@ -347,13 +348,12 @@ def compare_text(model, variables, scorer, scorer_variables, dataset, config, me
               for ids, length in zip(first["input_ids"], lengths)]
     page = plotting.token_html(
         tokens, scores, [f"label {l} / target {t}" for l, t in zip(first["label"], targets)])
-    with open(os.path.join(out_dir, "tokens.html"), "w") as f:
-      f.write(page)
+    (out_dir / "tokens.html").write_text(page)
   return results
 
 
 def collaboration_analysis(model, variables, dataset, config: ml_collections.ConfigDict, mesh,
-                           out_dir: str) -> dict[str, Any]:
+                           out_dir) -> dict[str, Any]:
   """SPEC §6 over the first ``eval.collaboration_examples`` eval examples: per-block gradient
   cosines s_ℓ, their correlation with MHEX's SAD and with p(label), and the mean occlusion
   quality map (7×7 grid)."""
@@ -382,7 +382,7 @@ def collaboration_analysis(model, variables, dataset, config: ml_collections.Con
   result["quality_map"] = quality.mean(axis=0).tolist()
   result["num_examples"] = len(cosines)
   if jax.process_index() == 0:
-    plotting.save_quality_map(os.path.join(out_dir, "quality_map.png"), quality.mean(axis=0))
+    plotting.save_quality_map(out_dir / "quality_map.png", quality.mean(axis=0))
   return result
 
 
@@ -401,8 +401,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   if config.eval.scorer_workdir:
     scorer, scorer_variables = load_scorer(config, eval_ds.dummy_inputs(), mesh)
   report["scorer_workdir"] = config.eval.scorer_workdir or workdir
-  out_dir = os.path.join(workdir, "eval")
-  os.makedirs(out_dir, exist_ok=True)
+  out_dir = files.workdir_path(workdir) / "eval"
+  if jax.process_index() == 0:
+    out_dir.mkdir(parents=True, exist_ok=True)
   text_model = registry.is_text_model(model)
   compare = compare_text if text_model else compare_images
   report["methods"] = compare(model, variables, scorer, scorer_variables, eval_ds, config,
@@ -414,14 +415,13 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     report["collaboration"] = collaboration_analysis(model, variables, eval_ds, config, mesh,
                                                      out_dir)
   if jax.process_index() == 0:
-    with open(os.path.join(out_dir, "report.json"), "w") as f:
-      json.dump(report, f, indent=2)
-    with open(os.path.join(out_dir, "report.md"), "w") as f:
-      first = config.eval.get("first_example", 0)
-      explained = (f"the first {config.eval.num_explain} examples" if not first else
-                   f"examples {first}..{first + config.eval.num_explain - 1}")
-      f.write(f"Accuracy {report['accuracy']:.4f} on {report['num_examples']} examples; "
-              f"metrics over {explained}, scored by {report['scorer_workdir']}.\n\n")
-      f.write(markdown_table(report["methods"], TEXT_METRICS if text_model else IMAGE_METRICS))
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2))
+    first = config.eval.get("first_example", 0)
+    explained = (f"the first {config.eval.num_explain} examples" if not first else
+                 f"examples {first}..{first + config.eval.num_explain - 1}")
+    (out_dir / "report.md").write_text(
+        f"Accuracy {report['accuracy']:.4f} on {report['num_examples']} examples; "
+        f"metrics over {explained}, scored by {report['scorer_workdir']}.\n\n"
+        + markdown_table(report["methods"], TEXT_METRICS if text_model else IMAGE_METRICS))
   logging.info("Report: %s", json.dumps(report))
   return report

@@ -61,18 +61,29 @@ class InMemoryDataset:
     """Model inputs of batch size 1, for initialisation."""
     return (np.zeros((1, *self.image_shape), np.float32),)
 
-  def batches(self, batch_size: int, *, train: bool, seed: int = 0,
-              epoch: int = 0) -> Iterator[dict[str, np.ndarray]]:
-    """One epoch of this process' batches; ``batch_size`` is the global batch size."""
+  def batches(self, batch_size: int, *, train: bool, seed: int = 0, epoch: int = 0,
+              start: int = 0) -> Iterator[dict[str, np.ndarray]]:
+    """One epoch of this process' batches, from batch ``start`` on (skipped by index).
+
+    ``batch_size`` is the global batch size. The augmentation of a global batch is drawn
+    whole on every process, from one generator per (seed, epoch), and each process applies
+    its own rows: the training data is the same whatever the number of processes, and a
+    skipped batch costs only its random draws.
+    """
+    count, index = jax.process_count(), jax.process_index()
     it = pipeline.batch_iterator(self.arrays, batch_size, shuffle=train, seed=seed,
-                                 epoch=epoch, drop_remainder=train,
-                                 process_index=jax.process_index(),
-                                 process_count=jax.process_count())
-    rng = np.random.default_rng([seed, epoch, 1])
+                                 epoch=epoch, drop_remainder=train, process_index=index,
+                                 process_count=count, start=start)
+    augment = train and self.augment
+    if augment:
+      rng = np.random.default_rng([seed, epoch, 1])
+      for _ in range(start):
+        _augment_params(rng, batch_size, self.augment)
     for batch in it:
       images = batch["image"]
-      if train and self.augment:
-        images = _augment(images, rng, self.augment)
+      if augment:
+        flips, shifts = _augment_params(rng, batch_size, self.augment)
+        images = _augment(images, flips[index::count], shifts[:, index::count])
       out = dict(batch)
       out["image"] = pipeline.normalize(images, self.mean, self.std)
       out["label"] = batch["label"].astype(np.int32)
@@ -102,12 +113,12 @@ class TfdsImageNet:
   def dummy_inputs(self) -> tuple[np.ndarray, ...]:
     return (np.zeros((1, *self.image_shape), np.float32),)
 
-  def batches(self, batch_size: int, *, train: bool, seed: int = 0,
-              epoch: int = 0) -> Iterator[dict[str, np.ndarray]]:
+  def batches(self, batch_size: int, *, train: bool, seed: int = 0, epoch: int = 0,
+              start: int = 0) -> Iterator[dict[str, np.ndarray]]:
     from mhex_jax.data import imagenet
     for batch in imagenet.make_iterator(self.split, batch_size=batch_size,
                                         image_size=self.image_size, train=train, seed=seed,
-                                        epoch=epoch, data_dir=self.data_dir):
+                                        epoch=epoch, data_dir=self.data_dir, start=start):
       out = dict(batch)
       out["image"] = pipeline.normalize(batch["image"], self.mean, self.std)
       out.setdefault("valid", np.ones(len(out["label"]), bool))
@@ -134,27 +145,37 @@ class TextDataset:
     return (np.zeros((1, length), np.int32), np.ones((1, length), np.int32),
             np.zeros((1, length), np.int32))
 
-  def batches(self, batch_size: int, *, train: bool, seed: int = 0,
-              epoch: int = 0) -> Iterator[dict[str, np.ndarray]]:
+  def batches(self, batch_size: int, *, train: bool, seed: int = 0, epoch: int = 0,
+              start: int = 0) -> Iterator[dict[str, np.ndarray]]:
     for batch in pipeline.batch_iterator(self.arrays, batch_size, shuffle=train, seed=seed,
                                          epoch=epoch, drop_remainder=train,
                                          process_index=jax.process_index(),
-                                         process_count=jax.process_count()):
+                                         process_count=jax.process_count(), start=start):
       batch.setdefault("valid", np.ones(len(batch["label"]), bool))
       yield batch
 
 
-def _augment(images: np.ndarray, rng: np.random.Generator, ops) -> np.ndarray:
-  """Random horizontal flips and 4-pixel-padded random crops of a uint8 batch."""
+_CROP_PAD = 4
+
+
+def _augment_params(rng: np.random.Generator, n: int, ops) -> tuple[np.ndarray, np.ndarray]:
+  """Draws the augmentation of n images: flips bool[n] and crop shifts int[2, n] (dy, dx)."""
+  flips = rng.random(n) < 0.5 if "flip" in ops else np.zeros(n, bool)
+  shifts = (rng.integers(0, 2 * _CROP_PAD + 1, size=(2, n)) if "crop" in ops
+            else np.full((2, n), _CROP_PAD))
+  return flips, shifts
+
+
+def _augment(images: np.ndarray, flips: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+  """Horizontal flips, then crops of the 4-pixel reflect-padded images at ``shifts``
+  (a shift of 4 in both axes is the identity)."""
   images = images.copy()
   n, h, w, _ = images.shape
-  if "flip" in ops:
-    flip = rng.random(n) < 0.5
-    images[flip] = images[flip, :, ::-1]
-  if "crop" in ops:
-    pad = 4
+  images[flips] = images[flips, :, ::-1]
+  if np.any(shifts != _CROP_PAD):
+    pad = _CROP_PAD
     padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
-    dy, dx = rng.integers(0, 2 * pad + 1, size=(2, n))
+    dy, dx = shifts
     for i in range(n):
       images[i] = padded[i, dy[i]:dy[i] + h, dx[i]:dx[i] + w]
   return images

@@ -2,24 +2,45 @@
 
 import json
 import math
-import os
-from typing import Mapping
+from typing import Mapping, Optional
 
 import jax
 
+from mhex_jax import files
+
 
 class MetricWriter:
-  """Writes scalar metrics per step; a no-op on processes other than 0."""
+  """Writes scalar metrics per step; a no-op on processes other than 0.
 
-  def __init__(self, workdir: str, enabled: bool | None = None):
+  Args:
+    workdir: the run's directory, local or a URI (``mhex_jax.files``).
+    resume_step: the step training resumes from. Lines of ``metrics.jsonl`` past it (written
+      after the checkpoint by the interrupted run) are dropped, so every step appears once.
+    enabled: write (default: on process 0 only).
+  """
+
+  def __init__(self, workdir: files.PathLike, resume_step: Optional[int] = None,
+               enabled: Optional[bool] = None):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self._jsonl = None
     self._tb = None
-    if self.enabled:
-      os.makedirs(workdir, exist_ok=True)
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-      from tensorboardX import SummaryWriter  # Imported lazily: only process 0 writes.
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    if not self.enabled:
+      return
+    directory = files.workdir_path(workdir)
+    directory.mkdir(parents=True, exist_ok=True)
+    self._path = directory / "metrics.jsonl"
+    self._lines = []
+    if self._path.exists():
+      self._lines = [line for line in self._path.read_text().splitlines()
+                     if line and (resume_step is None
+                                  or json.loads(line)["step"] <= resume_step)]
+    # Object stores cannot append: there the whole (small) file is rewritten per write.
+    self._append = not files.is_remote(directory)
+    if self._append:
+      self._path.write_text("".join(line + "\n" for line in self._lines))
+      self._jsonl = self._path.open("a")
+    from tensorboardX import SummaryWriter  # Imported lazily: only process 0 writes.
+    self._tb = SummaryWriter(files.tensorboard_dir(directory / "tensorboard"))
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
     if not self.enabled:
@@ -27,13 +48,19 @@ class MetricWriter:
     values = {k: float(v) for k, v in scalars.items()}
     record = {"step": int(step), **{k: (v if math.isfinite(v) else None)
                                     for k, v in values.items()}}
-    self._jsonl.write(json.dumps(record) + "\n")
-    self._jsonl.flush()
+    line = json.dumps(record)
+    if self._append:
+      self._jsonl.write(line + "\n")
+      self._jsonl.flush()
+    else:
+      self._lines.append(line)
+      self._path.write_text("".join(l + "\n" for l in self._lines))
     for key, value in values.items():
       self._tb.add_scalar(key, value, global_step=int(step))
     self._tb.flush()
 
   def close(self) -> None:
     if self.enabled:
-      self._jsonl.close()
+      if self._jsonl is not None:
+        self._jsonl.close()
       self._tb.close()

@@ -7,6 +7,15 @@ matplotlib.use("Agg")  # Headless: eval runs on servers and in CI.
 import matplotlib.pyplot as plt
 import numpy as np
 
+from mhex_jax import files
+
+
+def _save_png(fig, path: files.PathLike) -> None:
+  """Writes ``fig`` as a PNG to ``path`` (local or a URI, through epath) and closes it."""
+  with files.workdir_path(path).open("wb") as f:
+    fig.savefig(f, format="png", dpi=100)
+  plt.close(fig)
+
 
 def to_display(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
   """Undoes input normalisation: f32[B, H, W, C] -> [0, 1] images ([B, H, W] if C = 1)."""
@@ -15,12 +24,12 @@ def to_display(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) 
   return images[..., 0] if images.shape[-1] == 1 else images
 
 
-def save_gallery(path: str, images: np.ndarray, maps: dict[str, np.ndarray],
+def save_gallery(path: files.PathLike, images: np.ndarray, maps: dict[str, np.ndarray],
                             titles: Sequence[str], masks: Optional[np.ndarray] = None) -> None:
   """Writes one row per example: the input, then one saliency overlay per method.
 
   Args:
-    path: output PNG.
+    path: output PNG (local or a URI).
     images: display images [N, H, W(, 3)] in [0, 1].
     maps: method name -> maps [N, H, W] in [0, 1].
     titles: one caption per example.
@@ -43,8 +52,7 @@ def save_gallery(path: str, images: np.ndarray, maps: dict[str, np.ndarray],
   for ax in axes.ravel():
     ax.axis("off")
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  _save_png(fig, path)
 
 
 def token_html(tokens: Sequence[Sequence[str]], saliency: dict[str, np.ndarray],
@@ -72,7 +80,7 @@ def token_html(tokens: Sequence[Sequence[str]], saliency: dict[str, np.ndarray],
           f"<h3>{html.escape(title)}</h3>{''.join(blocks)}</body></html>")
 
 
-def save_quality_map(path: str, quality: np.ndarray) -> None:
+def save_quality_map(path: files.PathLike, quality: np.ndarray) -> None:
   """Writes the occlusion quality map (Σ_ℓ s_ℓ with each grid cell occluded) as a heat map."""
   fig, ax = plt.subplots(figsize=(3.2, 3))
   image = ax.imshow(quality, cmap="coolwarm")
@@ -80,5 +88,4 @@ def save_quality_map(path: str, quality: np.ndarray) -> None:
   ax.set_title("Σ_ℓ s_ℓ, cell occluded", fontsize=8)
   ax.axis("off")
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  _save_png(fig, path)

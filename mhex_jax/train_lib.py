@@ -24,6 +24,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from mhex_jax import files
 from mhex_jax import input_pipeline
 from mhex_jax import metric_writers
 from mhex_jax import models
@@ -205,8 +206,7 @@ def evaluate_accuracy(model, variables, dataset, batch_size: int, mesh) -> dict[
 
 def checkpoint_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                               options=options)
+  return ocp.CheckpointManager(files.workdir_path(workdir) / "checkpoints", options=options)
 
 
 def restore_or_init(manager: ocp.CheckpointManager, state: TrainState) -> TrainState:
@@ -221,9 +221,9 @@ def restore_or_init(manager: ocp.CheckpointManager, state: TrainState) -> TrainS
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    directory = files.workdir_path(workdir)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(config.to_json_best_effort(indent=2))
 
 
 class _LibraryInfoFilter(logging_std.Filter):
@@ -337,10 +337,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   save_config(config, workdir)
   manager = checkpoint_manager(workdir, config.train)
   state = sharding_lib.replicate(restore_or_init(manager, state), mesh)
-  writer = metric_writers.MetricWriter(workdir)
+  step = int(state.step)
+  writer = metric_writers.MetricWriter(workdir, resume_step=step)
   lr_fn = create_learning_rate(config.train, steps_per_epoch)
   stop = total_steps if max_steps is None else min(total_steps, max_steps)
-  step = int(state.step)
   logging.info("Training %s for %d steps (%d per epoch) on %d devices; starting at step %d.",
                config.model.name, total_steps, steps_per_epoch, mesh.size, step)
 
@@ -359,11 +359,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     with StopSignals() as signals:
       while step < stop and stopped is None:
         epoch, offset = divmod(step, steps_per_epoch)
-        # The data order is a pure function of (seed, epoch): resuming skips to the same batch.
-        for i, batch in enumerate(train_ds.batches(config.train.batch_size, train=True,
-                                                   seed=config.seed, epoch=epoch)):
-          if i < offset:
-            continue
+        # The data order is a pure function of (seed, epoch): resuming skips to the same batch
+        # by index, without reading the skipped ones.
+        for batch in train_ds.batches(config.train.batch_size, train=True, seed=config.seed,
+                                      epoch=epoch, start=offset):
           if step >= stop:
             break
           state, metrics = train_step(state, sharding_lib.shard_batch(
@@ -411,8 +410,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     logging.info("eval accuracy %.4f on %d examples; per head %s", result["accuracy"],
                  result["num_examples"], np.round(result["head_accuracy"], 4).tolist())
     if jax.process_index() == 0:
-      with open(os.path.join(workdir, "train_result.json"), "w") as f:
-        json.dump(result, f, indent=2)
+      (files.workdir_path(workdir) / "train_result.json").write_text(json.dumps(result,
+                                                                                 indent=2))
   writer.close()
   manager.close()
   return result

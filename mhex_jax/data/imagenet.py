@@ -40,8 +40,8 @@ def num_examples(split: str, data_dir: Optional[str] = None) -> int:
 def make_iterator(split: str, *, batch_size: int, image_size: int, train: bool, seed: int = 0,
                   epoch: int = 0, data_dir: Optional[str] = None,
                   num_workers: Optional[int] = None, prefetch: int = 2,
-                  process_index: Optional[int] = None,
-                  process_count: Optional[int] = None) -> Iterator[dict[str, np.ndarray]]:
+                  process_index: Optional[int] = None, process_count: Optional[int] = None,
+                  start: int = 0) -> Iterator[dict[str, np.ndarray]]:
   """One epoch of this process' batches.
 
   Args:
@@ -55,6 +55,8 @@ def make_iterator(split: str, *, batch_size: int, image_size: int, train: bool, 
     num_workers: decoding threads (default: the number of CPUs).
     prefetch: global batches decoded ahead of the one being consumed.
     process_index, process_count: default to jax.process_index() and jax.process_count().
+    start: skip the epoch's first ``start`` batches by index (resuming mid-epoch): none of
+      their images is read or decoded.
 
   Yields:
     {"image": uint8 [B / P, S, S, 3], "label": int32 [B / P]}, plus "valid": bool [B / P]
@@ -67,7 +69,8 @@ def make_iterator(split: str, *, batch_size: int, image_size: int, train: bool, 
   process_count = jax.process_count() if process_count is None else process_count
   batches = pipeline.batch_indices(
       len(source), batch_size, shuffle=train, seed=seed, epoch=epoch,
-      drop_remainder=train, process_index=process_index, process_count=process_count)
+      drop_remainder=train, process_index=process_index, process_count=process_count,
+      start=start)
 
   def load(index):
     example = source[int(index)]

@@ -14,7 +14,8 @@ from PIL import Image
 
 def batch_indices(num_examples: int, batch_size: int, *, shuffle: bool, seed: int,
                   epoch: int = 0, drop_remainder: bool, process_index: int = 0,
-                  process_count: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                  process_count: int = 1,
+                  start: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
   """This process' example indices for each batch of one epoch.
 
   Args:
@@ -25,9 +26,11 @@ def batch_indices(num_examples: int, batch_size: int, *, shuffle: bool, seed: in
     drop_remainder: drop the last partial global batch; otherwise pad it to B by repeating
       examples of the epoch, and mark the repeats invalid.
     process_index, process_count: which share of every global batch to return.
+    start: skip the epoch's first ``start`` batches (resuming mid-epoch): only indices are
+      computed for them, so nothing is read.
 
   Yields:
-    (indices int64 [B / P], valid bool [B / P]) per global batch.
+    (indices int64 [B / P], valid bool [B / P]) per global batch, from batch ``start`` on.
   """
   if num_examples <= 0:
     raise ValueError(f"num_examples must be positive, got {num_examples}.")
@@ -37,6 +40,8 @@ def batch_indices(num_examples: int, batch_size: int, *, shuffle: bool, seed: in
   if batch_size <= 0 or batch_size % process_count:
     raise ValueError(f"batch_size must be a positive multiple of process_count="
                      f"{process_count}, got {batch_size}.")
+  if start < 0:
+    raise ValueError(f"start must be >= 0, got {start}.")
   if drop_remainder and num_examples < batch_size:
     raise ValueError(f"{num_examples} examples make no full batch of {batch_size}; use a "
                      "smaller batch_size or drop_remainder=False.")
@@ -46,7 +51,7 @@ def batch_indices(num_examples: int, batch_size: int, *, shuffle: bool, seed: in
     order = np.arange(num_examples)
   num_batches = (num_examples // batch_size if drop_remainder
                  else -(-num_examples // batch_size))
-  for b in range(num_batches):
+  for b in range(start, num_batches):
     real = order[b * batch_size:(b + 1) * batch_size]
     # np.resize repeats `real` cyclically, so padding rows are genuine examples (no NaNs or
     # blank images reach the model) and only `valid` tells them apart.
@@ -57,14 +62,15 @@ def batch_indices(num_examples: int, batch_size: int, *, shuffle: bool, seed: in
 
 def batch_iterator(split: dict[str, np.ndarray], batch_size: int, *, shuffle: bool,
                    seed: int, epoch: int = 0, drop_remainder: bool, process_index: int = 0,
-                   process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+                   process_count: int = 1, start: int = 0) -> Iterator[dict[str, np.ndarray]]:
   """One epoch of this process' batches of an in-memory split.
 
   Args:
     split: arrays with a common leading dimension N, e.g. {"image": [N, H, W, C],
       "label": [N]}.
     batch_size: the global batch size B (all processes together).
-    shuffle, seed, epoch, drop_remainder, process_index, process_count: see `batch_indices`.
+    shuffle, seed, epoch, drop_remainder, process_index, process_count, start: see
+      `batch_indices`.
 
   Yields:
     {key: array[B / P, ...]} for every key of ``split``. When ``drop_remainder`` is False
@@ -83,7 +89,7 @@ def batch_iterator(split: dict[str, np.ndarray], batch_size: int, *, shuffle: bo
   for indices, valid in batch_indices(
       next(iter(sizes.values())), batch_size, shuffle=shuffle, seed=seed, epoch=epoch,
       drop_remainder=drop_remainder, process_index=process_index,
-      process_count=process_count):
+      process_count=process_count, start=start):
     batch = {key: value[indices] for key, value in split.items()}
     if not drop_remainder:
       batch["valid"] = valid

@@ -1,0 +1,66 @@
+"""Workdirs on any filesystem (local, ``gs://``, ``s3://``, ...) through one path API.
+
+Everything a run writes (checkpoints, ``config.json``, ``metrics.jsonl``, TensorBoard events,
+the eval reports and pictures) goes through ``workdir_path`` and ``etils.epath``, so a cloud
+bucket works like a local folder. Cloud paths need the filesystem's client library: ``gcsfs``
+for ``gs://`` (or TensorFlow's gfile when TensorFlow is installed) and ``google-cloud-storage``
+for orbax's checkpoints there; ``s3fs`` for ``s3://``.
+"""
+
+import os
+from typing import Union
+
+from etils import epath
+
+PathLike = Union[str, os.PathLike]
+
+
+def is_remote(path: PathLike) -> bool:
+  """True for a URI with a scheme (``gs://bucket/run``), False for a local path."""
+  return "://" in os.fspath(path)
+
+
+def workdir_path(path: PathLike) -> epath.Path:
+  """``path`` as an ``epath.Path``; a local path is made absolute (orbax requires it), a URI
+  is kept as it is (``os.path.abspath`` would turn ``gs://b/run`` into ``/cwd/gs:/b/run``)."""
+  if is_remote(path):
+    return epath.Path(path)
+  return epath.Path(os.path.abspath(os.fspath(path)))
+
+
+class _EpathRecordFile:
+  """A TensorBoard event file on a filesystem without appends (object stores): the records
+  are kept and the whole file is rewritten on every flush, as tensorboardX does for S3."""
+
+  def __init__(self, path: str):
+    self._path = epath.Path(path)
+    self._data = bytearray()
+
+  def write(self, data: bytes) -> None:
+    self._data += data
+
+  def flush(self) -> None:
+    self._path.write_bytes(bytes(self._data))
+
+  def close(self) -> None:
+    self.flush()
+
+
+class _EpathRecordFactory:
+  """tensorboardX writer factory for a URI scheme, writing through epath."""
+
+  def open(self, path: str) -> _EpathRecordFile:
+    return _EpathRecordFile(path)
+
+  def directory_check(self, path: str) -> None:
+    epath.Path(path).mkdir(parents=True, exist_ok=True)
+
+
+def tensorboard_dir(path: epath.Path) -> str:
+  """The path tensorboardX's ``SummaryWriter`` should get for the event directory ``path``;
+  for a URI, its scheme is routed through epath first."""
+  if is_remote(path):
+    from tensorboardX import record_writer  # Imported lazily, with the writer.
+    record_writer.register_writer_factory(os.fspath(path).split("://")[0],
+                                          _EpathRecordFactory())
+  return os.fspath(path)
