@@ -16,6 +16,7 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.datasets.imagenet2012 import imagenet2012_dataset_builder
 
 from mhex_jax.data import imagenet
+from mhex_jax.data import pipeline
 
 NUM_MOCK = 13
 
@@ -231,3 +232,30 @@ def test_array_record_jpegs_decode_without_tensorflow(array_record_dir):
       "train[:4]", batch_size=2, image_size=12, train=True, data_dir=array_record_dir,
       process_index=0, process_count=1))
   assert len(train) == 2 and train[0]["image"].shape == (2, 12, 12, 3)
+
+
+def test_resume_skips_batches_by_index_without_reading_them(mock_imagenet, monkeypatch):
+  source = imagenet._data_source("train", mock_imagenet)
+  reads = []
+
+  class Spy:
+    def __len__(self):
+      return len(source)
+
+    def __getitem__(self, index):
+      reads.append(int(index))
+      return source[index]
+
+  monkeypatch.setattr(imagenet, "_data_source", lambda split, data_dir: Spy())
+  whole = _epoch(mock_imagenet, seed=2)
+  reads.clear()
+  tail = _epoch(mock_imagenet, seed=2, start=2)
+  assert len(tail) == len(whole) - 2
+  for a, b in zip(whole[2:], tail):
+    np.testing.assert_array_equal(a["image"], b["image"])
+    np.testing.assert_array_equal(a["label"], b["label"])
+  # Only the examples of the batches after ``start`` were read (and decoded).
+  skipped, _ = zip(*list(pipeline.batch_indices(NUM_MOCK, 4, shuffle=True, seed=2,
+                                                drop_remainder=True))[:2])
+  assert not set(reads) & set(np.concatenate(skipped).tolist())
+  assert len(reads) == 4 * len(tail)

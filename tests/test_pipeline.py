@@ -133,3 +133,35 @@ def test_resize_images():
 def test_resize_images_errors(images, size, match):
   with pytest.raises(ValueError, match=match):
     pipeline.resize_images(images, size)
+
+
+@pytest.mark.parametrize("augment", [("flip", "crop"), ()])
+def test_augmented_batches_do_not_depend_on_the_process_count(monkeypatch, augment):
+  """Interleaving two processes' rows gives the one-process batch, augmentation included,
+  and starting at batch k gives the epoch's batches from k on."""
+  from mhex_jax import input_pipeline
+  from mhex_jax.data import synthetic
+  arrays = synthetic.make_split(24, image_size=16, seed=0)
+  dataset = input_pipeline.InMemoryDataset(arrays, 4, (0.5,), (0.25,), augment)
+  batches = lambda **kw: list(dataset.batches(8, train=True, seed=1, epoch=3, **kw))
+  whole = batches()
+  assert len(whole) == 3
+  if augment:  # The augmentation really changes the images.
+    plain = input_pipeline.InMemoryDataset(arrays, 4, (0.5,), (0.25,))
+    assert not np.array_equal(whole[0]["image"],
+                              next(plain.batches(8, train=True, seed=1, epoch=3))["image"])
+  shares = []
+  monkeypatch.setattr(input_pipeline.jax, "process_count", lambda: 2)
+  for p in range(2):
+    monkeypatch.setattr(input_pipeline.jax, "process_index", lambda p=p: p)
+    shares.append(batches())
+  for b, batch in enumerate(whole):
+    for key in batch:
+      merged = np.empty_like(batch[key])
+      merged[0::2], merged[1::2] = shares[0][b][key], shares[1][b][key]
+      np.testing.assert_array_equal(merged, batch[key])
+  monkeypatch.setattr(input_pipeline.jax, "process_count", lambda: 1)
+  monkeypatch.setattr(input_pipeline.jax, "process_index", lambda: 0)
+  for a, b in zip(whole[1:], batches(start=1), strict=True):
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
