@@ -18,7 +18,7 @@ TARGETS = jnp.array([0, 1, 2])
 
 
 class PlainCNN(nn.Module):
-  """conv → ReLU → conv (stride 2) → global average pool → dense: logits [B, K], no train."""
+  """conv → ReLU → conv (stride 2) → global mean pool → dense: [B, K] logits, no train."""
 
   @nn.compact
   def __call__(self, x):
