@@ -30,6 +30,20 @@ def random_variables(model, images):
       fill, {k: v for k, v in shapes.items() if k in ("params", "batch_stats")})
 
 
+def bilinear_resize(maps, size):
+  """[B, h, w] → [B, H, W]: half-pixel centres, edge samples clamped (align_corners=False)."""
+  def matrix(n_in, n_out):
+    src = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
+    low = np.floor(src).astype(int)
+    high = np.minimum(low + 1, n_in - 1)
+    m = np.zeros((n_out, n_in))
+    m[np.arange(n_out), low] += 1 - (src - low)
+    m[np.arange(n_out), high] += src - low
+    return m
+  return np.einsum("Hh,bhw,Ww->bHW", matrix(maps.shape[1], size[0]), maps,
+                   matrix(maps.shape[2], size[1]))
+
+
 def randomise_torch_model(model):
   """Moves every weight of a PyTorch model off its default init (LayerNorm 1/0 would hide
   scale/bias mix-ups in weight import); returns it in eval mode."""

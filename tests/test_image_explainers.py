@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import random_variables
+from conftest import bilinear_resize, random_variables
 from mhex_jax.explain import image
 from mhex_jax.models import resnet, vit
 from mhex_jax.models.bert import HIDDEN_STATES, perturb
@@ -68,20 +68,6 @@ def _one_conv_features(variables, images):
   return np.maximum(x @ np.asarray(conv["kernel"])[0, 0] + np.asarray(conv["bias"]), 0)
 
 
-def _bilinear(maps, size):
-  """[B, h, w] → [B, H, W]: half-pixel centres, edge samples clamped (align_corners=False)."""
-  def matrix(n_in, n_out):
-    src = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
-    low = np.floor(src).astype(int)
-    high = np.minimum(low + 1, n_in - 1)
-    m = np.zeros((n_out, n_in))
-    m[np.arange(n_out), low] += 1 - (src - low)
-    m[np.arange(n_out), high] += src - low
-    return m
-  return np.einsum("Hh,bhw,Ww->bHW", matrix(maps.shape[1], size[0]), maps,
-                   matrix(maps.shape[2], size[1]))
-
-
 def _one_conv_case():
   images, targets = _images(), jnp.array([0, 1, 2])
   variables = _one_conv_variables()
@@ -96,7 +82,7 @@ def test_grad_cam_matches_closed_form():
   feature_map = np.einsum("bk,bhwk->bhw", grads, acts)  # α_k = mean gradient = grads.
   # Both signs occur, so the ReLU matters.
   assert (feature_map > 0).any() and (feature_map < 0).any()
-  expected = _bilinear(np.maximum(feature_map, 0), (16, 16))
+  expected = bilinear_resize(np.maximum(feature_map, 0), (16, 16))
   result = image.grad_cam(model, variables, images, targets)
   assert result.shape == (3, 16, 16) and result.dtype == jnp.float32
   np.testing.assert_allclose(result, expected, rtol=1e-5, atol=1e-6)
@@ -107,10 +93,10 @@ def test_grad_cam_plus_plus_and_layer_cam_match_closed_forms():
   # With a spatially constant gradient g_k: a_ij = 1 / (2 + S_k g_k), w_k = h·w·ReLU(g_k) a.
   sums = acts.sum(axis=(1, 2))
   plus_weights = np.where(grads != 0, 64 * np.maximum(grads, 0) / (2 + sums * grads), 0)
-  expected = _bilinear(np.maximum(np.einsum("bk,bhwk->bhw", plus_weights, acts), 0), (16, 16))
+  expected = bilinear_resize(np.maximum(np.einsum("bk,bhwk->bhw", plus_weights, acts), 0), (16, 16))
   np.testing.assert_allclose(image.grad_cam_plus_plus(model, variables, images, targets),
                              expected, rtol=1e-5, atol=1e-6)
-  expected = _bilinear(np.einsum("bk,bhwk->bhw", np.maximum(grads, 0), acts), (16, 16))
+  expected = bilinear_resize(np.einsum("bk,bhwk->bhw", np.maximum(grads, 0), acts), (16, 16))
   np.testing.assert_allclose(image.layer_cam(model, variables, images, targets), expected,
                              rtol=1e-5, atol=1e-6)
 
@@ -122,7 +108,7 @@ def test_score_cam_matches_a_plain_channel_loop(weighting):
   informative = np.zeros(acts.shape[::3], bool)
   for b in range(acts.shape[0]):
     for k in range(acts.shape[-1]):
-      up = _bilinear(acts[b:b + 1, ..., k], (16, 16))[0]
+      up = bilinear_resize(acts[b:b + 1, ..., k], (16, 16))[0]
       if up.max() == up.min():
         continue  # The dead channel carries no location: weight 0.
       informative[b, k] = True
@@ -141,7 +127,7 @@ def test_score_cam_matches_a_plain_channel_loop(weighting):
                                                   weighting=weighting)
   np.testing.assert_allclose(got_acts, acts, rtol=1e-6, atol=1e-6)
   np.testing.assert_allclose(got_weights, weights, rtol=1e-5, atol=1e-7)
-  expected = _bilinear(np.maximum(np.einsum("bk,bhwk->bhw", weights, acts), 0), (16, 16))
+  expected = bilinear_resize(np.maximum(np.einsum("bk,bhwk->bhw", weights, acts), 0), (16, 16))
   np.testing.assert_allclose(image.score_cam(model, variables, images, targets,
                                              weighting=weighting), expected,
                              rtol=1e-5, atol=1e-6)

@@ -5,22 +5,52 @@
   model exposes through ``nn.Module.perturb`` (collection ``"perturbations"``).
 * ``path_integral``: the Integrated-Gradients average of gradients along the straight path
   from a baseline to the input, with the path points evaluated in chunks to bound memory.
+* ``eval_mode_kwargs`` and ``final_logits``: how any classifier is called in eval mode and
+  which logits are explained, so user-written Flax models work beside the mhex_jax backbones.
 
 Gradients of Σ_b z_b[targets_b] are per-example gradients: eval-mode models treat the
 examples of a batch independently.
 """
 
+import inspect
 from typing import Any, Callable, Optional, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 PERTURBATIONS = "perturbations"
 
 
+def eval_mode_kwargs(apply_fn: Callable[..., Any]) -> dict[str, Any]:
+  """Keyword arguments of an eval-mode call: ``{"train": False}``, except ``{}`` for a bound
+  ``Module.apply`` whose ``__call__`` takes no ``train`` (a user model without train-mode
+  switches; give any other switch, e.g. ``deterministic``, its eval value as default)."""
+  module = getattr(apply_fn, "__self__", None)
+  if isinstance(module, nn.Module):
+    parameters = inspect.signature(type(module).__call__).parameters.values()
+    if not any(p.name == "train" or p.kind is inspect.Parameter.VAR_KEYWORD
+               for p in parameters):
+      return {}
+  return {"train": False}
+
+
+def final_logits(outputs: jax.Array) -> jax.Array:
+  """The explained logits f32[B, K]: the last head of per-head logits [L, B, K] (mhex_jax
+  models), or a plain classifier's [B, K] as they are."""
+  ndim = getattr(outputs, "ndim", None)
+  if ndim == 3:
+    return outputs[-1]
+  if ndim == 2:
+    return outputs
+  raise ValueError(f"The model must return logits [B, K] or per-head logits [L, B, K], got "
+                   f"{getattr(outputs, 'shape', type(outputs).__name__)}; make apply return "
+                   "the logits alone.")
+
+
 def target_logits(head_logits: jax.Array, targets: jax.Array) -> jax.Array:
-  """z_b[targets_b] of the final head: logits f32[num_heads, B, K] → f32[B]."""
-  logits = head_logits[-1]
+  """z_b[targets_b] of the final head: logits f32[num_heads, B, K] or f32[B, K] → f32[B]."""
+  logits = final_logits(head_logits)
   return jnp.take_along_axis(logits, targets[:, None].astype(jnp.int32), axis=-1)[:, 0]
 
 
@@ -30,20 +60,23 @@ def perturbation_gradients(apply_fn: Callable[..., Any], variables: Any,
   """Eval-mode forward and backward through the model's perturbation points.
 
   Args:
-    apply_fn: the model's ``apply``; called as ``apply_fn(v, *inputs, train=False, ...)``.
+    apply_fn: the model's ``apply``; called as ``apply_fn(v, *inputs, train=False, ...)``
+      (without ``train`` if the model takes none, see ``eval_mode_kwargs``).
     variables: {"params", ...}; sown collections in it are ignored.
     inputs: positional model inputs (``(images,)`` or ``(ids, attention_mask, types)``).
     targets: int[B] classes whose logits are differentiated.
     collections: sown collections to return (e.g. ``("attention", "hidden_states")``).
 
   Returns:
-    (final-head logits f32[B, K], {collection: tree} of the sown values, gradient tree of
-    Σ_b z_b[targets_b] w.r.t. the ``"perturbations"`` collection: same structure as it).
+    (final-head logits f32[B, K] (``final_logits``), {collection: tree} of the sown values,
+    gradient tree of Σ_b z_b[targets_b] w.r.t. the ``"perturbations"`` collection: same
+    structure as it).
   """
   variables = {k: v for k, v in variables.items()
                if k not in (PERTURBATIONS, *collections)}
+  kwargs = eval_mode_kwargs(apply_fn)
   shapes = jax.eval_shape(
-      lambda: apply_fn(variables, *inputs, train=False, mutable=[PERTURBATIONS])[1])
+      lambda: apply_fn(variables, *inputs, **kwargs, mutable=[PERTURBATIONS])[1])
   if PERTURBATIONS not in shapes:
     raise ValueError(f"{apply_fn} exposes no perturbation points; gradient explainers need "
                      "a model that calls nn.Module.perturb (every mhex_jax backbone does).")
@@ -51,8 +84,8 @@ def perturbation_gradients(apply_fn: Callable[..., Any], variables: Any,
 
   def objective(perturbations):
     head_logits, state = apply_fn({**variables, PERTURBATIONS: perturbations}, *inputs,
-                                  train=False, mutable=list(collections))
-    return jnp.sum(target_logits(head_logits, targets)), (head_logits[-1], state)
+                                  **kwargs, mutable=list(collections))
+    return jnp.sum(target_logits(head_logits, targets)), (final_logits(head_logits), state)
 
   grads, (logits, state) = jax.grad(objective, has_aux=True)(zeros)
   return logits, dict(state), grads

@@ -6,6 +6,12 @@ non-negative map at the input resolution, not normalised (``mhex.normalize_maps`
 classes, and the score explained is the target logit of the final head (``logits[-1]``). All of
 them are pure and batched and run under ``jax.jit`` (``model`` and string/int options static).
 
+Any ``flax.linen`` image classifier works, not only the mhex_jax backbones: ``model.apply(
+variables, images)`` may return logits [B, K] (explained as they are) or per-head logits
+[L, B, K] (the last head is explained). Models are run in eval mode: with ``train=False`` when
+their ``__call__`` takes ``train`` (every mhex_jax model does), else with the images alone, so
+a user model's other switches (``deterministic``, ...) need their eval value as default.
+
 CAM family (on a target layer's feature map A [B, h, w, C] and G = ∂z_c/∂A):
 
     grad_cam            ReLU(Σ_k mean_hw(G_k) · A_k)                     (Selvaraju et al. 2017)
@@ -23,7 +29,7 @@ Input gradients (g = ∂z_c/∂x [B, H, W, C]; the channel reduction is part of 
     smoothgrad            max_c |mean_n g(x + ε_n)|,  ε_n ~ N(0, (level · (max x − min x))²)
     integrated_gradients  |Σ_c IG|,  IG = (x − b) ⊙ mean_m g(b + α_m (x − b))
 
-Target layers are the model's feature-map perturbation points, named as users pass them:
+Target layers of the mhex_jax backbones are their feature-map perturbation points, named:
 ``"block_XX"`` (the *input* of ResNet block XX, i.e. the output of block XX − 1 or of the stem)
 and ``"final_features"`` (the map a pooled classifier reads) for ResNets; ``"layer_XX"`` (the
 input of ViT layer XX, patch tokens only, on the patch grid) for ViTs. ``layer_names`` lists
@@ -33,12 +39,21 @@ earlier stages), else the input of the last block (MHEX ResNet) or of the last l
 The last MHEX block's *output* is not offered: the last head reads that block's internal
 summary, so the output's gradient is zero; likewise the patch tokens of a ViT's encoder output
 (only the class token, or the MHEX summary inside the last layer, reaches the prediction).
+
+In any model (these included), ``layer`` can also be a module path as flax names submodules
+(``"Conv_1"``, ``"stage2/conv"``: the keys of ``capture_intermediates``): A is the output of
+that submodule's ``__call__``, which must be called once and return one map [B, h, w, C];
+``module_layers`` lists them. The gradient ∂z_c/∂A comes from a zero perturbation added to that
+output with ``nn.intercept_methods``; the model needs no ``perturb`` or ``sow``. A model with no
+named points defaults to the last such map to be computed (in a CNN, the map its classifier
+pools); one with none raises an error for the CAM methods.
 """
 
 import functools
 from collections.abc import Mapping
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -82,12 +97,30 @@ def _map_batch_size(chunk_size: Optional[int], length: int) -> int:
   return min(chunk_size or length, length)
 
 
+# --- Calling any classifier -----------------------------------------------------------------
+
+def _apply(model, variables, images, **kwargs):
+  """``model.apply`` in eval mode (``attribution.eval_mode_kwargs``)."""
+  return model.apply(variables, images, **attribution.eval_mode_kwargs(model.apply), **kwargs)
+
+
+def _logits(model, variables, images) -> jax.Array:
+  """The explained logits f32[B, K] (``attribution.final_logits``)."""
+  return attribution.final_logits(_apply(model, variables, images)).astype(jnp.float32)
+
+
 # --- Target layers --------------------------------------------------------------------------
+
+class _Layer(NamedTuple):
+  """A resolved target layer: a backbone's perturbation point, or a submodule's output."""
+  name: str
+  path: tuple[str, ...]  # in the perturbation tree, or the flax module path
+  module: Optional[jax.ShapeDtypeStruct] = None  # the submodule output's shape, if a module
+
 
 def _layer_paths(model, variables, images) -> dict[str, tuple[str, ...]]:
   """{user name: path in the perturbation tree} of the model's feature-map points."""
-  shapes = jax.eval_shape(
-      lambda: model.apply(variables, images, train=False, mutable=[PERTURBATIONS])[1])
+  shapes = jax.eval_shape(lambda: _apply(model, variables, images, mutable=[PERTURBATIONS])[1])
   paths = {}
   for key, node in shapes.get(PERTURBATIONS, {}).items():
     if key == FINAL_FEATURES:
@@ -99,32 +132,72 @@ def _layer_paths(model, variables, images) -> dict[str, tuple[str, ...]]:
   return dict(sorted(paths.items()))
 
 
+def _module_outputs(model, variables, images) -> dict[str, list[jax.ShapeDtypeStruct]]:
+  """{module path: shapes of its calls} of the submodules whose ``__call__`` returns a float
+  feature map [B, h, w, C], in the order the calls return (the classifier's input map last)."""
+  calls: dict[str, list[jax.ShapeDtypeStruct]] = {}
+
+  def record(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    if (context.method_name == "__call__" and context.module.path
+        and isinstance(out, jax.Array) and out.ndim == 4 and out.shape[0] == images.shape[0]
+        and jnp.issubdtype(out.dtype, jnp.floating)):
+      calls.setdefault("/".join(context.module.path), []).append(
+          jax.ShapeDtypeStruct(out.shape, out.dtype))
+    return out
+
+  def forward():
+    with nn.intercept_methods(record):
+      _apply(model, variables, images)
+
+  jax.eval_shape(forward)
+  return calls
+
+
 def layer_names(model, variables: Any, images: jax.Array) -> list[str]:
-  """The target layers a model offers (depth order, ``final_features`` last)."""
+  """The named target layers of an mhex_jax backbone (depth order, ``final_features`` last);
+  ``module_layers`` lists the submodule paths every model offers."""
   _check_images(images)
   return list(_layer_paths(model, _model_variables(variables), images))
 
 
-def _resolve_layer(model, variables, images, layer: Optional[str]) -> tuple[str, ...]:
-  paths = _layer_paths(model, variables, images)
-  if not paths:
-    raise ValueError(f"{type(model).__name__} exposes no feature-map perturbation points "
-                     f"('{BLOCK_INPUT}', '{LAYER_INPUT}' or '{FINAL_FEATURES}'); the image "
-                     "explainers need an mhex_jax ResNet or ViT.")
+def module_layers(model, variables: Any, images: jax.Array) -> list[str]:
+  """Module paths usable as ``layer`` in any Flax model ("Conv_1", "stage2/conv": the names of
+  ``capture_intermediates``): submodules called once whose ``__call__`` returns a feature map
+  [B, h, w, C], in the order their calls return."""
+  _check_images(images)
+  outputs = _module_outputs(model, _model_variables(variables), images)
+  return [name for name, shapes in outputs.items() if len(shapes) == 1]
+
+
+def _resolve_layer(model, variables, images, layer: Optional[str]) -> _Layer:
+  points = _layer_paths(model, variables, images)
+  if layer is None and points:
+    layer = FINAL_FEATURES if FINAL_FEATURES in points else list(points)[-1]
+  if layer in points:
+    return _Layer(layer, points[layer])
+  outputs = _module_outputs(model, variables, images)
+  maps = [name for name, shapes in outputs.items() if len(shapes) == 1]
   if layer is None:
-    layer = FINAL_FEATURES if FINAL_FEATURES in paths else list(paths)[-1]
-  if layer not in paths:
-    raise ValueError(f"Unknown layer={layer!r} for this {type(model).__name__}; use one of "
-                     f"{list(paths)} (or None for the default).")
-  return paths[layer]
+    if not maps:
+      raise ValueError(f"{type(model).__name__} has no submodule whose __call__ returns a "
+                       "feature map [B, h, w, C], so there is no target layer for the CAM "
+                       "methods; use the input-gradient methods (vanilla_gradient, ...).")
+    layer = maps[-1]
+  if layer in maps:
+    return _Layer(layer, tuple(layer.split("/")), outputs[layer][0])
+  if layer in outputs:
+    raise ValueError(f"layer={layer!r} is called {len(outputs[layer])} times in one forward "
+                     f"pass, so its output is ambiguous; use a module called once: {maps}.")
+  raise ValueError(f"Unknown layer={layer!r} for this {type(model).__name__}; use one of "
+                   f"{list(points) + maps} (module paths as flax names them, of submodules "
+                   "returning one [B, h, w, C] map), or None for the default.")
 
 
 def default_layer(model, variables: Any, images: jax.Array) -> str:
   """The layer used when ``layer=None`` (see the module docstring)."""
   _check_images(images)
-  variables = _model_variables(variables)
-  path = _resolve_layer(model, variables, images, None)
-  return path[0]
+  return _resolve_layer(model, _model_variables(variables), images, None).name
 
 
 def _at(tree: Any, path: tuple[str, ...]) -> jax.Array:
@@ -142,30 +215,61 @@ def _to_grid(model, features: jax.Array) -> jax.Array:
   return features.astype(jnp.float32)
 
 
+def _tapped_apply(model, variables, images, path: tuple[str, ...],
+                  delta: Optional[jax.Array] = None) -> tuple[jax.Array, jax.Array]:
+  """(model outputs, A): the forward pass with the output A of the submodule at ``path``
+  captured and ``delta`` added to it (a zero ``delta`` makes ∂z/∂delta = ∂z/∂A)."""
+  taps = []
+
+  def tap(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    if context.method_name == "__call__" and context.module.path == path:
+      taps.append(out)
+      if delta is not None:
+        out = out + delta
+    return out
+
+  with nn.intercept_methods(tap):
+    outputs = _apply(model, variables, images)
+  return outputs, taps[0]
+
+
 def layer_activations(model, variables: Any, images: jax.Array, *,
                       layer: Optional[str] = None) -> jax.Array:
   """The target layer's feature map A f32[B, h, w, C] (one forward pass)."""
   _check_images(images)
   variables = _model_variables(variables)
-  path = _resolve_layer(model, variables, images, layer)
-  _, state = model.apply(variables, images, train=False, mutable=[HIDDEN_STATES])
-  return _to_grid(model, _at(state[HIDDEN_STATES], path))
+  target = _resolve_layer(model, variables, images, layer)
+  if target.module is not None:
+    return _tapped_apply(model, variables, images, target.path)[1].astype(jnp.float32)
+  _, state = _apply(model, variables, images, mutable=[HIDDEN_STATES])
+  return _to_grid(model, _at(state[HIDDEN_STATES], target.path))
 
 
 def layer_gradients(model, variables: Any, images: jax.Array, targets: jax.Array, *,
                     layer: Optional[str] = None) -> tuple[jax.Array, jax.Array]:
   """(A, ∂z_c/∂A), both f32[B, h, w, C], from one forward and one backward pass.
 
-  The gradient of every perturbation point is requested, but under ``jit`` XLA drops the
-  backward pass below the target layer because nothing reads it.
+  A backbone's named layer: the gradient of every perturbation point is requested, but under
+  ``jit`` XLA drops the backward pass below the target layer because nothing reads it. A
+  module path: a zero perturbation is added to that submodule's output through
+  ``nn.intercept_methods`` and differentiated.
   """
   targets = _check_inputs(images, targets)
   variables = _model_variables(variables)
-  path = _resolve_layer(model, variables, images, layer)
+  target = _resolve_layer(model, variables, images, layer)
+  if target.module is not None:
+    def objective(delta):
+      outputs, acts = _tapped_apply(model, variables, images, target.path, delta)
+      return jnp.sum(attribution.target_logits(outputs, targets)), acts
+
+    zeros = jnp.zeros(target.module.shape, target.module.dtype)
+    grads, acts = jax.grad(objective, has_aux=True)(zeros)
+    return acts.astype(jnp.float32), grads.astype(jnp.float32)
   _, state, grads = attribution.perturbation_gradients(
       model.apply, variables, (images,), targets, collections=(HIDDEN_STATES,))
-  return (_to_grid(model, _at(state[HIDDEN_STATES], path)),
-          _to_grid(model, _at(grads, path)))
+  return (_to_grid(model, _at(state[HIDDEN_STATES], target.path)),
+          _to_grid(model, _at(grads, target.path)))
 
 
 def _cam_to_image(cam: jax.Array, image_size: tuple[int, int]) -> jax.Array:
@@ -255,8 +359,7 @@ def score_cam_weights(model, variables: Any, images: jax.Array, targets: jax.Arr
   def channel_score(channel):  # [B, h, w] → [B]
     masks = normalize_maps(jax.image.resize(channel, (batch, height, width), method="bilinear",
                                             antialias=False))
-    logits = model.apply(variables, images * masks[..., None].astype(images.dtype),
-                         train=False)[-1].astype(jnp.float32)
+    logits = _logits(model, variables, images * masks[..., None].astype(images.dtype))
     if weighting == "probability":
       logits = jax.nn.softmax(logits, axis=-1)
     return jnp.take_along_axis(logits, targets[:, None].astype(jnp.int32), axis=-1)[:, 0]
@@ -294,7 +397,7 @@ def input_gradients(model, variables: Any, images: jax.Array,
   variables = _model_variables(variables)
 
   def total_target_logit(x):
-    return jnp.sum(attribution.target_logits(model.apply(variables, x, train=False), targets))
+    return jnp.sum(attribution.target_logits(_apply(model, variables, x), targets))
 
   return jax.grad(total_target_logit)(images)
 

@@ -22,11 +22,13 @@ defaults. Options beside it: the layer set, per-position feature normalisation a
 class-contrastive weights (all measured in the README).
 """
 
+import re
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 
+from mhex_jax.explain import attribution
 from mhex_jax.explain import transformer
 from mhex_jax.models import bert as bert_lib
 from mhex_jax.models import mhex as mhex_lib
@@ -43,6 +45,12 @@ class MHEXBlock(NamedTuple):
   features: jax.Array  # A, [B, *spatial, C]
 
 
+def depth_order(name: str) -> list:
+  """Sort key of module paths with numbers compared as numbers: "Block_2/MHEX_0" comes before
+  "Block_10/MHEX_0" (flax's automatic names), and zero-padded names sort as strings do."""
+  return [int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", name))]
+
+
 def collect_blocks(params: Any, mhex_state: Any) -> list[MHEXBlock]:
   """Pairs every sown MHEX feature map with its module's kernels, in depth order.
 
@@ -51,7 +59,9 @@ def collect_blocks(params: Any, mhex_state: Any) -> list[MHEXBlock]:
     mhex_state: the ``"mhex"`` collection returned by ``apply(..., mutable=["mhex"])``.
 
   Returns:
-    MHEX blocks sorted by module path (backbones name blocks so this is depth order).
+    MHEX blocks sorted by module path, numbers compared as numbers (``depth_order``): the
+    mhex_jax backbones, and user models with flax's automatic names, name blocks so this is
+    depth order.
   """
   blocks = []
 
@@ -69,8 +79,9 @@ def collect_blocks(params: Any, mhex_state: Any) -> list[MHEXBlock]:
 
   visit(mhex_state, params, ())
   if not blocks:
-    raise ValueError("The model sowed no MHEX features: is it built with mhex=True?")
-  return sorted(blocks, key=lambda b: b.name)
+    raise ValueError("The model sowed no MHEX features: build an mhex_jax backbone with "
+                     "mhex=True, or call models.mhex.MHEX in the blocks of your own model.")
+  return sorted(blocks, key=lambda b: depth_order(b.name))
 
 
 def equivalent_matrix(gate_kernel: jax.Array, head_kernel: jax.Array) -> jax.Array:
@@ -287,11 +298,17 @@ class Forward(NamedTuple):
 def forward_blocks(apply_fn: Callable[..., Any], variables: Any, inputs: Sequence[jax.Array],
                    targets: Optional[jax.Array], *, attention: bool = False) -> Forward:
   """One eval-mode forward pass; ``targets=None`` explains the predicted class, and
-  ``attention=True`` also returns the attention probabilities of a Transformer."""
+  ``attention=True`` also returns the attention probabilities of a Transformer.
+
+  ``apply_fn`` is called with ``train=False`` unless it is the ``apply`` of a module whose
+  ``__call__`` takes no ``train``; it may return per-head logits [L, B, K] or logits [B, K]
+  (``attribution.eval_mode_kwargs``, ``attribution.final_logits``).
+  """
   collections = [mhex_lib.COLLECTION] + ([bert_lib.ATTENTION] if attention else [])
   variables = {k: v for k, v in variables.items() if k not in collections}
-  head_logits, state = apply_fn(variables, *inputs, train=False, mutable=collections)
-  logits = head_logits[-1]
+  head_logits, state = apply_fn(variables, *inputs, **attribution.eval_mode_kwargs(apply_fn),
+                                mutable=collections)
+  logits = attribution.final_logits(head_logits)
   if targets is None:
     targets = jnp.argmax(logits, axis=-1)
   blocks = collect_blocks(variables["params"], state.get(mhex_lib.COLLECTION, {}))
@@ -313,8 +330,9 @@ def mhex_saliency(apply_fn: Callable[..., Any], variables: Any, images: jax.Arra
   """MHEX image saliency of a CNN from one forward pass (no gradients).
 
   Args:
-    apply_fn: the model's ``apply`` (e.g. ``ResNet(...).apply``); called in eval mode.
-    variables: {"params", "batch_stats"} of an MHEX model.
+    apply_fn: the model's ``apply`` (e.g. ``ResNet(...).apply``, or that of your own model
+      whose blocks call ``models.mhex.MHEX``, see its docstring); called in eval mode.
+    variables: {"params", maybe "batch_stats"} of an MHEX model.
     images: f32[B, H, W, C] normalised inputs.
     targets: int[B] classes to explain; None explains the predicted class.
     alpha, tau_pos, tau_neg, beta_pos, beta_neg: SPEC §3 options (see ``class_weights``);

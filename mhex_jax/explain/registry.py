@@ -12,6 +12,11 @@
 Image models take every image method; a ViT also takes the Transformer methods, whose token
 maps are put on the patch grid (class token dropped) and resized to the image as MHEX's patch
 maps are. ``targets`` is int[B]: the caller decides between labels and predictions.
+
+Any other ``flax.linen`` module is treated as an image classifier (see ``explain.image``:
+logits [B, K] or [L, B, K], ``layer`` a module path such as ``"Conv_1"``), e.g.
+``explainer("grad_cam", MyCNN(), layer="Conv_1")``. It is offered "mhex" when it has a true
+``mhex`` attribute, as the mhex_jax backbones do (its blocks must call ``models.mhex.MHEX``).
 """
 
 import functools
@@ -20,6 +25,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from mhex_jax.explain import attribution
 from mhex_jax.explain import image as image_explain
 from mhex_jax.explain import mhex as mhex_explain
 from mhex_jax.explain import transformer as transformer_explain
@@ -57,9 +63,14 @@ def is_text_model(model) -> bool:
   return isinstance(model, bert_lib.BERT)
 
 
+def is_mhex_model(model) -> bool:
+  """An mhex_jax backbone built with ``mhex=True``, or a user model declaring ``mhex = True``."""
+  return bool(getattr(model, "mhex", False))
+
+
 def available(model) -> tuple[str, ...]:
   """Names ``explainer`` accepts for ``model`` ("mhex" only for MHEX models)."""
-  names = [MHEX] if model.mhex else []
+  names = [MHEX] if is_mhex_model(model) else []
   if is_text_model(model):
     return tuple(names + list(TOKEN_METHODS))
   names += list(IMAGE_METHODS)
@@ -107,8 +118,8 @@ def explainer(name: str, model, **options) -> Callable[[Any, Any, jax.Array], ja
   """
   names = available(model)
   if name not in names:
-    raise ValueError(f"Unknown or inapplicable explainer {name!r} for "
-                     f"{type(model).__name__}(mhex={model.mhex}); use one of {list(names)}.")
+    raise ValueError(f"Unknown or inapplicable explainer {name!r} for {type(model).__name__}"
+                     f"(mhex={is_mhex_model(model)}); use one of {list(names)}.")
   if is_text_model(model):
     fn = _text_mhex if name == MHEX else TOKEN_METHODS[name]
     return functools.partial(fn, model, **options)
@@ -136,5 +147,5 @@ def resolve_targets(model, variables, inputs, targets_mode: str, labels: jax.Arr
     logits = model.apply(variables, inputs["input_ids"], inputs["attention_mask"],
                          inputs.get("token_type_ids"), train=False)
   else:
-    logits = model.apply(variables, inputs, train=False)
-  return jnp.argmax(logits[-1], axis=-1).astype(jnp.int32)
+    logits = model.apply(variables, inputs, **attribution.eval_mode_kwargs(model.apply))
+  return jnp.argmax(attribution.final_logits(logits), axis=-1).astype(jnp.int32)

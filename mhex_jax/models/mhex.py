@@ -15,6 +15,51 @@ the saliency features ``A`` into the ``"mhex"`` collection for the explainers: t
 (CNN, SPEC §3), the ungated s + r (Transformers, SPEC §4: the sum the head's z averages, so
 mean_t E·A_t decomposes the head logit when the ReLU is inactive) or the gated shortcut.
 The product ``W @ P`` is the Equivalent Matrix (see ``mhex_jax.explain.mhex``).
+
+**In your own Flax model** (as ``resnet.py`` does), call the module once per block and use its
+output as the block's pre-activation sum; return every head's logits stacked:
+
+    class Block(nn.Module):
+      features: int
+      strides: int
+      num_classes: int
+
+      @nn.compact
+      def __call__(self, x):
+        r = nn.relu(nn.Conv(self.features, (3, 3), self.strides)(x))
+        r = nn.Conv(self.features, (3, 3))(r)            # branch r, before the activation
+        s = x                                            # shortcut s (projected if needed)
+        if self.strides != 1 or x.shape[-1] != self.features:
+          s = nn.Conv(self.features, (1, 1), self.strides)(x)
+        out, logits = MHEX(self.num_classes)(s, r)       # y = ReLU(g ⊙ s + r); o = P W z
+        return nn.relu(out), logits
+
+    class MyCNN(nn.Module):
+      num_classes: int
+
+      @nn.compact
+      def __call__(self, x):
+        heads = []
+        for features, strides in ((8, 1), (16, 2), (32, 2)):
+          x, logits = Block(features, strides, self.num_classes)(x)
+          heads.append(logits)
+        return jnp.stack(heads)                          # [L, B, K]; heads[-1] predicts
+
+    saliency = explain.mhex.mhex_saliency(model.apply, variables, images, targets).saliency
+
+That is all ``mhex_saliency`` needs (one forward pass, no gradients): each MHEX module sows
+its A under its module path and keeps W and P in ``params`` at the same path. Rules:
+
+* s and r are one shape [B, h, w, C]; the gate must act on the features later blocks read,
+  so pass ``out`` on (ReLU) rather than your own s + r.
+* The last head is the classifier (no pooled classifier needed); train with the deep-
+  supervision loss Σ_ℓ CE(o_ℓ, y) (``train_lib.deep_supervision_loss``). Returning only the
+  last head's [B, K] also works for the saliency.
+* Blocks are taken in depth order by sorting their module paths, numbers compared as numbers:
+  flax's automatic names (Block_0 … Block_10) or zero-padded ones (block_00 …) work; names
+  that do not sort in depth order give the wrong α^(L−ℓ) weights.
+* If ``__call__`` takes ``train``, it is called with ``train=False``; other eval switches
+  need their eval value as default.
 """
 
 from typing import Any, Optional
