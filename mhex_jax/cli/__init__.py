@@ -9,10 +9,12 @@
 import os
 import pathlib
 
+from absl import app
 from absl import flags
 from ml_collections import config_flags
 
 from mhex_jax import distributed
+from mhex_jax import train_lib
 
 FLAGS = flags.FLAGS
 
@@ -66,3 +68,12 @@ def define_flags(workdir_help: str) -> None:
   flags.DEFINE_string("workdir", None, workdir_help)
   distributed.define_flags()
   flags.mark_flags_as_required(["config", "workdir"])
+
+
+def start(argv: list[str]) -> None:
+  """What each entry point does first: refuses stray arguments, starts the JAX processes as the
+  flags say and quiets the libraries' INFO lines."""
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  distributed.initialize(FLAGS)
+  train_lib.quiet_library_logs()

@@ -12,19 +12,14 @@ from absl import flags
 import jax
 
 from mhex_jax import cli
-from mhex_jax import distributed
 from mhex_jax import eval_lib
-from mhex_jax import train_lib
 
 FLAGS = flags.FLAGS
 cli.define_flags("A workdir written by mhex-train (train.py).")
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  distributed.initialize(FLAGS)
-  train_lib.quiet_library_logs()
+  cli.start(argv)
   report = eval_lib.evaluate(FLAGS.config, FLAGS.workdir)
   if jax.process_index() == 0:
     print(json.dumps(report, indent=2))

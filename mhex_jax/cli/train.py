@@ -11,7 +11,6 @@ from absl import logging
 import jax
 
 from mhex_jax import cli
-from mhex_jax import distributed
 from mhex_jax import train_lib
 
 FLAGS = flags.FLAGS
@@ -19,10 +18,7 @@ cli.define_flags("Where checkpoints and metrics go; rerun to resume.")
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  distributed.initialize(FLAGS)
-  train_lib.quiet_library_logs()
+  cli.start(argv)
   logging.info("JAX process %d/%d, local devices: %s", jax.process_index(),
                jax.process_count(), jax.local_devices())
   try:
