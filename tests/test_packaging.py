@@ -39,7 +39,8 @@ def installed(tmp_path_factory):
   shutil.copytree(ROOT, tmp / "src", ignore=shutil.ignore_patterns(".git", *ignored))
   subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
                   "--no-build-isolation", "--target", str(tmp / "site"), str(tmp / "src")],
-                 check=True, capture_output=True, text=True)
+                 env={**os.environ, "PIP_NO_INDEX": "1"}, check=True, capture_output=True,
+                 text=True)
   return tmp / "site"
 
 
