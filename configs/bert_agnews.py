@@ -18,13 +18,13 @@ first-layer CAM): deletion AOPC 0.651, LOdds −2.47, the best AOPC of every met
 ``--config.eval.methods=all``.
 """
 
-from configs import common
+from mhex_jax import config_lib
 
 
 def get_config(arg=None):
   from mhex_jax.weights import hf_import  # Locates the MiniLM package directory.
   minilm = str(hf_import.minilm_checkpoint_dir())
-  config = common.base_config()
+  config = config_lib.base_config()
   config.model.name = "bert"
   config.model.hf_checkpoint = minilm
   config.model.num_classes = 4
@@ -60,6 +60,6 @@ def get_config(arg=None):
   config.eval.num_explain = 1200
   config.eval.num_gallery = 16
   if config.model.mhex:
-    config.eval.variants = common.transformer_variants(4, spec_layers=(0, 1, 2),
-                                                         default_layers=(0,))
+    config.eval.variants = config_lib.transformer_variants(4, spec_layers=(0, 1, 2),
+                                                           default_layers=(0,))
   return config

@@ -11,12 +11,12 @@ demo` from a clean clone, install included, on a shared machine). Result (measur
 0.738, SAD 0.717, EAD 0.546.
 """
 
-from configs import common
+from mhex_jax import config_lib
 
 
 def get_config(arg=None):
   del arg
-  config = common.base_config()
+  config = config_lib.base_config()
   config.model.name = "resnet18"
   config.model.num_classes = 4
   config.model.width = 16

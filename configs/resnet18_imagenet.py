@@ -12,16 +12,16 @@ top-1 as reported by the reference implementation (SPEC §8); not measured by th
 has no accelerator. ``:quick`` shrinks everything so one step runs on a CPU against tfds mock data.
 """
 
-from configs import common
+from mhex_jax import config_lib
 
 
 def get_config(arg=None):
-  config = common.base_config()
+  config = config_lib.base_config()
   config.model.name = "resnet18"
   config.model.stem = "imagenet"
   config.model.last_stage_stride = 1
   config.model.dtype = "bfloat16"
-  common.use_imagenet(config, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+  config_lib.use_imagenet(config, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
   config.train.num_epochs = 90
   config.train.learning_rate = 0.4  # 0.1 × batch / 256.
   config.train.warmup_epochs = 5.0

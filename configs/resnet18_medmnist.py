@@ -15,11 +15,11 @@ Hardware: 2-core x86 CPU, no accelerator. Time: 432 steps (12 epochs) in 8–11 
 (measured, PneumoniaMNIST val): MHEX-ResNet-18 0.975, plain ResNet-18 (``:plain``) 0.970.
 """
 
-from configs import common
+from mhex_jax import config_lib
 
 
 def get_config(arg=None):
-  config = common.base_config()
+  config = config_lib.base_config()
   config.model.name = "resnet18"
   config.model.num_classes = 2
   config.model.input_channels = 1

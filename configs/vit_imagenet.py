@@ -19,11 +19,11 @@ test images with the default attention-routed map (README, "MHEX on Transformers
 ``eval.variants`` below are scored beside it by ``--config.eval.methods=all``.
 """
 
-from configs import common
+from mhex_jax import config_lib
 
 
 def get_config(arg=None):
-  config = common.base_config()
+  config = config_lib.base_config()
   config.model.name = "vit"
   config.model.hf_checkpoint = ""
   config.model.new_head = True
@@ -43,7 +43,7 @@ def get_config(arg=None):
   config.model.gate_init = "identity"
   config.model.dtype = "bfloat16"
 
-  common.use_imagenet(config, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+  config_lib.use_imagenet(config, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
   config.train.num_epochs = 300
   config.train.optimizer = "adamw"
   config.train.learning_rate = 1e-3
@@ -85,6 +85,6 @@ def get_config(arg=None):
     config.eval.batch_size = 200
     config.eval.num_explain = 1000
     config.eval.pointing_tolerance = 1
-  config.eval.variants = common.transformer_variants(config.model.num_classes, spec_layers=(),
-                                                     default_layers=(-1,))
+  config.eval.variants = config_lib.transformer_variants(
+      config.model.num_classes, spec_layers=(), default_layers=(-1,))
   return config

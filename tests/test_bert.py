@@ -11,7 +11,7 @@ import torch
 import transformers
 
 from conftest import max_abs_diffs, randomise_torch_model
-from configs import common
+from mhex_jax import config_lib
 from mhex_jax import models
 from mhex_jax import weights
 from mhex_jax.explain import mhex as mhex_explain
@@ -224,7 +224,7 @@ def test_bad_inputs_are_named():
 
 
 def test_create_model_and_training_mode(classifier_dir):
-  config = common.base_config().model
+  config = config_lib.base_config().model
   config.name, config.num_classes, config.hf_checkpoint = "bert", 3, str(classifier_dir)
   model = models.create_model(config)
   loaded, variables = weights.load_bert(classifier_dir, num_classes=3, gate_init="random")

@@ -163,8 +163,12 @@ def _collate(loaded, valid, train) -> dict[str, np.ndarray]:
 
 
 def _data_source(split: str, data_dir: Optional[str]):
-  # Imported here so the rest of mhex_jax does not pay tfds' import time.
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  # Imported here so the rest of mhex_jax neither pays tfds' import time nor needs it installed.
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError("ImageNet input needs tensorflow-datasets: pip install "
+                      "'mhex_jax[imagenet]' (or tensorflow-datasets>=4.9.10).") from e
   try:
     return tfds.data_source(TFDS_NAME, split=split, data_dir=data_dir, download=False)
   except (NotImplementedError, KeyError) as e:

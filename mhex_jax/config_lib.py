@@ -1,4 +1,8 @@
-"""Defaults shared by every config; experiment configs override what differs."""
+"""Defaults shared by every config file (``configs/``); experiment configs override what differs.
+
+The config files import only this module, so they load by path from a checkout or from an
+installed package alike.
+"""
 
 import ml_collections
 

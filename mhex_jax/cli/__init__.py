@@ -1,0 +1,79 @@
+"""Command-line entry points: the installed ``mhex-train`` / ``mhex-eval`` and a checkout's
+``train.py`` / ``eval.py`` run the same ``main`` (``mhex_jax.cli.train``, ``mhex_jax.cli.eval``).
+
+``--config`` takes a config file as ml_collections does (``configs/default.py``,
+``my_config.py:arg``) or the name of a config shipped with the package (``default``,
+``vit_imagenet:quick``), so an installed package runs without a checkout.
+"""
+
+import os
+import pathlib
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from mhex_jax import distributed
+from mhex_jax import train_lib
+
+FLAGS = flags.FLAGS
+
+
+def config_dir() -> pathlib.Path:
+  """The shipped config files: ``mhex_jax/configs`` in an installed package, else the checkout's
+  ``configs/`` (run from the source tree, or installed in editable mode)."""
+  package = pathlib.Path(__file__).resolve().parents[1]
+  installed = package / "configs"
+  return installed if installed.is_dir() else package.parent / "configs"
+
+
+def config_names() -> list[str]:
+  return sorted(p.stem for p in config_dir().glob("*.py") if p.stem != "__init__")
+
+
+def config_path(argument: str) -> str:
+  """``--config``'s value as ml_collections loads it: an existing file is kept as given, a shipped
+  config's name (with or without ``.py``) becomes its path; a ``:arg`` suffix is kept."""
+  path, colon, arg = argument.partition(":")
+  if os.path.isfile(path):
+    return argument
+  name = path.removesuffix(".py")
+  if name in config_names():
+    return f"{config_dir() / name}.py{colon}{arg}"
+  raise ValueError(f"{path!r} is neither a config file nor a shipped config; shipped configs: "
+                   f"{', '.join(config_names())} (e.g. --config=default, "
+                   f"--config=vit_imagenet:quick).")
+
+
+class _ShippedConfigParser(flags.ArgumentParser):
+  """ml_collections' config file parser, given a shipped config's path for its name."""
+
+  def __init__(self, file_parser: flags.ArgumentParser):
+    self._file_parser = file_parser
+
+  def parse(self, argument):
+    return self._file_parser.parse(config_path(argument))
+
+  def flag_type(self):
+    return self._file_parser.flag_type()
+
+
+def define_flags(workdir_help: str) -> None:
+  """--config (with --config.field=value overrides), --workdir and the multi-process flags."""
+  config_flags.DEFINE_config_file(
+      "config", None, "Config file (configs/x.py[:arg]) or a shipped config's name "
+      f"({', '.join(config_names())}; e.g. vit_imagenet:quick).", lock_config=True)
+  # DEFINE_config_file takes no parser: wrap its own to resolve the shipped configs' names.
+  FLAGS["config"].parser = _ShippedConfigParser(FLAGS["config"].parser)
+  flags.DEFINE_string("workdir", None, workdir_help)
+  distributed.define_flags()
+  flags.mark_flags_as_required(["config", "workdir"])
+
+
+def start(argv: list[str]) -> None:
+  """What each entry point does first: refuses stray arguments, starts the JAX processes as the
+  flags say and quiets the libraries' INFO lines."""
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  distributed.initialize(FLAGS)
+  train_lib.quiet_library_logs()

@@ -1,0 +1,30 @@
+r"""Evaluates a trained workdir: mhex-eval --config=default --workdir=DIR.
+
+From a checkout, ``python eval.py --config=configs/default.py --workdir=DIR`` runs the same.
+Writes DIR/eval/report.json and DIR/eval/gallery.png. Evaluate on another file of the same
+format with --config.data.eval_path=FILE (and --config.data.eval_split=NAME for npz files).
+"""
+
+import json
+
+from absl import app
+from absl import flags
+import jax
+
+from mhex_jax import cli
+from mhex_jax import eval_lib
+
+FLAGS = flags.FLAGS
+cli.define_flags("A workdir written by mhex-train (train.py).")
+
+
+def main(argv):
+  cli.start(argv)
+  report = eval_lib.evaluate(FLAGS.config, FLAGS.workdir)
+  if jax.process_index() == 0:
+    print(json.dumps(report, indent=2))
+
+
+def run():
+  """The ``mhex-eval`` console script."""
+  app.run(main)
