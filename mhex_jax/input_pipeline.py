@@ -83,7 +83,8 @@ class InMemoryDataset:
       images = batch["image"]
       if augment:
         flips, shifts = _augment_params(rng, batch_size, self.augment)
-        images = _augment(images, flips[index::count], shifts[:, index::count])
+        rows = pipeline.process_rows(batch_size, index, count)
+        images = _augment(images, flips[rows], shifts[:, rows])
       out = dict(batch)
       out["image"] = pipeline.normalize(images, self.mean, self.std)
       out["label"] = batch["label"].astype(np.int32)

@@ -52,22 +52,27 @@ def shard_batch(batch: dict[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-  return jax.device_put(tree, replicated(mesh))
+  """``tree`` (the same values on every process) replicated on every device of ``mesh``.
+
+  With several processes the mesh spans devices of other hosts, which ``device_put`` of a
+  device array cannot reach; each process then fills its own devices from host memory.
+  """
+  sharding = replicated(mesh)
+  if jax.process_count() == 1:
+    return jax.device_put(tree, sharding)
+  return jax.tree.map(
+      lambda x: jax.make_array_from_callback(np.shape(x), sharding,
+                                             lambda index, x=np.asarray(x): x[index]), tree)
 
 
 def gather_batch(tree: Any) -> Any:
   """Every process' rows of a batch, as numpy arrays in the data pipeline's batch order.
 
   ``tree`` holds this process' rows (numpy) or batch-sharded global arrays (``shard_batch``,
-  or a jitted step's per-example outputs). Process p holds rows p, p + P, ... of each global
-  batch (``mhex_jax.data.pipeline``), and a global array stores the processes' rows one block
-  after another; both come back interleaved into batch order, the same on every process and
-  the same as one process would see.
+  or a jitted step's per-example outputs). Process p holds the p-th contiguous block of each
+  global batch (``mhex_jax.data.pipeline``), so the gathered blocks are the batch in order,
+  the same on every process and the same as one process would see.
   """
-  count = jax.process_count()
-  if count == 1:
+  if jax.process_count() == 1:
     return jax.tree.map(np.asarray, tree)
-  gathered = multihost_utils.process_allgather(tree, tiled=True)
-  return jax.tree.map(
-      lambda x: np.asarray(x).reshape(count, -1, *x.shape[1:]).swapaxes(0, 1).reshape(x.shape),
-      gathered)
+  return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))

@@ -1,9 +1,11 @@
 """Numpy input-pipeline helpers shared by every dataset: batching, normalisation, resizing.
 
 Batches are cut from a *global* order of examples that every process computes identically from
-(seed, epoch); process ``p`` of ``P`` keeps rows ``p, p + P, p + 2P, ...`` of each global batch. So
-the processes never read the same example, and the global batch assembled by
-``jax.make_array_from_process_local_data`` is the same whatever the number of hosts.
+(seed, epoch); process ``p`` of ``P`` keeps the ``p``-th of ``P`` contiguous blocks of each global
+batch. So the processes never read the same example, and the global batch assembled by
+``jax.make_array_from_process_local_data`` (process blocks one after another) is the one batch a
+single process would see, row for row: every device holds the same examples whatever the
+number of hosts.
 """
 
 from typing import Iterator, Sequence
@@ -57,7 +59,14 @@ def batch_indices(num_examples: int, batch_size: int, *, shuffle: bool, seed: in
     # blank images reach the model) and only `valid` tells them apart.
     indices = np.resize(real, batch_size)
     valid = np.arange(batch_size) < len(real)
-    yield indices[process_index::process_count], valid[process_index::process_count]
+    rows = process_rows(batch_size, process_index, process_count)
+    yield indices[rows], valid[rows]
+
+
+def process_rows(batch_size: int, process_index: int, process_count: int) -> slice:
+  """The rows of a global batch of ``batch_size`` that process ``process_index`` holds."""
+  size = batch_size // process_count
+  return slice(process_index * size, (process_index + 1) * size)
 
 
 def batch_iterator(split: dict[str, np.ndarray], batch_size: int, *, shuffle: bool,
