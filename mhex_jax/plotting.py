@@ -10,10 +10,14 @@ import numpy as np
 from mhex_jax import files
 
 
-def _save_png(fig, path: files.PathLike) -> None:
-  """Writes ``fig`` as a PNG to ``path`` (local or a URI, through epath) and closes it."""
-  with files.workdir_path(path).open("wb") as f:
-    fig.savefig(f, format="png", dpi=100)
+def save_figure(fig, path) -> None:
+  """Writes ``fig`` as a PNG to ``path`` (local or a URI, through epath; or an open binary
+  file) and closes it."""
+  if hasattr(path, "write"):
+    fig.savefig(path, format="png", dpi=100)
+  else:
+    with files.workdir_path(path).open("wb") as f:
+      fig.savefig(f, format="png", dpi=100)
   plt.close(fig)
 
 
@@ -52,7 +56,46 @@ def save_gallery(path: files.PathLike, images: np.ndarray, maps: dict[str, np.nd
   for ax in axes.ravel():
     ax.axis("off")
   fig.tight_layout()
-  _save_png(fig, path)
+  save_figure(fig, path)
+
+
+def blend(image: np.ndarray, saliency: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+  """The map in the jet colormap over the image, at the image's size: uint8 [H, W, C] (C = 1 or
+  3) and [H, W] in [0, 1] -> uint8 [H, W, 3]."""
+  image = np.asarray(image, np.float32)
+  if image.ndim == 2:
+    image = image[..., None]
+  rgb = np.broadcast_to(image[..., :3], (*image.shape[:2], 3)) / 255.0
+  heat = matplotlib.colormaps["jet"](np.clip(saliency, 0.0, 1.0))[..., :3]
+  return np.round(255 * ((1 - alpha) * rgb + alpha * heat)).astype(np.uint8)
+
+
+def overlay_figure(images: Sequence[np.ndarray], maps: Sequence[dict[str, np.ndarray]],
+                   captions: Sequence[str]):
+  """A figure with one row per image, each at its own size: the image, then one overlay per
+  method.
+
+  Args:
+    images: uint8 [H, W, C] (C = 1 or 3), any sizes.
+    maps: per image, method -> map [H, W] in [0, 1] at that image's size.
+    captions: one per image.
+  """
+  n, cols = len(images), 1 + max(len(m) for m in maps)
+  fig, axes = plt.subplots(n, cols, figsize=(2.4 * cols, 2.5 * n), squeeze=False)
+  for i, (image, image_maps) in enumerate(zip(images, maps)):
+    image = np.asarray(image)
+    gray = image.ndim == 3 and image.shape[-1] == 1
+    shown, cmap = (image[..., 0], "gray") if gray else (image, None)
+    axes[i, 0].imshow(shown, cmap=cmap)
+    axes[i, 0].set_title(captions[i], fontsize=8)
+    for j, (name, saliency) in enumerate(image_maps.items()):
+      axes[i, 1 + j].imshow(shown, cmap=cmap)
+      axes[i, 1 + j].imshow(saliency, cmap="jet", alpha=0.5, vmin=0, vmax=1)
+      axes[i, 1 + j].set_title(name, fontsize=8)
+  for ax in axes.ravel():
+    ax.axis("off")
+  fig.tight_layout()
+  return fig
 
 
 def token_html(tokens: Sequence[Sequence[str]], saliency: dict[str, np.ndarray],
@@ -88,4 +131,4 @@ def save_quality_map(path: files.PathLike, quality: np.ndarray) -> None:
   ax.set_title("Σ_ℓ s_ℓ, cell occluded", fontsize=8)
   ax.axis("off")
   fig.tight_layout()
-  _save_png(fig, path)
+  save_figure(fig, path)

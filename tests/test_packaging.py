@@ -54,7 +54,8 @@ def _run(installed, script, *args, cwd):
 def test_install_holds_the_library_and_configs_only(installed):
   assert sorted(p.name for p in installed.iterdir()) == [
       "bin", "mhex_jax", "mhex_jax-0.1.0.dist-info"]  # No top-level configs or tests.
-  assert sorted(p.name for p in (installed / "bin").iterdir()) == ["mhex-eval", "mhex-train"]
+  assert sorted(p.name for p in (installed / "bin").iterdir()) == ["mhex-eval", "mhex-explain",
+                                                                    "mhex-train"]
   packages = sorted(str(p.parent.relative_to(ROOT)) for p in ROOT.glob("mhex_jax/**/__init__.py"))
   missing = [p for p in packages if not (installed / p / "__init__.py").is_file()]
   assert not missing, f"add {missing} to [tool.setuptools] packages in pyproject.toml"

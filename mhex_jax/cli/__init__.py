@@ -58,6 +58,23 @@ class _ShippedConfigParser(flags.ArgumentParser):
     return self._file_parser.flag_type()
 
 
+def with_saved_config(argv: list[str]) -> list[str]:
+  """``argv`` with ``--config`` set to the workdir's saved config when it has none (the
+  ``--config.field=value`` overrides then apply to the saved config)."""
+  if any(a == "--config" or a.startswith("--config=") for a in argv):
+    return argv
+  workdir = None
+  for i, arg in enumerate(argv):
+    if arg.startswith("--workdir="):
+      workdir = arg.split("=", 1)[1]
+    elif arg == "--workdir" and i + 1 < len(argv):
+      workdir = argv[i + 1]
+  if workdir is None:
+    return argv  # The required-flag error names --workdir.
+  saved = pathlib.Path(__file__).with_name("saved_config.py")
+  return [argv[0], f"--config={saved}:{workdir}", *argv[1:]]
+
+
 def define_flags(workdir_help: str) -> None:
   """--config (with --config.field=value overrides), --workdir and the multi-process flags."""
   config_flags.DEFINE_config_file(

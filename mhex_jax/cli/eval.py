@@ -1,11 +1,14 @@
-r"""Evaluates a trained workdir: mhex-eval --config=default --workdir=DIR.
+r"""Evaluates a trained workdir: mhex-eval --workdir=DIR [--config.eval.methods=all ...].
 
-From a checkout, ``python eval.py --config=configs/default.py --workdir=DIR`` runs the same.
+Without ``--config`` the config saved in the workdir by training is used (``--config.field=value``
+overrides apply to it); a given ``--config`` must build the workdir's model. From a checkout,
+``python eval.py --workdir=DIR`` runs the same.
 Writes DIR/eval/report.json and DIR/eval/gallery.png. Evaluate on another file of the same
 format with --config.data.eval_path=FILE (and --config.data.eval_split=NAME for npz files).
 """
 
 import json
+import sys
 
 from absl import app
 from absl import flags
@@ -27,4 +30,4 @@ def main(argv):
 
 def run():
   """The ``mhex-eval`` console script."""
-  app.run(main)
+  app.run(main, argv=cli.with_saved_config(sys.argv))

@@ -1,0 +1,72 @@
+r"""Explains your own images or texts with a trained workdir.
+
+    mhex-explain --workdir=DIR a.png b.jpg [--methods=mhex,grad_cam] [--target=predicted|CLASS]
+    mhex-explain --workdir=DIR --text="A sentence." --text="Another one." [texts.txt]
+
+From a checkout, ``python explain.py ...`` runs the same. Reads the config saved in the workdir,
+explains every image file (PNG/JPEG, any size: fitted as the model was trained, maps drawn back
+over the original) or text (``--text``, or a ``.txt`` file with one text per line) and writes to
+``--out`` (default DIR/explain): one overlay PNG per image or ``texts.html``, the raw maps as
+``.npz`` and ``explanations.json`` (predicted class name, probability, files).
+"""
+
+import json
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from mhex_jax import explain_lib
+from mhex_jax import files
+from mhex_jax import train_lib
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "A workdir written by mhex-train (train.py).")
+flags.DEFINE_list("methods", [], "Explainers (default: MHEX, or the best measured method of a "
+                  "plain model); any name the model supports, e.g. mhex,grad_cam,layer_cam.")
+flags.DEFINE_string("target", "predicted", "'predicted', or the class to explain (its number "
+                    "or name).")
+flags.DEFINE_multi_string("text", [], "A text to explain (repeat for several).")
+flags.DEFINE_enum("fit", "crop", explain_lib.FITS, "How images meet the model's square input: "
+                  "the centred square, padding with the mean colour, or stretching.")
+flags.DEFINE_string("out", None, "Output directory (default: WORKDIR/explain).")
+flags.mark_flag_as_required("workdir")
+
+
+def _texts(paths: list[str]) -> list[str]:
+  texts = list(FLAGS.text)
+  for path in paths:
+    lines = files.workdir_path(path).read_text(encoding="utf-8-sig").splitlines()
+    texts += [line for line in lines if line.strip()]
+  return texts
+
+
+def main(argv):
+  paths = argv[1:]
+  train_lib.quiet_library_logs()
+  run = explain_lib.load(FLAGS.workdir)
+  options = {"methods": FLAGS.methods or None, "target": FLAGS.target}
+  if run.kind == "text":
+    bad = [p for p in paths if not p.endswith(".txt")]
+    if bad:
+      raise app.UsageError(f"{bad}: a text model explains --text=... or .txt files (one text "
+                           "per line).")
+    results = run.explain_texts(_texts(paths), **options)
+  else:
+    if FLAGS.text:
+      raise app.UsageError("--text is for text models; this workdir holds an image model.")
+    if not paths:
+      raise app.UsageError("Give image files to explain: mhex-explain --workdir=DIR a.png ...")
+    results = run.explain_files(paths, fit=FLAGS.fit, **options)
+  out = FLAGS.out or files.workdir_path(FLAGS.workdir) / "explain"
+  path = explain_lib.write(results, out)
+  for result in results:
+    logging.info("%s: %s (p = %.3f)", result.source[:60], result.predicted_name,
+                 result.probability)
+  print(json.dumps({"explanations": str(path),
+                    "results": [r.summary() for r in results]}, indent=2))
+
+
+def run():
+  """The ``mhex-explain`` console script."""
+  app.run(main)

@@ -1,0 +1,413 @@
+"""Explain your own images and texts with a trained workdir (the library behind ``explain.py``).
+
+    from mhex_jax import explain_lib
+    run = explain_lib.load("workdirs/default")     # model, variables, preprocessing, classes
+    results = run.explain_files(["a.png", "b.jpg"], methods=("mhex", "grad_cam"))
+    explain_lib.show(results)                      # overlays inline (matplotlib)
+    results[0].predicted_name, results[0].probability
+
+``load`` reads the config ``train.py`` saved in the workdir and restores the latest checkpoint.
+Images of any size and aspect are fitted to the model's input the way it was trained (``fit``:
+"crop" takes the centred square, the ImageNet configs' central 87.5% of it, "pad" pads to a
+square with the mean colour, "stretch" resizes), and every map is carried back onto the
+original image, at its own size (outside a crop the map is 0). Texts are tokenized with the
+workdir's tokenizer. Methods are the registry's names (``run.methods``); the default is MHEX on
+an MHEX model, else the best measured method for the model kind (``DEFAULT_PLAIN_METHODS``).
+"""
+
+import dataclasses
+import io
+import json
+import os
+from typing import Any, Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from PIL import Image
+
+from mhex_jax import eval_lib
+from mhex_jax import files
+from mhex_jax import models
+from mhex_jax import plotting
+from mhex_jax import sharding as sharding_lib
+from mhex_jax.data import imagenet
+from mhex_jax.data import pipeline
+from mhex_jax.data import synthetic
+from mhex_jax.explain import mhex as mhex_explain
+from mhex_jax.explain import registry
+
+# Without MHEX heads: the methods that led the README's side-by-side tables for each kind
+# (energy pointing game on the ViT, AOPC on AG News; Grad-CAM is the CNN standard).
+DEFAULT_PLAIN_METHODS = {"cnn": "grad_cam", "vit": "gradient_relevance", "text": "grad_sam"}
+FITS = ("crop", "pad", "stretch")
+
+
+@dataclasses.dataclass
+class Explanation:
+  """One explained input.
+
+  Attributes:
+    source: the file name, or "array i" / "text i".
+    predicted, predicted_name, probability: the final head's top class and its probability.
+    target, target_name: the class explained.
+    maps: method -> map in [0, 1]: [H, W] over the original image, or [T] over ``tokens``.
+    image: the original image, uint8 [H, W, C] (images only).
+    tokens: the token strings, [CLS] and [SEP] included (texts only).
+  """
+  source: str
+  predicted: int
+  predicted_name: str
+  probability: float
+  target: int
+  target_name: str
+  maps: dict[str, np.ndarray]
+  image: Optional[np.ndarray] = None
+  tokens: Optional[list[str]] = None
+
+  def summary(self) -> dict[str, Any]:
+    return {"source": self.source, "predicted": self.predicted,
+            "predicted_name": self.predicted_name, "probability": self.probability,
+            "target": self.target, "target_name": self.target_name,
+            "methods": list(self.maps)}
+
+
+def class_names(config: ml_collections.ConfigDict) -> Optional[list[str]]:
+  """The class names a config's data define (``data.class_names``, the synthetic shapes'),
+  or None when only class numbers are known."""
+  names = config.data.get("class_names") or None
+  if names is None and config.data.name == "synthetic":
+    names = synthetic.CLASS_NAMES
+  return list(names) if names else None
+
+
+def _model_kind(model) -> str:
+  if registry.is_text_model(model):
+    return "text"
+  return "vit" if isinstance(model, models.ViT) else "cnn"
+
+
+class Run:
+  """A trained workdir ready to explain: ``config``, ``model``, ``variables``, ``classes``."""
+
+  def __init__(self, config: ml_collections.ConfigDict, model, variables, workdir: str):
+    self.config, self.model, self.variables, self.workdir = config, model, variables, workdir
+    self.kind = _model_kind(model)
+    self.classes = class_names(config) or [f"class {k}" for k in range(config.model.num_classes)]
+    if len(self.classes) != config.model.num_classes:
+      raise ValueError(f"{len(self.classes)} class names for model.num_classes="
+                       f"{config.model.num_classes}; fix data.class_names in the config.")
+    self._tokenizer = None
+    self._compiled = {}
+
+  @property
+  def methods(self) -> tuple[str, ...]:
+    """Every method this model can be explained with."""
+    return registry.available(self.model)
+
+  @property
+  def default_methods(self) -> tuple[str, ...]:
+    return (registry.MHEX,) if self.model.mhex else (DEFAULT_PLAIN_METHODS[self.kind],)
+
+  def _check_methods(self, methods: Optional[Sequence[str]]) -> tuple[str, ...]:
+    methods = tuple(methods) if methods else self.default_methods
+    unknown = [m for m in methods if m not in self.methods]
+    if unknown:
+      raise ValueError(f"Methods {unknown} are not available for this "
+                       f"{type(self.model).__name__} (mhex={self.model.mhex}); use some of "
+                       f"{list(self.methods)}.")
+    return methods
+
+  def class_index(self, target: Union[int, str]) -> int:
+    """A class number from a number or a class name (as in ``classes``)."""
+    if isinstance(target, str) and target in self.classes:
+      return self.classes.index(target)
+    try:
+      index = int(target)
+    except (TypeError, ValueError):
+      index = -1
+    if not 0 <= index < len(self.classes):
+      raise ValueError(f"target {target!r} is not a class; use 'predicted', a class number "
+                       f"0..{len(self.classes) - 1} or a name in {self.classes}.")
+    return index
+
+  # Images.
+
+  @property
+  def image_size(self) -> int:
+    return int(self.config.data.image_size)
+
+  @property
+  def channels(self) -> int:
+    return int(self.config.model.input_channels)
+
+  def _fit_box(self, height: int, width: int, fit: str) -> tuple[float, float, float, float]:
+    """(left, top, right, bottom) of the original image that the model input covers."""
+    if fit == "stretch":
+      return 0.0, 0.0, float(width), float(height)
+    side = min(height, width) if fit == "crop" else max(height, width)
+    if fit == "crop" and self.config.data.name == "imagenet":
+      side *= imagenet.EVAL_CROP_FRACTION  # The configs' eval crop (shorter side / 0.875).
+    left, top = (width - side) / 2, (height - side) / 2
+    return left, top, left + side, top + side
+
+  def prepare_image(self, image: np.ndarray, fit: str = "crop") -> tuple[np.ndarray, tuple]:
+    """uint8 [H, W, C] (C = 1 or 3, any size) -> (normalised model input [S, S, C'], box)."""
+    if fit not in FITS:
+      raise ValueError(f"fit={fit!r}; use one of {FITS}.")
+    image = np.asarray(image)
+    if image.ndim == 2:
+      image = image[..., None]
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
+      raise ValueError(f"images must be uint8 [H, W, C] with C in (1, 3, 4), got "
+                       f"{image.dtype}{list(image.shape)}.")
+    pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+    pil = pil.convert("L" if self.channels == 1 else "RGB")
+    box = self._fit_box(image.shape[0], image.shape[1], fit)
+    if fit == "pad":
+      mean = tuple(int(round(255 * m)) for m in np.broadcast_to(
+          np.asarray(self.config.data.mean), (self.channels,)))
+      canvas = Image.new(pil.mode, (round(box[2] - box[0]), round(box[3] - box[1])),
+                         mean[0] if self.channels == 1 else mean)
+      canvas.paste(pil, (round(-box[0]), round(-box[1])))
+      pil, crop = canvas, None
+    else:
+      crop = box
+    size = self.image_size
+    fitted = np.asarray(pil.resize((size, size), Image.BILINEAR, box=crop)).reshape(
+        size, size, self.channels)
+    return pipeline.normalize(fitted, self.config.data.mean, self.config.data.std), box
+
+  def _compiled_fn(self, method: str):
+    if method not in self._compiled:
+      explain = eval_lib.method_explainer(self.config, self.model, method)
+      self._compiled[method] = jax.jit(explain)
+    return self._compiled[method]
+
+  def _predict(self, inputs) -> np.ndarray:
+    if "predict" not in self._compiled:
+      if self.kind == "text":
+        fn = lambda v, x: self.model.apply(v, x["input_ids"], x["attention_mask"],
+                                           x["token_type_ids"], train=False)
+      else:
+        fn = lambda v, x: self.model.apply(v, x, train=False)
+      self._compiled["predict"] = jax.jit(lambda v, x: jax.nn.softmax(fn(v, x)[-1]))
+    return np.asarray(self._compiled["predict"](self.variables, inputs))
+
+  def _targets(self, probabilities: np.ndarray, target) -> np.ndarray:
+    predicted = probabilities.argmax(-1)
+    if target == "predicted":
+      return predicted.astype(np.int32)
+    return np.full_like(predicted, self.class_index(target), dtype=np.int32)
+
+  def _explanation(self, source, probabilities, target, maps, **extra) -> Explanation:
+    predicted = int(probabilities.argmax())
+    return Explanation(source=source, predicted=predicted,
+                       predicted_name=self.classes[predicted],
+                       probability=float(probabilities[predicted]), target=int(target),
+                       target_name=self.classes[int(target)], maps=maps, **extra)
+
+  def explain_images(self, images: Sequence[np.ndarray], *,
+                     methods: Optional[Sequence[str]] = None,
+                     target: Union[str, int] = "predicted", fit: str = "crop",
+                     sources: Optional[Sequence[str]] = None) -> list[Explanation]:
+    """Explains uint8 images [H, W, C] of any sizes; maps come back at each image's size."""
+    if self.kind == "text":
+      raise ValueError("This workdir holds a text model; use explain_texts.")
+    methods = self._check_methods(methods)
+    if not len(images):
+      raise ValueError("No images to explain.")
+    prepared = [self.prepare_image(image, fit) for image in images]
+    batch = jnp.asarray(np.stack([p[0] for p in prepared]))
+    probabilities = self._predict(batch)
+    targets = self._targets(probabilities, target)
+    maps = {m: np.asarray(self._compiled_fn(m)(self.variables, batch, jnp.asarray(targets)))
+            for m in methods}
+    sources = sources or [f"array {i}" for i in range(len(images))]
+    return [self._explanation(
+        sources[i], probabilities[i], targets[i],
+        {m: _to_original(maps[m][i], prepared[i][1], np.shape(images[i])[:2]) for m in methods},
+        image=_display_image(images[i])) for i in range(len(images))]
+
+  def explain_files(self, paths: Sequence[str], **options) -> list[Explanation]:
+    """Explains PNG/JPEG files (local or URIs); see ``explain_images`` for the options."""
+    images = [read_image(path) for path in paths]
+    return self.explain_images(images, sources=[os.fspath(p) for p in paths], **options)
+
+  # Texts.
+
+  def explain_texts(self, texts: Sequence[str], *, methods: Optional[Sequence[str]] = None,
+                    target: Union[str, int] = "predicted") -> list[Explanation]:
+    """Explains texts; maps are per token ([CLS] and [SEP] included, 0 on them)."""
+    if self.kind != "text":
+      raise ValueError("This workdir holds an image model; use explain_images/explain_files.")
+    methods = self._check_methods(methods)
+    texts = list(texts)
+    empty = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
+    if not texts or empty:
+      raise ValueError(f"Texts must be non-empty strings; got {len(texts)} texts, empty or not "
+                       f"strings at positions {empty}.")
+    from mhex_jax.data import text  # transformers is only needed for text.
+    if self._tokenizer is None:
+      self._tokenizer = text.load_tokenizer(self.config.data.tokenizer_dir)
+    arrays = text.tokenize(self._tokenizer, texts, self.config.data.max_len)
+    inputs = {k: jnp.asarray(v) for k, v in arrays.items()}
+    probabilities = self._predict(inputs)
+    targets = self._targets(probabilities, target)
+    removable = (arrays["attention_mask"] > 0) & ~arrays["special_tokens_mask"]
+    maps = {m: np.asarray(mhex_explain.normalize_maps(
+        self._compiled_fn(m)(self.variables, inputs, jnp.asarray(targets)),
+        jnp.asarray(removable))) for m in methods}
+    lengths = arrays["attention_mask"].sum(-1)
+    out = []
+    for i, source in enumerate(texts):
+      tokens = self._tokenizer.convert_ids_to_tokens(arrays["input_ids"][i, :lengths[i]].tolist())
+      out.append(self._explanation(source, probabilities[i], targets[i],
+                                   {m: maps[m][i, :lengths[i]] for m in methods}, tokens=tokens))
+    return out
+
+
+def load(workdir: str, config: Optional[ml_collections.ConfigDict] = None) -> Run:
+  """A ``Run`` of ``workdir``'s latest checkpoint, with the config saved there (or ``config``)."""
+  if config is None:
+    config = eval_lib.load_workdir_config(workdir)
+  model = models.create_model(config.model)
+  mesh = sharding_lib.make_mesh(1)
+  if registry.is_text_model(model):
+    dummy = tuple(np.zeros((1, config.data.max_len), np.int32) for _ in range(3))
+  else:
+    dummy = (np.zeros((1, config.data.image_size, config.data.image_size,
+                       config.model.input_channels), np.float32),)
+  variables = eval_lib.restore_variables(config, workdir, model, dummy, mesh)
+  return Run(config, model, variables, workdir)
+
+
+def read_image(path: files.PathLike) -> np.ndarray:
+  """A PNG/JPEG/... file as uint8 [H, W, C] (C = 1 or 3)."""
+  try:
+    with files.workdir_path(path).open("rb") as f:
+      pil = Image.open(f)
+      pil.load()
+  except FileNotFoundError:
+    raise FileNotFoundError(f"Image file {os.fspath(path)} does not exist.") from None
+  except OSError as error:
+    raise ValueError(f"{os.fspath(path)} is not an image PIL can read ({error}); use PNG or "
+                     "JPEG files.") from None
+  pil = pil.convert("L" if pil.mode in ("1", "L", "I", "I;16", "F") else "RGB")
+  image = np.asarray(pil)
+  return image[..., None] if image.ndim == 2 else image
+
+
+def _display_image(image: np.ndarray) -> np.ndarray:
+  image = np.asarray(image)
+  if image.ndim == 2:
+    image = image[..., None]
+  return image[..., :3]
+
+
+def _to_original(saliency: np.ndarray, box, shape) -> np.ndarray:
+  """A model-input map [S, S] back over the original image [H, W] (0 outside ``box``)."""
+  height, width = shape
+  left, top, right, bottom = box
+  # Pixel centres of the original image, in model-input pixel coordinates.
+  size = saliency.shape[0]
+  xs = (np.arange(width) + 0.5 - left) / (right - left) * size - 0.5
+  ys = (np.arange(height) + 0.5 - top) / (bottom - top) * size - 0.5
+  inside = ((ys >= -0.5) & (ys <= size - 0.5))[:, None] & ((xs >= -0.5) & (xs <= size - 0.5))
+  x0 = np.clip(np.floor(xs), 0, size - 1).astype(int)
+  y0 = np.clip(np.floor(ys), 0, size - 1).astype(int)
+  x1, y1 = np.minimum(x0 + 1, size - 1), np.minimum(y0 + 1, size - 1)
+  fx = np.clip(xs - x0, 0, 1)[None, :]
+  fy = np.clip(ys - y0, 0, 1)[:, None]
+  s = np.asarray(saliency, np.float32)
+  top_row = s[y0][:, x0] * (1 - fx) + s[y0][:, x1] * fx
+  bottom_row = s[y1][:, x0] * (1 - fx) + s[y1][:, x1] * fx
+  return np.where(inside, top_row * (1 - fy) + bottom_row * fy, 0.0).astype(np.float32)
+
+
+def show(explanations: Sequence[Explanation]):
+  """For a notebook cell: the overlays (per image, the original then one overlay per method)
+  as an inline PNG, or the shaded tokens of texts as inline HTML (IPython display objects)."""
+  from IPython import display  # Notebooks only.
+  if explanations and explanations[0].tokens is not None:
+    return display.HTML(_token_page(explanations))
+  figure = plotting.overlay_figure([e.image for e in explanations],
+                                   [e.maps for e in explanations],
+                                   [_caption(e) for e in explanations])
+  buffer = io.BytesIO()
+  plotting.save_figure(figure, buffer)
+  return display.Image(data=buffer.getvalue(), format="png")
+
+
+def _caption(e: Explanation) -> str:
+  caption = f"{e.predicted_name} ({e.probability:.2f})"
+  if e.target != e.predicted:
+    caption += f", explaining {e.target_name}"
+  return caption
+
+
+def _token_page(explanations: Sequence[Explanation]) -> str:
+  methods = list(explanations[0].maps)
+  return plotting.token_html([e.tokens for e in explanations],
+                             {m: _pad_rows([e.maps[m] for e in explanations]) for m in methods},
+                             [_caption(e) for e in explanations])
+
+
+def _pad_rows(rows: Sequence[np.ndarray]) -> np.ndarray:
+  out = np.zeros((len(rows), max(len(r) for r in rows)), np.float32)
+  for i, row in enumerate(rows):
+    out[i, :len(row)] = row
+  return out
+
+
+def write(explanations: Sequence[Explanation], out_dir: files.PathLike) -> files.PathLike:
+  """Writes the explanations to ``out_dir``; returns the path of ``explanations.json``.
+
+  Images: ``<name>.<method>.png`` (the map over the image, at the image's own size),
+  ``<name>.png`` (a captioned figure: the image, then every method) and ``<name>.maps.npz``
+  (method -> f32 [H, W]). Texts: ``texts.html`` (escaped, one shaded line
+  per method) and ``texts.maps.npz`` (method -> f32 [N, T], 0-padded). ``explanations.json``
+  lists, per input, the predicted class name and probability, the class explained and where
+  its pictures and raw maps are.
+  """
+  out = files.workdir_path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  entries = []
+  if explanations and explanations[0].tokens is not None:
+    (out / "texts.html").write_text(_token_page(explanations))
+    methods = list(explanations[0].maps)
+    _save_npz(out / "texts.maps.npz",
+              {m: _pad_rows([e.maps[m] for e in explanations]) for m in methods})
+    for i, e in enumerate(explanations):
+      entries.append({**e.summary(), "tokens": e.tokens, "page": "texts.html",
+                      "maps": "texts.maps.npz", "row": i})
+  else:
+    names = _unique_names([e.source for e in explanations])
+    for e, name in zip(explanations, names):
+      figure = plotting.overlay_figure([e.image], [e.maps], [_caption(e)])
+      plotting.save_figure(figure, out / f"{name}.png")
+      overlays = {}
+      for method, saliency in e.maps.items():
+        overlays[method] = f"{name}.{method}.png"
+        with (out / overlays[method]).open("wb") as f:
+          Image.fromarray(plotting.blend(e.image, saliency)).save(f, format="png")
+      _save_npz(out / f"{name}.maps.npz", e.maps)
+      entries.append({**e.summary(), "figure": f"{name}.png", "overlays": overlays,
+                      "maps": f"{name}.maps.npz"})
+  path = out / "explanations.json"
+  path.write_text(json.dumps(entries, indent=2))
+  return path
+
+
+def _save_npz(path, arrays: dict[str, np.ndarray]) -> None:
+  with path.open("wb") as f:
+    np.savez(f, **arrays)
+
+
+def _unique_names(sources: Sequence[str]) -> list[str]:
+  """File stems, numbered where two inputs share one."""
+  stems = [os.path.splitext(os.path.basename(s))[0].replace(" ", "_") or "image"
+           for s in sources]
+  return [stem if stems.count(stem) == 1 else f"{i:03d}_{stem}"
+          for i, stem in enumerate(stems)]
