@@ -33,6 +33,8 @@ def get_config(arg=None):
   config.data.train_split = "train"
   config.data.eval_split = "val"
   config.data.image_size = 28
+  # PneumoniaMNIST's classes; give another subset's names (or ()) with its data.path.
+  config.data.class_names = ("normal", "pneumonia")
   config.data.mean = (0.5,)
   config.data.std = (0.5,)
   config.data.augment = "crop"

@@ -44,6 +44,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.mean = (0.5, 0.5, 0.5)
   config.data.std = (0.25, 0.25, 0.25)
   config.data.augment = ""  # Comma-separated: "flip", "crop".
+  # Class names in class order, for reports, galleries and explain.py (synthetic shapes are
+  # named by the data; () = "class 0", "class 1", ...).
+  config.data.class_names = ()
   config.data.data_dir = ""  # tfds data_dir (ImageNet).
 
   config.train = ml_collections.ConfigDict()

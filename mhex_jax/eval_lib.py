@@ -333,6 +333,11 @@ def markdown_table(methods: dict[str, dict[str, float]], metrics) -> str:
   return "\n".join(lines) + "\n"
 
 
+def _captions(config: ml_collections.ConfigDict, labels, targets) -> list[str]:
+  names = input_pipeline.class_names(config.data, config.model.num_classes)
+  return [f"label {names[l]} / explained {names[t]}" for l, t in zip(labels, targets)]
+
+
 def compare_images(model, variables, scorer, scorer_variables, dataset, config, mesh,
                    methods, out_dir) -> dict[str, dict[str, float]]:
   """Every method's image metrics; writes the gallery (one column per method)."""
@@ -350,7 +355,7 @@ def compare_images(model, variables, scorer, scorer_variables, dataset, config, 
     plotting.save_gallery(
         out_dir / "gallery.png",
         plotting.to_display(first["image"], config.data.mean, config.data.std), maps,
-        [f"label {l} / target {t}" for l, t in zip(first["label"], targets)],
+        _captions(config, first["label"], targets),
         first["mask"] if dataset.has_masks else None)
   return results
 
@@ -376,7 +381,7 @@ def compare_text(model, variables, scorer, scorer_variables, dataset, config, me
     tokens = [tokenizer.convert_ids_to_tokens(ids[:length].tolist())
               for ids, length in zip(first["input_ids"], lengths)]
     page = plotting.token_html(
-        tokens, scores, [f"label {l} / target {t}" for l, t in zip(first["label"], targets)])
+        tokens, scores, _captions(config, first["label"], targets))
     (out_dir / "tokens.html").write_text(page)
   return results
 
@@ -431,6 +436,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   if config.eval.scorer_workdir:
     scorer, scorer_variables = load_scorer(config, eval_ds.dummy_inputs(), mesh)
   report["scorer_workdir"] = config.eval.scorer_workdir or workdir
+  report["class_names"] = input_pipeline.class_names(config.data, config.model.num_classes)
   out_dir = files.workdir_path(workdir) / "eval"
   if jax.process_index() == 0:
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -451,7 +457,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                  f"examples {first}..{first + config.eval.num_explain - 1}")
     (out_dir / "report.md").write_text(
         f"Accuracy {report['accuracy']:.4f} on {report['num_examples']} examples; "
-        f"metrics over {explained}, scored by {report['scorer_workdir']}.\n\n"
+        f"metrics over {explained}, scored by {report['scorer_workdir']}. Classes: "
+        f"{', '.join(report['class_names'])}.\n\n"
         + markdown_table(report["methods"], TEXT_METRICS if text_model else IMAGE_METRICS))
   logging.info("Report: %s", json.dumps(report))
   return report

@@ -29,12 +29,12 @@ from PIL import Image
 
 from mhex_jax import eval_lib
 from mhex_jax import files
+from mhex_jax import input_pipeline
 from mhex_jax import models
 from mhex_jax import plotting
 from mhex_jax import sharding as sharding_lib
 from mhex_jax.data import imagenet
 from mhex_jax.data import pipeline
-from mhex_jax.data import synthetic
 from mhex_jax.explain import mhex as mhex_explain
 from mhex_jax.explain import registry
 
@@ -73,15 +73,6 @@ class Explanation:
             "methods": list(self.maps)}
 
 
-def class_names(config: ml_collections.ConfigDict) -> Optional[list[str]]:
-  """The class names a config's data define (``data.class_names``, the synthetic shapes'),
-  or None when only class numbers are known."""
-  names = config.data.get("class_names") or None
-  if names is None and config.data.name == "synthetic":
-    names = synthetic.CLASS_NAMES
-  return list(names) if names else None
-
-
 def _model_kind(model) -> str:
   if registry.is_text_model(model):
     return "text"
@@ -94,10 +85,7 @@ class Run:
   def __init__(self, config: ml_collections.ConfigDict, model, variables, workdir: str):
     self.config, self.model, self.variables, self.workdir = config, model, variables, workdir
     self.kind = _model_kind(model)
-    self.classes = class_names(config) or [f"class {k}" for k in range(config.model.num_classes)]
-    if len(self.classes) != config.model.num_classes:
-      raise ValueError(f"{len(self.classes)} class names for model.num_classes="
-                       f"{config.model.num_classes}; fix data.class_names in the config.")
+    self.classes = input_pipeline.class_names(config.data, config.model.num_classes)
     self._tokenizer = None
     self._compiled = {}
 

@@ -17,6 +17,21 @@ from mhex_jax.data import medmnist, pipeline, synthetic
 DATASETS = ("synthetic", "medmnist", "imagenet", "text")
 
 
+def class_names(config: ml_collections.ConfigDict, num_classes: int) -> list[str]:
+  """Names of the ``num_classes`` classes: ``data.class_names``, the synthetic shapes' names,
+  or "class 0", "class 1", ... when the data name none."""
+  names = tuple(config.get("class_names") or ())
+  if not names and config.name == "synthetic":
+    names = synthetic.CLASS_NAMES
+  if not names:
+    return [f"class {k}" for k in range(num_classes)]
+  if len(names) != num_classes:
+    raise ValueError(f"data.class_names has {len(names)} names {list(names)} but "
+                     f"model.num_classes={num_classes}; give one name per class, in class "
+                     "order (or () for numbers).")
+  return [str(n) for n in names]
+
+
 def check_labels(labels: np.ndarray, num_classes: int) -> None:
   """Raises a ValueError naming the first label outside [0, num_classes)."""
   bad = (labels < 0) | (labels >= num_classes)

@@ -320,6 +320,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   sharding_lib.check_batch_size(config.train.batch_size, mesh)
   model = models.create_model(config.model)
   train_ds, eval_ds = input_pipeline.get_datasets(config.data, config.model.num_classes)
+  input_pipeline.class_names(config.data, config.model.num_classes)  # One name per class.
   steps_per_epoch = train_ds.num_examples // config.train.batch_size
   if steps_per_epoch == 0:
     raise ValueError(f"train.batch_size={config.train.batch_size} is larger than the "
