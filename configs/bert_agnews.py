@@ -18,6 +18,8 @@ first-layer CAM): deletion AOPC 0.651, LOdds −2.47, the best AOPC of every met
 ``--config.eval.methods=all``.
 """
 
+import ml_collections
+
 from mhex_jax import config_lib
 
 
@@ -42,10 +44,15 @@ def get_config(arg=None):
   config.data.eval_fraction = 0.2
   config.data.split_seed = 0
   config.data.max_len = 64
-  config.data.label_column = 0
+  # Columns are 0-based numbers or header names; has_header True, False or "auto" (detected,
+  # see mhex_jax.data.text.load_csv). Typed `object` so that --config.data.label_column=sentiment
+  # and --config.data.has_header=True both parse.
+  config.data.label_column = ml_collections.FieldReference(0, field_type=object)
   config.data.text_columns = (1, 2)
   config.data.label_base = 1
-  config.data.has_header = False
+  config.data.has_header = ml_collections.FieldReference("auto", field_type=object)
+  # Class names in index order; () reads them from the data (see make_text_splits).
+  config.data.class_names = ("World", "Sports", "Business", "Sci/Tech")
   config.data.tokenizer_dir = minilm
 
   config.train.batch_size = 32

@@ -61,7 +61,7 @@ def test_load_csv_agnews_layout_keeps_text_verbatim(tmp_path):
                 '"1","Two","Desc, with comma"\n'
                 '\n'
                 '"4","Three","Spans\ntwo lines"\n')
-  texts, labels = text.load_csv(path)
+  texts, labels, _ = text.load_csv(path)
   assert texts == ['Wall St. Bears, Claw Back Reuters - Short-sellers, "ultra-cynics", '
                    'see\\green #36;5.', "Two Desc, with comma", "Three Spans\ntwo lines"]
   assert labels.dtype == np.int32
@@ -70,8 +70,8 @@ def test_load_csv_agnews_layout_keeps_text_verbatim(tmp_path):
 
 def test_load_csv_custom_columns_header_and_base_zero(tmp_path):
   path = _write(tmp_path, "body,id,label,title\nfirst body,7,0,T1\nsecond body,8,2,T2\n")
-  texts, labels = text.load_csv(path, label_column=2, text_columns=(3, 0), label_base=0,
-                                has_header=True, joiner=" | ")
+  texts, labels, _ = text.load_csv(path, label_column=2, text_columns=(3, 0), label_base=0,
+                                   has_header=True, joiner=" | ")
   assert texts == ["T1 | first body", "T2 | second body"]
   np.testing.assert_array_equal(labels, [0, 2])
 
@@ -266,8 +266,8 @@ def _config(path, tokenizer_dir, **overrides):
 def test_make_text_splits_with_eval_file(tmp_path, tiny_dir):
   train_path = _write(tmp_path, '"1","the cat","sat"\n"2","the mat","."\n', "train.csv")
   eval_path = _write(tmp_path, '"2","cats","on the mat"\n', "eval.csv")
-  train, held_out = text.make_text_splits(_config(train_path, tiny_dir,
-                                                  eval_path=str(eval_path)))
+  train, held_out, _ = text.make_text_splits(_config(train_path, tiny_dir,
+                                                     eval_path=str(eval_path)))
   np.testing.assert_array_equal(train["label"], [0, 1])
   np.testing.assert_array_equal(train["input_ids"], [[2, 5, 6, 7, 3, 0, 0, 0],
                                                      [2, 5, 10, 11, 3, 0, 0, 0]])
@@ -285,13 +285,13 @@ def test_make_text_splits_names_missing_fields(tmp_path, tiny_dir):
 def test_agnews_file(minilm_dir):
   if not AGNEWS.is_file():
     pytest.skip(f"AG News sample {AGNEWS} is absent")
-  texts, labels = text.load_csv(AGNEWS)
+  texts, labels, _ = text.load_csv(AGNEWS)
   assert len(texts) == 6000
   np.testing.assert_array_equal(np.bincount(labels), [1500] * 4)
   assert labels[0] == 2 and texts[0].startswith("Fears for T N pension after talks Unions")
   assert "A second\\team of rocketeers competing for the  #36;10 million" in texts[1]
 
-  train, held_out = text.make_text_splits(_config(AGNEWS, minilm_dir, max_len=64))
+  train, held_out, _ = text.make_text_splits(_config(AGNEWS, minilm_dir, max_len=64))
   np.testing.assert_array_equal(np.bincount(train["label"]), [1200] * 4)
   np.testing.assert_array_equal(np.bincount(held_out["label"]), [300] * 4)
   assert train["input_ids"].shape == (4800, 64) and held_out["input_ids"].shape == (1200, 64)
