@@ -284,8 +284,9 @@ def _name_labels(path, lines, raw_labels, class_names) -> np.ndarray:
   for line, raw in zip(lines, raw_labels):
     if raw not in index:
       raise ValueError(f"{path}, line {line}: label {raw!r} is not one of the classes "
-                       f"({', '.join(class_names)}); fix the label, or list every class in "
-                       "data.class_names.")
+                       f"({', '.join(class_names)}); fix the label, or set data.class_names to "
+                       "every class in index order (() takes the sorted labels of the training "
+                       "file).")
   return np.asarray([index[raw] for raw in raw_labels], np.int32)
 
 
