@@ -395,11 +395,11 @@ def test_load_csv_column_name_errors(tmp_path):
 
 def test_load_csv_empty_texts_are_errors(tmp_path):
   path = _write(tmp_path, 'label,title,text\n1,a,b\n2,, \n1,c,\n2,"",""\n')
-  with pytest.raises(ValueError, match=re.escape(str(path)) + r": 2 of 4 rows have an empty "
-                     r"text \(text columns \[1, 2\]\) at line\(s\) 3, 5"):
+  with pytest.raises(ValueError, match=re.escape(str(path)) + r": the text \(text columns \[1, 2\]\) "
+                     r"is empty in 2 of 4 rows, at line\(s\) 3, 5"):
     text.load_csv(path)
   everything = _write(tmp_path, '1,"",x\n2," ",y\n', "empty.csv")
-  with pytest.raises(ValueError, match=r"every row have an empty text .* line\(s\) 1, 2"):
+  with pytest.raises(ValueError, match=r"is empty in every row, at line\(s\) 1, 2"):
     text.load_csv(everything, text_columns=(1,))
   # Rows of empty fields (a spreadsheet's trailing rows) are blank lines, not empty texts.
   assert len(text.load_csv(_write(tmp_path, '1,a,b\n,,\n', "trailing.csv")).texts) == 1

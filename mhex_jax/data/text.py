@@ -241,9 +241,9 @@ def _check_texts(path, lines, texts, text_columns) -> None:
   if empty:
     shown = ", ".join(map(str, empty[:10])) + (", ..." if len(empty) > 10 else "")
     everything = "every row" if len(empty) == len(texts) else f"{len(empty)} of {len(texts)} rows"
-    raise ValueError(f"{path}: {everything} have an empty text (text columns "
-                     f"{list(text_columns)}) at line(s) {shown}; fill or delete those rows, or "
-                     "check text_columns and has_header.")
+    raise ValueError(f"{path}: the text (text columns {list(text_columns)}) is empty in "
+                     f"{everything}, at line(s) {shown}; fill or delete those rows, or check "
+                     "text_columns and has_header.")
 
 
 def _integer_labels(path, lines, raw_labels, label_column) -> bool:
