@@ -144,9 +144,10 @@ class TfdsImageNet:
 @dataclasses.dataclass
 class TextDataset:
   """Tokenised text held in memory: input_ids, attention_mask, token_type_ids,
-  special_tokens_mask [N, T] and label [N]."""
+  special_tokens_mask [N, T] and label [N]; class_names[c] names class c."""
   arrays: dict[str, np.ndarray]
   num_classes: int
+  class_names: Optional[tuple[str, ...]] = None
   has_masks = False
 
   def __post_init__(self):
@@ -224,9 +225,9 @@ def get_datasets(config: ml_collections.ConfigDict, num_classes: int,
                                        seed=config.seed + streams[config.eval_split])
   elif name == "text":
     from mhex_jax.data import text  # transformers is only imported for text data.
-    train, eval_arrays = text.make_text_splits(config)
-    return (TextDataset(train, num_classes) if need_train else None,
-            TextDataset(eval_arrays, num_classes))
+    train, eval_arrays, names = text.make_text_splits(config, num_classes)
+    return (TextDataset(train, num_classes, names) if need_train else None,
+            TextDataset(eval_arrays, num_classes, names))
   elif name == "medmnist":
     if not config.path:
       raise ValueError("data.path is empty: pass --config.data.path=/path/to/<subset>.npz "

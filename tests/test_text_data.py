@@ -3,6 +3,7 @@ import importlib.util
 import os
 import pathlib
 import re
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # The tokenizer must come from disk alone.
 
@@ -61,7 +62,7 @@ def test_load_csv_agnews_layout_keeps_text_verbatim(tmp_path):
                 '"1","Two","Desc, with comma"\n'
                 '\n'
                 '"4","Three","Spans\ntwo lines"\n')
-  texts, labels = text.load_csv(path)
+  texts, labels, _ = text.load_csv(path)
   assert texts == ['Wall St. Bears, Claw Back Reuters - Short-sellers, "ultra-cynics", '
                    'see\\green #36;5.', "Two Desc, with comma", "Three Spans\ntwo lines"]
   assert labels.dtype == np.int32
@@ -70,8 +71,8 @@ def test_load_csv_agnews_layout_keeps_text_verbatim(tmp_path):
 
 def test_load_csv_custom_columns_header_and_base_zero(tmp_path):
   path = _write(tmp_path, "body,id,label,title\nfirst body,7,0,T1\nsecond body,8,2,T2\n")
-  texts, labels = text.load_csv(path, label_column=2, text_columns=(3, 0), label_base=0,
-                                has_header=True, joiner=" | ")
+  texts, labels, _ = text.load_csv(path, label_column=2, text_columns=(3, 0), label_base=0,
+                                   has_header=True, joiner=" | ")
   assert texts == ["T1 | first body", "T2 | second body"]
   np.testing.assert_array_equal(labels, [0, 2])
 
@@ -255,19 +256,17 @@ def test_special_ids_requires_bert_specials(minilm_dir, tmp_path):
 # make_text_splits -------------------------------------------------------------------------------
 
 def _config(path, tokenizer_dir, **overrides):
-  config = ml_collections.ConfigDict(dict(
+  return ml_collections.ConfigDict(dict(dict(
       path=str(path), eval_path="", eval_fraction=0.2, split_seed=0, max_len=8,
       label_column=0, text_columns=(1, 2), label_base=1, has_header=False,
-      tokenizer_dir=str(tokenizer_dir)))
-  config.update(overrides)
-  return config
+      tokenizer_dir=str(tokenizer_dir)), **overrides))
 
 
 def test_make_text_splits_with_eval_file(tmp_path, tiny_dir):
   train_path = _write(tmp_path, '"1","the cat","sat"\n"2","the mat","."\n', "train.csv")
   eval_path = _write(tmp_path, '"2","cats","on the mat"\n', "eval.csv")
-  train, held_out = text.make_text_splits(_config(train_path, tiny_dir,
-                                                  eval_path=str(eval_path)))
+  train, held_out, _ = text.make_text_splits(_config(train_path, tiny_dir,
+                                                     eval_path=str(eval_path)))
   np.testing.assert_array_equal(train["label"], [0, 1])
   np.testing.assert_array_equal(train["input_ids"], [[2, 5, 6, 7, 3, 0, 0, 0],
                                                      [2, 5, 10, 11, 3, 0, 0, 0]])
@@ -285,13 +284,13 @@ def test_make_text_splits_names_missing_fields(tmp_path, tiny_dir):
 def test_agnews_file(minilm_dir):
   if not AGNEWS.is_file():
     pytest.skip(f"AG News sample {AGNEWS} is absent")
-  texts, labels = text.load_csv(AGNEWS)
+  texts, labels, _ = text.load_csv(AGNEWS)
   assert len(texts) == 6000
   np.testing.assert_array_equal(np.bincount(labels), [1500] * 4)
   assert labels[0] == 2 and texts[0].startswith("Fears for T N pension after talks Unions")
   assert "A second\\team of rocketeers competing for the  #36;10 million" in texts[1]
 
-  train, held_out = text.make_text_splits(_config(AGNEWS, minilm_dir, max_len=64))
+  train, held_out, _ = text.make_text_splits(_config(AGNEWS, minilm_dir, max_len=64))
   np.testing.assert_array_equal(np.bincount(train["label"]), [1200] * 4)
   np.testing.assert_array_equal(np.bincount(held_out["label"]), [300] * 4)
   assert train["input_ids"].shape == (4800, 64) and held_out["input_ids"].shape == (1200, 64)
@@ -306,3 +305,212 @@ def test_agnews_file(minilm_dir):
   batch = next(pipeline.batch_iterator(held_out, 32, shuffle=False, seed=0,
                                        drop_remainder=False))
   assert batch["input_ids"].shape == (32, 64) and batch["valid"].all()
+
+
+# A user's own CSV -------------------------------------------------------------------------------
+
+# An Excel export: byte-order mark, header row, class names as labels, quoted commas.
+REVIEWS = ("\ufeffsentiment,review,stars\n"
+           "positive,the cat sat,5\n"
+           'negative,"the mat, the cat",1\n'
+           "neutral,cats sat on the mat,3\n"
+           "positive,the cats,4\n"
+           "negative,on the mat .,2\n"
+           "positive,the cat,5\n")
+
+
+def _write_reviews(tmp_path, content=REVIEWS, name="reviews.csv"):
+  path = tmp_path / name
+  path.write_bytes(content.encode("utf-8"))
+  return path
+
+
+def test_load_csv_header_names_class_labels_and_bom(tmp_path):
+  path = _write_reviews(tmp_path)
+  assert path.read_bytes().startswith(b"\xef\xbb\xbf")
+  texts, labels, class_names = text.load_csv(path, label_column="sentiment",
+                                             text_columns=("review", "stars"))
+  assert texts == ["the cat sat 5", "the mat, the cat 1", "cats sat on the mat 3",
+                   "the cats 4", "on the mat . 2", "the cat 5"]
+  assert class_names == ("negative", "neutral", "positive")  # Sorted.
+  np.testing.assert_array_equal(labels, [2, 0, 1, 2, 0, 2])
+  # The same columns by number: the header is detected (its label is no class).
+  by_number = text.load_csv(path, label_column=0, text_columns=(1, 2))
+  assert by_number.texts == texts and by_number.class_names == class_names
+  np.testing.assert_array_equal(by_number.labels, labels)
+
+
+def test_load_csv_explicit_class_names_set_the_order(tmp_path):
+  path = _write_reviews(tmp_path)
+  data = text.load_csv(path, label_column="sentiment", text_columns=("review",),
+                       class_names=("positive", "negative", "neutral"))
+  assert data.class_names == ("positive", "negative", "neutral")
+  np.testing.assert_array_equal(data.labels, [0, 1, 2, 0, 1, 0])
+  with pytest.raises(ValueError, match=re.escape(str(path)) + r", line 4: label 'neutral' is "
+                     r"not one of the classes \(positive, negative\)"):
+    text.load_csv(path, label_column="sentiment", text_columns=("review",),
+                  class_names=("positive", "negative"))
+  # Integer labels: class_names names the class indices.
+  ints = _write(tmp_path, '"2","a"\n"1","b"\n', "ints.csv")
+  data = text.load_csv(ints, text_columns=(1,), class_names=("bad", "good"))
+  assert data.class_names == ("bad", "good") and data.labels.tolist() == [1, 0]
+  assert text.load_csv(ints, text_columns=(1,)).class_names is None
+  with pytest.raises(ValueError, match=r"line 1: label 2 is class 1 but class_names names 1"):
+    text.load_csv(ints, text_columns=(1,), class_names=("bad",))
+  with pytest.raises(ValueError, match="class_names must be distinct non-empty strings"):
+    text.load_csv(ints, text_columns=(1,), class_names=("a", "a"))
+
+
+@pytest.mark.parametrize("content, class_names, num_rows", [
+    ('"3","Fears for T N pension","Unions"\n"4","Race","SPACE.com"\n', (), 2),  # AG News.
+    ('class,title,description\n3,Fears,Unions\n4,Race,SPACE\n', (), 2),
+    ('sentiment,review\npositive,a\nnegative,b\npositive,c\n', (), 3),
+    ('positive,a\nnegative,b\npositive,c\n', (), 3),  # The first class recurs: data.
+    ('positive,a\nnegative,b\n', ("negative", "positive"), 2),
+    ('sentiment,review\npositive,a\n', ("negative", "positive"), 1),
+])
+def test_load_csv_detects_header(tmp_path, content, class_names, num_rows):
+  path = _write(tmp_path, content)
+  data = text.load_csv(path, text_columns=(1,), class_names=class_names)
+  assert len(data.texts) == num_rows
+
+
+def test_load_csv_header_guess_can_be_overridden(tmp_path):
+  path = _write(tmp_path, 'positive,a\nnegative,b\n')  # Each class once: taken for a header.
+  assert text.load_csv(path, text_columns=(1,), has_header=False).class_names == (
+      "negative", "positive")
+  assert text.load_csv(path, text_columns=(1,), has_header="auto").class_names == ("negative",)
+
+
+def test_load_csv_column_name_errors(tmp_path):
+  path = _write_reviews(tmp_path)
+  with pytest.raises(ValueError, match=r"'label' names no column of .*reviews.csv, whose header "
+                     r"has the columns \['sentiment', 'review', 'stars'\]"):
+    text.load_csv(path, label_column="label", text_columns=("review",))
+  with pytest.raises(ValueError, match="given by name .* but has_header=False"):
+    text.load_csv(path, label_column="sentiment", text_columns=(1,), has_header=False)
+  with pytest.raises(ValueError, match="has_header must be True, False or 'auto', got 'yes'"):
+    text.load_csv(path, has_header="yes")
+
+
+def test_load_csv_empty_texts_are_errors(tmp_path):
+  path = _write(tmp_path, 'label,title,text\n1,a,b\n2,, \n1,c,\n2,"",""\n')
+  with pytest.raises(ValueError, match=re.escape(str(path)) + r": the text \(text columns \[1, 2\]\) "
+                     r"is empty in 2 of 4 rows, at line\(s\) 3, 5"):
+    text.load_csv(path)
+  everything = _write(tmp_path, '1,"",x\n2," ",y\n', "empty.csv")
+  with pytest.raises(ValueError, match=r"is empty in every row, at line\(s\) 1, 2"):
+    text.load_csv(everything, text_columns=(1,))
+  # Rows of empty fields (a spreadsheet's trailing rows) are blank lines, not empty texts.
+  assert len(text.load_csv(_write(tmp_path, '1,a,b\n,,\n', "trailing.csv")).texts) == 1
+  with pytest.raises(ValueError, match=r"line 2: the label in column 0 is empty"):
+    text.load_csv(_write(tmp_path, '1,a,b\n,c,d\n', "no_label.csv"))
+
+
+def test_load_csv_long_field_and_unclosed_quote(tmp_path):
+  long_text = "word " * 60_000  # 300 KB, over csv's default 128 KiB field limit.
+  path = _write(tmp_path, f'"1","{long_text}","b"\n"2","c","d"\n')
+  limit = text.csv.field_size_limit()
+  texts, labels, _ = text.load_csv(path)
+  assert texts[0] == long_text + " b" and labels.tolist() == [0, 1]
+  assert text.csv.field_size_limit() == limit  # Restored.
+  unclosed = _write(tmp_path, '"1","a","b"\n"2","never closed,"d"\n"3","e","f"\n', "bad.csv")
+  with pytest.raises(ValueError, match=r"bad.csv, line 2: malformed CSV .*every opening quote "
+                     "closed"):
+    text.load_csv(unclosed)
+
+
+def test_load_csv_semicolon_hint(tmp_path):
+  path = _write(tmp_path, "label;text\n1;a\n2;b\n")
+  with pytest.raises(ValueError, match="separated by ';' or tabs"):
+    text.load_csv(path, label_column=0, text_columns=(1,))
+
+
+def test_make_text_splits_class_names_and_eval_labels(tmp_path, tiny_dir):
+  train_path = _write_reviews(tmp_path)
+  # The eval file has its own column order; its labels must be training classes.
+  eval_path = _write_reviews(tmp_path, "review,sentiment\nthe cat,negative\nthe mat,positive\n",
+                             "eval.csv")
+  config = _config(train_path, tiny_dir, eval_path=str(eval_path), label_column="sentiment",
+                   text_columns=("review",), has_header="auto")
+  train, held_out, class_names = text.make_text_splits(config, num_classes=3)
+  assert class_names == ("negative", "neutral", "positive")
+  np.testing.assert_array_equal(train["label"], [2, 0, 1, 2, 0, 2])
+  np.testing.assert_array_equal(held_out["label"], [0, 2])
+  np.testing.assert_array_equal(held_out["input_ids"][0, :4], [2, 5, 6, 3])  # the cat
+
+  unknown = _write_reviews(tmp_path, "review,sentiment\nthe cat,negative\nthe mat,mixed\n",
+                           "unknown.csv")
+  config.eval_path = str(unknown)
+  with pytest.raises(ValueError, match=re.escape(str(unknown)) + r", line 3: label 'mixed' is "
+                     r"not one of the classes \(negative, neutral, positive\)"):
+    text.make_text_splits(config, num_classes=3)
+
+  config.eval_path = str(_write(tmp_path, "review,sentiment\n", "header_only.csv"))
+  with pytest.raises(ValueError, match=r"header_only.csv holds no data rows after the header"):
+    text.make_text_splits(config, num_classes=3)
+
+
+def test_make_text_splits_num_classes_mismatch(tmp_path, tiny_dir):
+  config = _config(_write_reviews(tmp_path), tiny_dir, label_column="sentiment",
+                   text_columns=("review",), has_header="auto", eval_fraction=0.5)
+  with pytest.raises(ValueError, match=r"the CSV .*reviews.csv has 3 classes \(negative, "
+                     r"neutral, positive\) but model.num_classes=4; set model.num_classes=3"):
+    text.make_text_splits(config, num_classes=4)
+  ints = _write(tmp_path, '"1","the cat","sat"\n"2","the mat","."\n' * 3, "ints.csv")
+  config = _config(ints, tiny_dir, eval_fraction=0.5,
+                   class_names=("World", "Sports", "Business", "Sci/Tech"))
+  with pytest.raises(ValueError, match=r"data.class_names has 4 names \(World, Sports, Business, "
+                     r"Sci/Tech\) but model.num_classes=2; set data.class_names"):
+    text.make_text_splits(config, num_classes=2)
+  # Integer labels without names: the file's own labels name the classes.
+  config.class_names = ()
+  assert text.make_text_splits(config, num_classes=3).class_names == ("1", "2", "3")
+  assert text.make_text_splits(config).class_names == ("1", "2")
+  single = _write(tmp_path, '"1","the cat","sat"\n', "single.csv")
+  config.path = str(single)
+  with pytest.raises(ValueError, match=r"splitting .*single.csv for training and eval: "
+                     r"eval_fraction=0.5 of 1 examples leaves"):
+    text.make_text_splits(config)
+
+
+def test_agnews_default_config_unchanged(minilm_dir):
+  if not AGNEWS.is_file():
+    pytest.skip(f"AG News sample {AGNEWS} is absent")
+  from configs import bert_agnews
+  data_config = bert_agnews.get_config().data
+  data = text.load_csv(AGNEWS, label_column=data_config.label_column,
+                       text_columns=data_config.text_columns,
+                       label_base=data_config.label_base, has_header=data_config.has_header,
+                       class_names=data_config.class_names)
+  # The AG News reading from before headers and class names: no header, label - 1, title and
+  # description joined by a space.
+  with open(AGNEWS, encoding="utf-8", newline="") as f:
+    rows = list(text.csv.reader(f))
+  assert data.texts == [f"{title} {description}" for _, title, description in rows]
+  np.testing.assert_array_equal(data.labels, [int(label) - 1 for label, _, _ in rows])
+  assert data.class_names == ("World", "Sports", "Business", "Sci/Tech")
+  assert data.texts[0].startswith("Fears for T N pension after talks Unions")
+
+
+def test_get_datasets_carries_class_names(tmp_path, minilm_dir, monkeypatch):
+  from absl import flags
+  from ml_collections import config_flags
+  from mhex_jax import input_pipeline
+  config_file = pathlib.Path(__file__).resolve().parents[1] / "configs" / "bert_agnews.py"
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", flag_values=flag_values)
+  path = _write_reviews(tmp_path)
+  # The README's command for one's own CSV.
+  argv = ["train.py", f"--config={config_file}", f"--config.data.path={path}",
+               "--config.data.label_column=sentiment", "--config.data.text_columns=('review',)",
+               "--config.data.class_names=()", "--config.model.num_classes=3",
+               "--config.data.eval_fraction=0.4"]
+  monkeypatch.setattr(sys, "argv", argv)  # config_flags reads the overrides from sys.argv.
+  flag_values(argv)
+  config = flag_values.config
+  assert config.data.tokenizer_dir == str(minilm_dir)
+  train_ds, eval_ds = input_pipeline.get_datasets(config.data, config.model.num_classes)
+  assert train_ds.class_names == eval_ds.class_names == ("negative", "neutral", "positive")
+  assert train_ds.num_examples + eval_ds.num_examples == 6
+  assert eval_ds.arrays["input_ids"][0, 0] == 101  # MiniLM's [CLS].

@@ -1,9 +1,13 @@
-"""Text classification from CSV files (AG News format), tokenized for BERT-style models.
+"""Text classification from CSV files, tokenized for BERT-style models.
 
 The default CSV layout is AG News' own (Zhang, Zhao & LeCun, 2015): no header, every field quoted,
 columns ``class index (1-based), title, description``. The text of a row is its text columns joined
 by a space and the label is the class index minus one, exactly as Hugging Face's ``ag_news``
 dataset builds it.
+
+A user's own CSV works as it comes out of a spreadsheet: a header row (detected, see
+`load_csv`), columns chosen by header name, class names as labels (``positive``, ``negative``)
+and the UTF-8 byte-order mark of an Excel export.
 
 The text is kept verbatim. AG News carries artefacts of its HTML source (``#36;`` for ``$``,
 ``#39;`` for ``'``, ``quot;``, ``&lt;``) and a backslash where the source had a line break
@@ -13,9 +17,10 @@ right everywhere, and checkpoints fine-tuned on ``ag_news`` saw the verbatim tex
 Nothing is downloaded: CSV files and tokenizer directories come from the local disk.
 """
 
+import contextlib
 import csv
 import os
-from typing import Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import ml_collections
 import numpy as np
@@ -28,79 +33,261 @@ VOCAB_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model",
 
 CONFIG_FIELDS = ("path", "eval_path", "eval_fraction", "split_seed", "max_len", "label_column",
                  "text_columns", "label_base", "has_header", "tokenizer_dir")
+# Optional: data.class_names, the class names in index order (missing or () reads them from
+# the data, see `make_text_splits`).
 
 # Texts per tokenizer call: batched for speed, bounded so 100k+ texts never hold all their
 # intermediate encodings at once.
 _CHUNK = 1024
 
+# csv refuses fields over 128 KiB by default; a long document is a legitimate text (it is
+# truncated to max_len tokens anyway). 2**31 - 1 fits a C long on every platform.
+_FIELD_LIMIT = 2**31 - 1
 
-def load_csv(path: str | os.PathLike, *, label_column: int = 0,
-             text_columns: Sequence[int] = (1, 2), label_base: int = 1,
-             has_header: bool = False, joiner: str = " ") -> tuple[list[str], np.ndarray]:
-  """Reads texts and integer labels from a CSV file (AG News layout by default).
+Column = int | str
+
+
+class CsvData(NamedTuple):
+  """What `load_csv` reads: texts [N], int32 labels [N] from 0, and the class names in index
+  order (None for integer labels without given names: the file alone does not tell how many
+  classes there are)."""
+  texts: list[str]
+  labels: np.ndarray
+  class_names: Optional[tuple[str, ...]]
+
+
+class TextSplits(NamedTuple):
+  """What `make_text_splits` returns: tokenized train and eval arrays and the class names."""
+  train: dict[str, np.ndarray]
+  eval: dict[str, np.ndarray]
+  class_names: tuple[str, ...]
+
+
+def load_csv(path: str | os.PathLike, *, label_column: Column = 0,
+             text_columns: Sequence[Column] = (1, 2), label_base: int = 1,
+             has_header: bool | str = "auto", class_names: Sequence[str] = (),
+             joiner: str = " ") -> CsvData:
+  """Reads texts and labels from a CSV file (AG News layout by default).
+
+  Labels are class indices when every label of the file is an integer: ``label_base`` is
+  subtracted and ``class_names``, if given, names them in index order. Otherwise labels are class
+  names, numbered by their position in ``class_names`` or, when that is empty, in the sorted set
+  of the file's labels. Integer and non-integer labels in one file are an error.
+
+  ``has_header="auto"`` takes the first row for a header when a column is given by name, or
+  when its label field is not a label of the data: not one of ``class_names`` nor an integer;
+  without ``class_names``, not an integer while every other label is one, or a non-integer
+  that occurs nowhere else in the label column (a column name, e.g. ``sentiment``). A file of
+  class-name labels without a header whose first class occurs only once is mistaken for a
+  headed one: pass True or False when the guess is wrong.
 
   Args:
-    path: a UTF-8 CSV file with standard quoting ("" inside a quoted field is a quote).
-    label_column: 0-based column of the integer class index.
-    text_columns: 0-based columns joined, in this order, into each text.
-    label_base: the smallest class index of the file (1 for AG News); subtracted from labels.
-    has_header: skip the first row.
+    path: a CSV file, UTF-8 with or without a byte-order mark, with standard quoting ("" inside
+      a quoted field is a quote).
+    label_column: the label column, 0-based or a header name.
+    text_columns: columns (0-based or header names) joined, in this order, into each text.
+    label_base: the smallest class index of the file (1 for AG News); subtracted from integer
+      labels.
+    has_header: True, False or "auto".
+    class_names: the class names in index order; () reads them from the file.
     joiner: put between the text columns.
 
   Returns:
-    (texts: N strings, labels: int32 [N] starting at 0). Blank lines are skipped.
+    CsvData(texts, labels int32 [N] from 0, class_names). Blank lines and rows of empty fields
+    are skipped; a row whose text is empty is an error.
   """
-  text_columns = tuple(text_columns)
+  return _read_labelled_csv(path, label_column=label_column, text_columns=text_columns,
+                            label_base=label_base, has_header=has_header,
+                            class_names=class_names, joiner=joiner)[0]
+
+
+def _read_labelled_csv(path, *, label_column, text_columns, label_base, has_header, class_names,
+                       joiner, integer_labels=None) -> tuple[CsvData, bool]:
+  """`load_csv`, and whether the labels are class indices (``integer_labels`` forces it)."""
+  path = os.fspath(path)
+  text_columns = tuple(text_columns) if not isinstance(text_columns, str) else (text_columns,)
   columns = (label_column, *text_columns)
-  if not text_columns or any(not isinstance(c, int) or c < 0 for c in columns):
-    raise ValueError(f"label_column and text_columns must be non-negative ints with at least "
-                     f"one text column, got label_column={label_column!r}, "
+  if not text_columns or any(not isinstance(c, (int, str)) or isinstance(c, bool)
+                             or (isinstance(c, int) and c < 0) for c in columns):
+    raise ValueError(f"label_column and text_columns must be non-negative ints or header names "
+                     f"with at least one text column, got label_column={label_column!r}, "
                      f"text_columns={text_columns!r}.")
+  class_names = _check_class_names(class_names)
+  by_name = any(isinstance(c, str) for c in columns)
+  if has_header not in (True, False, "auto"):
+    raise ValueError(f"has_header must be True, False or 'auto', got {has_header!r}.")
+  if by_name and has_header is False:
+    raise ValueError(f"columns are given by name (label_column={label_column!r}, "
+                     f"text_columns={text_columns!r}) but has_header=False; set has_header to "
+                     "True or 'auto', or give the columns as 0-based numbers.")
+  rows = _read_rows(path)
+  if has_header == "auto":
+    has_header = by_name or _looks_like_header(rows, label_column, class_names)
+  header = None
+  if has_header:
+    if not rows:
+      raise ValueError(f"{path} holds no rows; it should start with a header row.")
+    header = [name.strip() for name in rows.pop(0)[1]]
+  if not rows:
+    raise ValueError(f"{path} holds no data rows{' after the header' if has_header else ''}.")
+  label_index = _column_index(label_column, header, path)
+  text_indices = tuple(_column_index(c, header, path) for c in text_columns)
+  needed = max(label_index, *text_indices) + 1
+  lines, raw_labels, texts = [], [], []
+  for line, row in rows:
+    if len(row) < needed:
+      hint = ("; is it separated by ';' or tabs? Save it as comma-separated values"
+              if len(row) == 1 and (";" in row[0] or "\t" in row[0]) else "")
+      raise ValueError(f"{path}, line {line}: expected at least {needed} columns (label column "
+                       f"{label_column!r}, text columns {list(text_columns)}), got {len(row)}: "
+                       f"{_show(row)}{hint}.")
+    label = row[label_index].strip()
+    if not label:
+      raise ValueError(f"{path}, line {line}: the label in column {label_column!r} is empty in "
+                       f"{_show(row)}; give every row a label or delete the row.")
+    lines.append(line)
+    raw_labels.append(label)
+    texts.append(joiner.join(row[c] for c in text_indices))
+  _check_texts(path, lines, texts, text_columns)
+  if integer_labels is None:
+    integer_labels = _integer_labels(path, lines, raw_labels, label_column)
+  if integer_labels:
+    labels = _index_labels(path, lines, raw_labels, label_column, label_base, class_names)
+  else:
+    class_names = class_names or tuple(sorted(set(raw_labels)))
+    labels = _name_labels(path, lines, raw_labels, class_names)
+  return CsvData(texts, labels, class_names or None), integer_labels
+
+
+@contextlib.contextmanager
+def _field_size_limit(limit: int):
+  previous = csv.field_size_limit(limit)
+  try:
+    yield
+  finally:
+    csv.field_size_limit(previous)
+
+
+def _read_rows(path: str) -> list[tuple[int, list[str]]]:
+  """The non-blank rows of a CSV file, each with the line it starts on."""
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"text CSV file {os.fspath(path)} does not exist; pass the path of "
-                            "a CSV file on disk, e.g. AG News' train.csv or test.csv.")
-  needed = max(columns) + 1
-  texts, labels = [], []
-  header_pending = has_header
-  with open(path, encoding="utf-8", newline="") as f:
+    raise FileNotFoundError(f"text CSV file {path} does not exist; pass the path of a CSV file "
+                            "on disk, e.g. AG News' train.csv or test.csv.")
+  rows = []
+  # utf-8-sig drops the byte-order mark Excel writes before the first header name.
+  with open(path, encoding="utf-8-sig", newline="") as f, _field_size_limit(_FIELD_LIMIT):
     reader = csv.reader(f, strict=True)
     line = 1  # Where the next row starts: quoted fields may span several lines.
     try:
       for row in reader:
         row_line, line = line, reader.line_num + 1
-        if not row:
-          continue
-        if header_pending:
-          header_pending = False
-          continue
-        if len(row) < needed:
-          raise ValueError(f"{os.fspath(path)}, line {row_line}: expected at least {needed} "
-                           f"columns (label column {label_column}, text columns "
-                           f"{list(text_columns)}), got {len(row)}: {_show(row)}.")
-        try:
-          label = int(row[label_column])
-        except ValueError:
-          raise ValueError(f"{os.fspath(path)}, line {row_line}: the label in column "
-                           f"{label_column} must be an integer, got "
-                           f"{row[label_column]!r} in {_show(row)}; check label_column and "
-                           "has_header.") from None
-        if label < label_base:
-          raise ValueError(f"{os.fspath(path)}, line {row_line}: label {label} is below "
-                           f"label_base={label_base}; set label_base to the file's smallest "
-                           "class index (0 or 1).")
-        texts.append(joiner.join(row[c] for c in text_columns))
-        labels.append(label - label_base)
+        if any(field.strip() for field in row):
+          rows.append((row_line, row))
     except csv.Error as e:
-      raise ValueError(f"{os.fspath(path)}, line {reader.line_num}: malformed CSV ({e}); "
-                       "fields with commas, quotes or line breaks must be quoted, with "
-                       "inner quotes doubled (\"\").") from e
+      raise ValueError(f"{path}, line {line}: malformed CSV ({e}, at line {reader.line_num}); "
+                       "fields with commas, quotes or line breaks must be quoted, with inner "
+                       "quotes doubled (\"\"), and every opening quote closed.") from e
     except UnicodeDecodeError as e:
-      raise ValueError(f"{os.fspath(path)} is not UTF-8 text ({e}); re-encode it as "
-                       "UTF-8.") from e
-  if not texts:
-    raise ValueError(f"{os.fspath(path)} holds no data rows"
-                     f"{' after the header' if has_header else ''}.")
-  return texts, np.asarray(labels, np.int32)
+      raise ValueError(f"{path} is not UTF-8 text ({e}); re-encode it as UTF-8 (in Excel: "
+                       "Save As, 'CSV UTF-8').") from e
+  return rows
+
+
+def _looks_like_header(rows, label_column, class_names) -> bool:
+  """has_header="auto" for numbered columns: whether the first row's label is no label."""
+  labels = [row[label_column].strip() for _, row in rows if len(row) > label_column]
+  if not labels or len(labels) < len(rows) or _is_int(labels[0]):
+    return False  # Too-short rows are reported, with their line, as data.
+  if class_names:
+    return labels[0] not in class_names
+  rest = labels[1:]
+  return bool(rest) and (all(map(_is_int, rest)) or labels[0] not in rest)
+
+
+def _is_int(value: str) -> bool:
+  try:
+    int(value)
+  except ValueError:
+    return False
+  return True
+
+
+def _column_index(column: Column, header: Optional[list[str]], path: str) -> int:
+  if isinstance(column, int):
+    return column
+  if header is None:
+    raise ValueError(f"column {column!r} is a header name but {path} is read without a "
+                     "header; set has_header to True or 'auto'.")
+  matches = [i for i, name in enumerate(header) if name == column.strip()]
+  if len(matches) != 1:
+    problem = "names no column" if not matches else f"names {len(matches)} columns"
+    raise ValueError(f"{column!r} {problem} of {path}, whose header has the columns "
+                     f"{header}; pick one of them or give its 0-based number.")
+  return matches[0]
+
+
+def _check_class_names(class_names) -> tuple[str, ...]:
+  names = tuple(class_names or ())
+  if (isinstance(class_names, str) or not all(isinstance(n, str) and n.strip() for n in names)
+      or len(set(names)) != len(names)):
+    raise ValueError(f"class_names must be distinct non-empty strings in class order, e.g. "
+                     f"('negative', 'positive'), or () to read them from the data; got "
+                     f"{class_names!r}.")
+  return tuple(n.strip() for n in names)
+
+
+def _check_texts(path, lines, texts, text_columns) -> None:
+  empty = [line for line, t in zip(lines, texts) if not t.strip()]
+  if empty:
+    shown = ", ".join(map(str, empty[:10])) + (", ..." if len(empty) > 10 else "")
+    everything = "every row" if len(empty) == len(texts) else f"{len(empty)} of {len(texts)} rows"
+    raise ValueError(f"{path}: the text (text columns {list(text_columns)}) is empty in "
+                     f"{everything}, at line(s) {shown}; fill or delete those rows, or check "
+                     "text_columns and has_header.")
+
+
+def _integer_labels(path, lines, raw_labels, label_column) -> bool:
+  """Whether the labels are class indices: all integers (True) or none (False)."""
+  is_int = [_is_int(label) for label in raw_labels]
+  if all(is_int) or not any(is_int):
+    return all(is_int)
+  first_int, first_name = is_int.index(True), is_int.index(False)
+  raise ValueError(f"{path}, line {lines[first_name]}: the label in column {label_column!r} "
+                   f"must be an integer, got {raw_labels[first_name]!r}, while line "
+                   f"{lines[first_int]} holds the integer label {raw_labels[first_int]!r}: "
+                   "labels are either all class indices or all class names; check "
+                   "label_column and has_header.")
+
+
+def _index_labels(path, lines, raw_labels, label_column, label_base, class_names) -> np.ndarray:
+  labels = []
+  for line, raw in zip(lines, raw_labels):
+    try:
+      label = int(raw)
+    except ValueError:
+      raise ValueError(f"{path}, line {line}: the label in column {label_column!r} must be an "
+                       f"integer, got {raw!r}, as the training data's labels are class "
+                       "indices.") from None
+    if label < label_base:
+      raise ValueError(f"{path}, line {line}: label {label} is below label_base={label_base}; "
+                       "set label_base to the file's smallest class index (0 or 1).")
+    if class_names and label - label_base >= len(class_names):
+      raise ValueError(f"{path}, line {line}: label {label} is class {label - label_base} but "
+                       f"class_names names {len(class_names)} ({', '.join(class_names)}); "
+                       "name every class or check label_base.")
+    labels.append(label - label_base)
+  return np.asarray(labels, np.int32)
+
+
+def _name_labels(path, lines, raw_labels, class_names) -> np.ndarray:
+  index = {name: i for i, name in enumerate(class_names)}
+  for line, raw in zip(lines, raw_labels):
+    if raw not in index:
+      raise ValueError(f"{path}, line {line}: label {raw!r} is not one of the classes "
+                       f"({', '.join(class_names)}); fix the label, or set data.class_names to "
+                       "every class in index order (() takes the sorted labels of the training "
+                       "file).")
+  return np.asarray([index[raw] for raw in raw_labels], np.int32)
 
 
 def _show(row: list[str], limit: int = 200) -> str:
@@ -227,34 +414,64 @@ def _show_texts(texts) -> str:
   return repr(texts)[:100]
 
 
-def make_text_splits(
-    config: ml_collections.ConfigDict) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-  """Train and eval splits, tokenized, ready for `pipeline.batch_iterator`.
+def make_text_splits(config: ml_collections.ConfigDict,
+                     num_classes: Optional[int] = None) -> TextSplits:
+  """Train and eval splits, tokenized, ready for `pipeline.batch_iterator`, and class names.
 
   Args:
     config: with fields path (train CSV), eval_path (eval CSV; "" holds out a stratified
       eval_fraction of ``path``, shuffled by split_seed), eval_fraction, split_seed, max_len,
       label_column, text_columns, label_base, has_header (the `load_csv` options, shared by
-      both files) and tokenizer_dir (a local tokenizer directory).
+      both files), tokenizer_dir (a local tokenizer directory) and optionally class_names.
+    num_classes: the model's number of classes, checked against the classes of the data.
 
   Returns:
-    (train, eval): each `tokenize`'s arrays [N, max_len] plus "label": int32 [N].
+    TextSplits(train, eval, class_names): train and eval are `tokenize`'s arrays [N, max_len]
+    plus "label": int32 [N]. class_names has one name per class, in index order: for class-name
+    labels data.class_names or the sorted labels of the training file; for integer labels
+    data.class_names or, when it is empty, the file's own labels ("1", "2", ... for
+    label_base=1), ``num_classes`` of them (the training data's largest label + 1 without it).
+    The eval file's labels must be among the training classes.
   """
   missing = [field for field in CONFIG_FIELDS if field not in config]
   if missing:
     raise ValueError(f"config lacks the text-data field(s) {missing}; it needs all of "
                      f"{list(CONFIG_FIELDS)}.")
   tokenizer = load_tokenizer(config.tokenizer_dir)
-  csv_options = dict(label_column=config.label_column, text_columns=tuple(config.text_columns),
-                     label_base=config.label_base, has_header=config.has_header)
-  texts, labels = load_csv(config.path, **csv_options)
+  csv_options = dict(label_column=config.label_column, text_columns=config.text_columns,
+                     label_base=config.label_base, has_header=config.has_header, joiner=" ")
+  given_names = config.get("class_names") or ()
+  data, integer_labels = _read_labelled_csv(config.path, class_names=given_names, **csv_options)
+  class_names = data.class_names
   if config.eval_path:
-    train_texts, train_labels = texts, labels
-    eval_texts, eval_labels = load_csv(config.eval_path, **csv_options)
+    train_texts, train_labels = data.texts, data.labels
+    eval_data, _ = _read_labelled_csv(config.eval_path, class_names=class_names or (),
+                                      integer_labels=integer_labels, **csv_options)
+    eval_texts, eval_labels = eval_data.texts, eval_data.labels
   else:
-    train_idx, eval_idx = stratified_split(labels, eval_fraction=config.eval_fraction,
-                                           seed=config.split_seed)
-    train_texts, train_labels = [texts[i] for i in train_idx], labels[train_idx]
-    eval_texts, eval_labels = [texts[i] for i in eval_idx], labels[eval_idx]
-  return ({**tokenize(tokenizer, train_texts, config.max_len), "label": train_labels},
-          {**tokenize(tokenizer, eval_texts, config.max_len), "label": eval_labels})
+    try:
+      train_idx, eval_idx = stratified_split(data.labels, eval_fraction=config.eval_fraction,
+                                             seed=config.split_seed)
+    except ValueError as e:
+      raise ValueError(f"splitting {config.path} for training and eval: {e} Or pass an eval "
+                       "file as data.eval_path.") from e
+    train_texts, train_labels = [data.texts[i] for i in train_idx], data.labels[train_idx]
+    eval_texts, eval_labels = [data.texts[i] for i in eval_idx], data.labels[eval_idx]
+  if class_names is None:  # Integer labels without names: the file's own label values.
+    count = num_classes or int(max(train_labels.max(), eval_labels.max())) + 1
+    class_names = tuple(str(config.label_base + i) for i in range(count))
+  if num_classes is not None and len(class_names) != num_classes:
+    if given_names:
+      source, fix = (f"data.class_names has {len(class_names)} names",
+                     f"set data.class_names to the {num_classes} class names in index order "
+                     "(or () to read them from the data), or model.num_classes to "
+                     f"{len(class_names)}")
+    else:
+      source, fix = (f"the CSV {config.path} has {len(class_names)} classes",
+                     f"set model.num_classes={len(class_names)}, or list every class in "
+                     "data.class_names if the training file lacks some")
+    raise ValueError(f"{source} ({', '.join(class_names)}) but model.num_classes="
+                     f"{num_classes}; {fix}.")
+  return TextSplits({**tokenize(tokenizer, train_texts, config.max_len), "label": train_labels},
+                    {**tokenize(tokenizer, eval_texts, config.max_len), "label": eval_labels},
+                    class_names)
