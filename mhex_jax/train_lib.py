@@ -320,6 +320,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   sharding_lib.check_batch_size(config.train.batch_size, mesh)
   model = models.create_model(config.model)
   train_ds, eval_ds = input_pipeline.get_datasets(config.data, config.model.num_classes)
+  found = getattr(train_ds, "class_names", None)
+  if found and not config.data.get("class_names"):
+    # Names the data define (a CSV's string labels) are saved with the config, for eval and
+    # explain.py.
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.data.class_names = tuple(found)
   input_pipeline.class_names(config.data, config.model.num_classes)  # One name per class.
   steps_per_epoch = train_ds.num_examples // config.train.batch_size
   if steps_per_epoch == 0:
