@@ -59,9 +59,10 @@ def test_mock_deterministic_from_seed_and_epoch(mock_imagenet):
   assert not all(np.array_equal(a["label"], b["label"]) for a, b in zip(first, next_epoch))
 
 
-@pytest.mark.parametrize("train", [True, False])
-def test_mock_processes_read_only_their_share(mock_imagenet, monkeypatch, train):
-  source = imagenet._data_source("train", mock_imagenet)
+def _spy_on_reads(data_dir, monkeypatch) -> list[int]:
+  """Makes the iterator read the mock train split through a spy; returns the list of indices
+  it reads (appended as they are read)."""
+  source = imagenet._data_source("train", data_dir)
   reads = []
 
   class Spy:
@@ -69,10 +70,16 @@ def test_mock_processes_read_only_their_share(mock_imagenet, monkeypatch, train)
       return len(source)
 
     def __getitem__(self, index):
-      reads.append(index)
+      reads.append(int(index))
       return source[index]
 
   monkeypatch.setattr(imagenet, "_data_source", lambda split, data_dir: Spy())
+  return reads
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_mock_processes_read_only_their_share(mock_imagenet, monkeypatch, train):
+  reads = _spy_on_reads(mock_imagenet, monkeypatch)
   whole = _epoch(mock_imagenet, train=train, seed=5)
   shares, read_by = [], []
   for p in range(2):
@@ -234,18 +241,7 @@ def test_array_record_jpegs_decode_without_tensorflow(array_record_dir):
 
 
 def test_resume_skips_batches_by_index_without_reading_them(mock_imagenet, monkeypatch):
-  source = imagenet._data_source("train", mock_imagenet)
-  reads = []
-
-  class Spy:
-    def __len__(self):
-      return len(source)
-
-    def __getitem__(self, index):
-      reads.append(int(index))
-      return source[index]
-
-  monkeypatch.setattr(imagenet, "_data_source", lambda split, data_dir: Spy())
+  reads = _spy_on_reads(mock_imagenet, monkeypatch)
   whole = _epoch(mock_imagenet, seed=2)
   reads.clear()
   tail = _epoch(mock_imagenet, seed=2, start=2)

@@ -21,10 +21,10 @@ import numpy as np
 from orbax.checkpoint._src.path import gcs_utils
 import pytest
 
-from configs import default
 from mhex_jax import eval_lib
 from mhex_jax import files
 from mhex_jax import train_lib
+from test_train import tiny_config
 
 
 @pytest.fixture
@@ -63,17 +63,9 @@ def fake_gcs(tmp_path, monkeypatch):
 
 
 def _config():
-  config = default.get_config()
-  config.model.width = 4
-  config.data.image_size = 16
-  config.data.num_train = 64
-  config.data.num_eval = 16
-  config.train.batch_size = 16
-  config.train.num_epochs = 2  # 8 steps.
+  config = tiny_config()  # 8 steps.
   config.train.log_every_steps = 1
-  config.train.checkpoint_every_steps = 3
   config.train.keep_checkpoints = 2
-  config.eval.batch_size = 16
   config.eval.num_explain = 8
   config.eval.num_gallery = 2
   config.eval.deletion_steps = 4
