@@ -7,6 +7,7 @@ for the tests. Nothing is downloaded: the install cells only run on Colab.
 
 import os
 import pathlib
+import re
 
 import nbformat
 from nbclient import NotebookClient
@@ -47,5 +48,8 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
                           resources={"metadata": {"path": str(tmp_path)}})
   try:
     client.execute()
+    failure = None
   except CellExecutionError as error:  # Names the cell and carries its traceback.
-    pytest.fail(f"{path.name} failed:\n{error}", pytrace=False)
+    failure = re.sub(r"\x1b\[[0-9;]*m", "", str(error))  # Without the terminal colours.
+  if failure:
+    pytest.fail(f"{path.name} failed:\n{failure}", pytrace=False)
