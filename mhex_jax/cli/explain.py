@@ -5,7 +5,8 @@ r"""Explains your own images or texts with a trained workdir.
 
 From a checkout, ``python explain.py ...`` runs the same. Reads the config saved in the workdir,
 explains every image file (PNG/JPEG, any size: fitted as the model was trained, maps drawn back
-over the original) or text (``--text``, or a ``.txt`` file with one text per line) and writes to
+over the original) or text (``--text``, a ``.txt`` file with one text per line, or a ``.csv``
+file laid out as the training data) and writes to
 ``--out`` (default DIR/explain): one overlay PNG per image or ``texts.html``, the raw maps as
 ``.npz`` and ``explanations.json`` (predicted class name, probability, files).
 """
@@ -33,11 +34,19 @@ flags.DEFINE_string("out", None, "Output directory (default: WORKDIR/explain).")
 flags.mark_flag_as_required("workdir")
 
 
-def _texts(paths: list[str]) -> list[str]:
+def _texts(paths: list[str], config) -> list[str]:
+  """--text values, the lines of .txt files and the texts of CSV files in the training data's
+  layout (the workdir's data.label_column, text_columns, ... read them)."""
   texts = list(FLAGS.text)
   for path in paths:
-    lines = files.workdir_path(path).read_text(encoding="utf-8-sig").splitlines()
-    texts += [line for line in lines if line.strip()]
+    if path.endswith(".csv"):
+      from mhex_jax.data import text  # transformers is only needed for text.
+      options = {k: config.data[k] for k in ("label_column", "text_columns", "label_base",
+                                             "has_header", "class_names")}
+      texts += text.load_csv(path, **options).texts
+    else:
+      lines = files.workdir_path(path).read_text(encoding="utf-8-sig").splitlines()
+      texts += [line for line in lines if line.strip()]
   return texts
 
 
@@ -47,11 +56,11 @@ def main(argv):
   run = explain_lib.load(FLAGS.workdir)
   options = {"methods": FLAGS.methods or None, "target": FLAGS.target}
   if run.kind == "text":
-    bad = [p for p in paths if not p.endswith(".txt")]
+    bad = [p for p in paths if not p.endswith((".txt", ".csv"))]
     if bad:
-      raise app.UsageError(f"{bad}: a text model explains --text=... or .txt files (one text "
-                           "per line).")
-    results = run.explain_texts(_texts(paths), **options)
+      raise app.UsageError(f"{bad}: a text model explains --text=..., .txt files (one text "
+                           "per line) or .csv files laid out as its training data.")
+    results = run.explain_texts(_texts(paths, run.config), **options)
   else:
     if FLAGS.text:
       raise app.UsageError("--text is for text models; this workdir holds an image model.")
