@@ -30,6 +30,7 @@ from mhex_jax import config_lib
 
 
 def get_config(arg=None):
+  config_lib.check_arg(arg, ("plain",))
   from mhex_jax.weights import hf_import  # Locates the MiniLM package directory.
   minilm = str(hf_import.minilm_checkpoint_dir())
   config = config_lib.base_config()

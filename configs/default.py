@@ -15,7 +15,7 @@ from mhex_jax import config_lib
 
 
 def get_config(arg=None):
-  del arg
+  config_lib.check_arg(arg, ())
   config = config_lib.base_config()
   config.model.name = "resnet18"
   config.model.num_classes = 4

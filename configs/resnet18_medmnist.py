@@ -19,6 +19,7 @@ from mhex_jax import config_lib
 
 
 def get_config(arg=None):
+  config_lib.check_arg(arg, ("plain",))
   config = config_lib.base_config()
   config.model.name = "resnet18"
   config.model.num_classes = 2

@@ -23,6 +23,7 @@ from mhex_jax import config_lib
 
 
 def get_config(arg=None):
+  config_lib.check_arg(arg, ("quick",))
   config = config_lib.base_config()
   config.model.name = "vit"
   config.model.hf_checkpoint = ""

@@ -4,9 +4,96 @@ The config files import only this module, so they load by path from a checkout o
 installed package alike.
 """
 
+import math
+from typing import Optional
+
 import ml_collections
 
 placeholder = ml_collections.config_dict.placeholder
+
+
+class ConfigError(ValueError):
+  """A config value that cannot run; the entry points print its message without a traceback."""
+
+
+def check_arg(arg, allowed: tuple) -> None:
+  """Rejects a config argument (``--config=FILE:ARG``) the config does not know."""
+  if arg not in (None, "", *allowed):
+    raise ConfigError(f"Unknown config argument {arg!r}; this config takes "
+                      f"{' or '.join(repr(a) for a in allowed) or 'none'} (e.g. "
+                      f"--config=FILE:{allowed[0] if allowed else ''}).")
+
+
+# (field, test, what it must be): checked by ``validate`` before any data is read.
+_POSITIVE_INTS = ("train.batch_size", "train.num_epochs", "train.log_every_steps",
+                  "train.checkpoint_every_steps", "train.keep_checkpoints", "eval.batch_size",
+                  "eval.num_explain", "eval.deletion_steps", "eval.deletion_chunk_size",
+                  "model.num_classes", "model.input_channels")
+_NON_NEGATIVE = ("train.warmup_epochs", "train.weight_decay", "train.momentum",
+                 "eval.first_example", "eval.num_gallery", "eval.collaboration_examples",
+                 "eval.pointing_tolerance", "data.num_train", "data.num_eval")
+_UNIT_INTERVAL = ("eval.mhex.alpha", "train.label_smoothing")
+
+
+def _get(config: ml_collections.ConfigDict, field: str):
+  value = config
+  for part in field.split("."):
+    if not isinstance(value, (ml_collections.ConfigDict, dict)) or part not in value:
+      return None
+    value = value[part]
+  return value
+
+
+def _floats(tree, prefix=""):
+  """(field, value) of every number in the config, nested fields included."""
+  for key, value in tree.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, (ml_collections.ConfigDict, dict)):
+      yield from _floats(value, name + ".")
+    elif isinstance(value, (tuple, list)):
+      for i, item in enumerate(value):
+        if isinstance(item, float):
+          yield f"{name}[{i}]", item
+    elif isinstance(value, float):
+      yield name, value
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: Optional[int] = None) -> None:
+  """Checks the whole config before any data is read or anything compiles.
+
+  Raises a ConfigError naming every bad field, its value and what it must be: non-finite
+  numbers, sizes / intervals / epochs that must be positive integers, ranges, and (given the
+  data-parallel ``num_devices``) batch sizes that the devices cannot split evenly.
+  """
+  problems = [f"{name}={value} must be finite" for name, value in _floats(config)
+              if not math.isfinite(value)]
+  for name in _POSITIVE_INTS:
+    value = _get(config, name)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                              or value < 1):
+      problems.append(f"{name}={value!r} must be a positive integer")
+  for name in _NON_NEGATIVE:
+    value = _get(config, name)
+    if isinstance(value, (int, float)) and value < 0:
+      problems.append(f"{name}={value!r} must be >= 0")
+  for name in _UNIT_INTERVAL:
+    value = _get(config, name)
+    if isinstance(value, (int, float)) and math.isfinite(value) and not 0 <= value <= 1:
+      problems.append(f"{name}={value!r} must be in [0, 1]")
+  learning_rate = _get(config, "train.learning_rate")
+  if isinstance(learning_rate, (int, float)) and not learning_rate > 0:
+    problems.append(f"train.learning_rate={learning_rate!r} must be > 0")
+  image_size = _get(config, "data.image_size")
+  if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
+    problems.append(f"data.image_size={image_size!r} must be a positive integer")
+  if num_devices:
+    for name in ("train.batch_size", "eval.batch_size"):
+      value = _get(config, name)
+      if isinstance(value, int) and value > 0 and value % num_devices:
+        problems.append(f"{name}={value} must be a multiple of the {num_devices} devices "
+                        f"(e.g. {max(num_devices, value // num_devices * num_devices)})")
+  if problems:
+    raise ConfigError("Invalid config: " + "; ".join(problems) + ".")
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -32,6 +32,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from mhex_jax import config_lib
 from mhex_jax import files
 from mhex_jax import input_pipeline
 from mhex_jax import models
@@ -104,7 +105,7 @@ def check_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> Non
   diffs = [f"{k}: {theirs.get(k)!r} in the workdir, {ours.get(k)!r} here"
            for k in sorted(set(ours) | set(theirs)) if ours.get(k) != theirs.get(k)]
   if diffs:
-    raise ValueError(f"The config builds another model than the one {workdir} was trained "
+    raise config_lib.ConfigError(f"The config builds another model than the one {workdir} was trained "
                      f"with: {'; '.join(diffs)}. Leave out --config to use the workdir's saved "
                      "config (overrides such as --config.eval.methods=all still apply), or fix "
                      "these fields.")
@@ -423,7 +424,7 @@ def collaboration_analysis(model, variables, dataset, config: ml_collections.Con
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Evaluates the latest checkpoint of ``workdir``; writes the report and the gallery."""
   mesh = sharding_lib.make_mesh(config.get("num_devices"))
-  sharding_lib.check_batch_size(config.eval.batch_size, mesh)
+  config_lib.validate(config, mesh.shape[sharding_lib.DATA_AXIS])
   model = models.create_model(config.model)
   methods = method_names(config.eval, model)
   check_workdir_config(config, workdir)

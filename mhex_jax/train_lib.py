@@ -24,6 +24,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from mhex_jax import config_lib
 from mhex_jax import files
 from mhex_jax import input_pipeline
 from mhex_jax import metric_writers
@@ -317,7 +318,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     The final eval metrics (accuracy, head_accuracy, num_examples) and the step reached.
   """
   mesh = sharding_lib.make_mesh(config.get("num_devices"))
-  sharding_lib.check_batch_size(config.train.batch_size, mesh)
+  config_lib.validate(config, mesh.shape[sharding_lib.DATA_AXIS])
   model = models.create_model(config.model)
   train_ds, eval_ds = input_pipeline.get_datasets(config.data, config.model.num_classes)
   found = getattr(train_ds, "class_names", None)

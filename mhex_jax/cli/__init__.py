@@ -13,6 +13,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from mhex_jax import config_lib
 from mhex_jax import distributed
 from mhex_jax import train_lib
 
@@ -52,7 +53,13 @@ class _ShippedConfigParser(flags.ArgumentParser):
     self._file_parser = file_parser
 
   def parse(self, argument):
-    return self._file_parser.parse(config_path(argument))
+    try:
+      return self._file_parser.parse(config_path(argument))
+    except ValueError as error:
+      # ml_collections puts a config's own traceback in the message: keep only what it says.
+      if isinstance(error.__context__, config_lib.ConfigError):
+        raise ValueError(str(error.__context__)) from None
+      raise
 
   def flag_type(self):
     return self._file_parser.flag_type()

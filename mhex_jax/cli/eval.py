@@ -12,9 +12,11 @@ import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 import jax
 
 from mhex_jax import cli
+from mhex_jax import config_lib
 from mhex_jax import eval_lib
 
 FLAGS = flags.FLAGS
@@ -23,7 +25,11 @@ cli.define_flags("A workdir written by mhex-train (train.py).")
 
 def main(argv):
   cli.start(argv)
-  report = eval_lib.evaluate(FLAGS.config, FLAGS.workdir)
+  try:
+    report = eval_lib.evaluate(FLAGS.config, FLAGS.workdir)
+  except config_lib.ConfigError as error:
+    logging.error("%s", error)  # It names the field: a traceback would bury it.
+    sys.exit(1)
   if jax.process_index() == 0:
     print(json.dumps(report, indent=2))
 

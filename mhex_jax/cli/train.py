@@ -11,6 +11,7 @@ from absl import logging
 import jax
 
 from mhex_jax import cli
+from mhex_jax import config_lib
 from mhex_jax import train_lib
 
 FLAGS = flags.FLAGS
@@ -23,8 +24,8 @@ def main(argv):
                jax.process_count(), jax.local_devices())
   try:
     train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except FloatingPointError as error:
-    # The message says which checkpoint is left; a traceback would bury it.
+  except (FloatingPointError, config_lib.ConfigError) as error:
+    # The message names the field or the checkpoint left; a traceback would bury it.
     logging.error("%s", error)
     sys.exit(1)
 

@@ -1,0 +1,76 @@
+"""Bad config values are refused before any data is read or anything compiles, naming the
+field, its value and what it must be; the entry points print the message without a traceback."""
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from configs import default
+from mhex_jax import config_lib
+from mhex_jax import eval_lib
+from mhex_jax import train_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("train.batch_size", -16, "train.batch_size=-16 must be a positive integer"),
+    ("train.batch_size", 0, "train.batch_size=0 must be a positive integer"),
+    ("train.num_epochs", 0, "train.num_epochs=0 must be a positive integer"),
+    ("train.keep_checkpoints", 0, "train.keep_checkpoints=0 must be a positive integer"),
+    ("train.checkpoint_every_steps", 0, "train.checkpoint_every_steps=0 must be a positive"),
+    ("train.log_every_steps", 0, "train.log_every_steps=0 must be a positive integer"),
+    ("train.learning_rate", -0.5, "train.learning_rate=-0.5 must be > 0"),
+    ("train.learning_rate", float("inf"), "train.learning_rate=inf must be finite"),
+    ("train.warmup_epochs", -1.0, "train.warmup_epochs=-1.0 must be >= 0"),
+    ("eval.num_explain", 0, "eval.num_explain=0 must be a positive integer"),
+    ("eval.deletion_steps", 0, "eval.deletion_steps=0 must be a positive integer"),
+    ("eval.first_example", -3, "eval.first_example=-3 must be >= 0"),
+    ("eval.mhex.alpha", float("nan"), "eval.mhex.alpha=nan must be finite"),
+    ("eval.mhex.alpha", 1.5, r"eval.mhex.alpha=1.5 must be in \[0, 1\]"),
+    ("train.label_smoothing", 2.0, r"train.label_smoothing=2.0 must be in \[0, 1\]"),
+    ("data.image_size", 0, "data.image_size=0 must be a positive integer"),
+])
+def test_bad_values_are_named_before_any_data_is_read(tmp_path, field, value, message):
+  config = default.get_config()
+  section, *rest = field.split(".")
+  target = config[section]
+  for part in rest[:-1]:
+    target = target[part]
+  target[rest[-1]] = value
+  start = time.time()
+  with pytest.raises(config_lib.ConfigError, match=message):
+    train_lib.train_and_evaluate(config, str(tmp_path / "run"))
+  assert time.time() - start < 5  # Nothing was generated or compiled.
+  assert not os.path.exists(tmp_path / "run")
+
+
+def test_batch_sizes_must_split_over_the_devices(tmp_path):
+  config = default.get_config()
+  config.eval.batch_size = 12  # 8 devices in the tests.
+  with pytest.raises(config_lib.ConfigError, match=r"eval.batch_size=12 must be a multiple of "
+                                                   r"the 8 devices \(e.g. 8\)"):
+    train_lib.train_and_evaluate(config, str(tmp_path / "run"))
+  with pytest.raises(config_lib.ConfigError, match="eval.batch_size=12 must be a multiple"):
+    eval_lib.evaluate(config, str(tmp_path / "run"))
+  config_lib.validate(default.get_config(), 8)  # The defaults pass.
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--config=configs/resnet18_medmnist.py:plian"],
+     "Unknown config argument 'plian'; this config takes 'plain'"),
+    (["--config=configs/vit_imagenet.py:quik"],
+     "Unknown config argument 'quik'; this config takes 'quick'"),
+    (["--config=configs/default.py", "--config.train.num_epochs=0"],
+     "train.num_epochs=0 must be a positive integer"),
+])
+def test_train_command_prints_the_message_without_a_traceback(tmp_path, argv, message):
+  result = subprocess.run([sys.executable, "train.py", *argv, f"--workdir={tmp_path / 'w'}"],
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode != 0
+  assert message in result.stderr, result.stderr[-2000:]
+  assert "Traceback" not in result.stderr, result.stderr[-3000:]
