@@ -5,7 +5,7 @@ installed package alike.
 """
 
 import math
-from typing import Optional
+from typing import Optional, Sequence
 
 import ml_collections
 
@@ -96,6 +96,29 @@ def validate(config: ml_collections.ConfigDict, num_devices: Optional[int] = Non
     raise ConfigError("Invalid config: " + "; ".join(problems) + ".")
 
 
+def _flat(tree, prefix: str = "") -> dict:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+  return out
+
+
+def differences(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict,
+                fields: Sequence[str], ignore: Sequence[str] = ()) -> list[str]:
+  """"FIELD: SAVED in the workdir, NEW here" for every field under ``fields`` (section names or
+  dotted fields) where two configs differ, except under ``ignore``. A field only one side has
+  is compared with None."""
+  select = lambda name: (any(name == f or name.startswith(f + ".") for f in fields)
+                         and not any(name == f or name.startswith(f + ".") for f in ignore))
+  theirs, ours = (_flat(c.to_dict()) for c in (saved, config))
+  return [f"{k}: {theirs.get(k)!r} in the workdir, {ours.get(k)!r} here"
+          for k in sorted(set(theirs) | set(ours))
+          if select(k) and theirs.get(k) != ours.get(k)]
+
+
 def base_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
@@ -150,6 +173,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.train.log_every_steps = 50
   config.train.checkpoint_every_steps = 500
   config.train.keep_checkpoints = 3
+  # A rerun in a workdir with checkpoints must use the config they were trained with (model,
+  # data, schedule); "force" continues with the new values.
+  config.train.resume = "check"
 
   config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 256

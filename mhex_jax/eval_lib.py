@@ -82,33 +82,18 @@ def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
-def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_flat(value, f"{prefix}{key}."))
-    else:
-      out[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
-  return out
-
-
 def check_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Raises a ValueError naming every field in which ``config`` would build another model (or
   optimizer state) than the one ``workdir``'s checkpoints were trained with."""
   if not (files.workdir_path(workdir) / "config.json").exists():
     return  # Not written by train.py (or before it saved configs): nothing to compare.
-  saved = load_workdir_config(workdir)
-  ours = _flat({"model": config.model.to_dict(), "train": {"optimizer": config.train.optimizer}})
-  theirs = _flat({"model": saved.model.to_dict(),
-                  "train": {"optimizer": saved.train.get("optimizer")}})
-  # A field only one side has is compared with its default (None / absent).
-  diffs = [f"{k}: {theirs.get(k)!r} in the workdir, {ours.get(k)!r} here"
-           for k in sorted(set(ours) | set(theirs)) if ours.get(k) != theirs.get(k)]
+  diffs = config_lib.differences(load_workdir_config(workdir), config,
+                                 ("model", "train.optimizer"))
   if diffs:
-    raise config_lib.ConfigError(f"The config builds another model than the one {workdir} was trained "
-                     f"with: {'; '.join(diffs)}. Leave out --config to use the workdir's saved "
-                     "config (overrides such as --config.eval.methods=all still apply), or fix "
-                     "these fields.")
+    raise config_lib.ConfigError(
+        f"The config builds another model than the one {workdir} was trained with: "
+        f"{'; '.join(diffs)}. Leave out --config to use the workdir's saved config (overrides "
+        "such as --config.eval.methods=all still apply), or fix these fields.")
 
 
 def load_scorer(config: ml_collections.ConfigDict, dummy_inputs, mesh):

@@ -220,6 +220,33 @@ def restore_or_init(manager: ocp.CheckpointManager, state: TrainState) -> TrainS
   return manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
 
+# Fields a rerun may change without changing the run.
+_RESUME_MAY_CHANGE = ("train.log_every_steps", "train.checkpoint_every_steps",
+                      "train.keep_checkpoints", "train.resume", "data.data_dir")
+
+
+def check_resume(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Refuses to resume ``workdir``'s checkpoints with a config that changes the run (seed,
+  model, data, schedule), naming the fields, unless ``train.resume`` is "force"."""
+  mode = config.train.get("resume", "check")
+  if mode not in ("check", "force"):
+    raise config_lib.ConfigError(f"train.resume={mode!r}; use 'check' or 'force'.")
+  path = files.workdir_path(workdir) / "config.json"
+  if not path.exists():
+    return
+  saved = ml_collections.ConfigDict(json.loads(path.read_text()))
+  diffs = config_lib.differences(saved, config, ("seed", "model", "data", "train"),
+                                 _RESUME_MAY_CHANGE)
+  if diffs and mode == "force":
+    logging.warning("Resuming %s with a changed config (train.resume=force): %s", workdir,
+                    "; ".join(diffs))
+  elif diffs:
+    raise config_lib.ConfigError(
+        f"{workdir} holds checkpoints of another config: {'; '.join(diffs)}. Use a new "
+        "--workdir, rerun with the workdir's config, or pass --config.train.resume=force to "
+        "continue with the new values.")
+
+
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   if jax.process_index() == 0:
     directory = files.workdir_path(workdir)
@@ -342,8 +369,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   train_step = jit_train_step(make_train_step(model, optimizer, weights,
                                               config.train.label_smoothing, config.seed), mesh)
 
-  save_config(config, workdir)
   manager = checkpoint_manager(workdir, config.train)
+  if manager.latest_step() is not None:
+    check_resume(config, workdir)
+  save_config(config, workdir)
   state = sharding_lib.replicate(restore_or_init(manager, state), mesh)
   step = int(state.step)
   writer = metric_writers.MetricWriter(workdir, resume_step=step)

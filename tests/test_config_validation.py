@@ -74,3 +74,27 @@ def test_train_command_prints_the_message_without_a_traceback(tmp_path, argv, me
   assert result.returncode != 0
   assert message in result.stderr, result.stderr[-2000:]
   assert "Traceback" not in result.stderr, result.stderr[-3000:]
+
+
+def test_rerun_with_a_changed_config_is_refused_unless_forced(tmp_path):
+  from test_train import tiny_config
+  config = tiny_config()
+  config.train.num_epochs = 1
+  workdir = str(tmp_path / "run")
+  assert train_lib.train_and_evaluate(config, workdir, max_steps=2)["step"] == 2
+  changed = tiny_config()
+  changed.train.num_epochs = 1
+  changed.train.batch_size = 8
+  changed.train.learning_rate = 0.2
+  changed.train.log_every_steps = 1  # Logging and checkpoint intervals may change.
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"holds checkpoints of another config: train.batch_size: 16 in the "
+                           r"workdir, 8 here; train.learning_rate: 0.05 in the workdir, 0.2 here"
+                           r"\. .*--config.train.resume=force"):
+    train_lib.train_and_evaluate(changed, workdir)
+  same = tiny_config()
+  same.train.num_epochs = 1
+  same.train.log_every_steps = 1
+  assert train_lib.train_and_evaluate(same, workdir)["step"] == 4
+  changed.train.resume = "force"
+  assert train_lib.train_and_evaluate(changed, workdir)["step"] == 8  # 8 steps of 8 per epoch.
