@@ -4,16 +4,15 @@ The config files import only this module, so they load by path from a checkout o
 installed package alike.
 """
 
+import difflib
 import math
 from typing import Optional, Sequence
 
 import ml_collections
 
+from mhex_jax.errors import ConfigError
+
 placeholder = ml_collections.config_dict.placeholder
-
-
-class ConfigError(ValueError):
-  """A config value that cannot run; the entry points print its message without a traceback."""
 
 
 def check_arg(arg, allowed: tuple) -> None:
@@ -94,6 +93,27 @@ def validate(config: ml_collections.ConfigDict, num_devices: Optional[int] = Non
                         f"(e.g. {max(num_devices, value // num_devices * num_devices)})")
   if problems:
     raise ConfigError("Invalid config: " + "; ".join(problems) + ".")
+
+
+def unknown_field(config: ml_collections.ConfigDict, field: str) -> Optional[str]:
+  """None when ``field`` (dotted, e.g. "train.batch_size") is a field of ``config``; else a
+  message naming it, the nearest valid name and the names allowed where it went wrong."""
+  node, parts = config, field.split(".")
+  for depth, part in enumerate(parts):
+    if isinstance(node, (ml_collections.ConfigDict, dict)) and part in node:
+      node = node[part]
+      continue
+    where = ".".join(parts[:depth])
+    if not isinstance(node, (ml_collections.ConfigDict, dict)):
+      return (f"Config field {where} is a value ({node!r}), not a section: {field} does not "
+              "exist.")
+    names = sorted(node.keys())
+    near = difflib.get_close_matches(part, names, n=1, cutoff=0.5)
+    prefix = f"{where}." if where else ""
+    hint = f"; did you mean {prefix}{near[0]}?" if near else "."
+    return (f"Unknown config field {field}{hint} The fields of "
+            f"{where or 'the config'} are: {', '.join(names)}.")
+  return None
 
 
 def _flat(tree, prefix: str = "") -> dict:

@@ -30,9 +30,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
+from mhex_jax import checkpoints
 from mhex_jax import config_lib
+from mhex_jax import errors
 from mhex_jax import files
 from mhex_jax import input_pipeline
 from mhex_jax import models
@@ -54,23 +55,24 @@ LOWER_IS_BETTER = ("classic_average_drop", "deletion_auc", "lodds", "lodds_repla
 
 def restore_variables(config: ml_collections.ConfigDict, workdir: str, model, dummy_inputs,
                       mesh) -> dict[str, Any]:
-  """{"params", "batch_stats"} of the latest checkpoint in ``workdir``, replicated on ``mesh``."""
-  manager = train_lib.checkpoint_manager(workdir, config.train)
-  step = manager.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"No checkpoint in {manager.directory}; train "
-                            f"first: python train.py --config=... --workdir={workdir}")
-  # Only the shapes matter: the optimizer state is restored but not used.
-  optimizer = train_lib.create_optimizer(config.train, steps_per_epoch=1)
-  abstract = jax.eval_shape(
-      lambda: train_lib.create_train_state(model, optimizer, dummy_inputs, config.seed))
+  """{"params", "batch_stats"} of the latest intact checkpoint in ``workdir``, replicated on
+  ``mesh``; nothing else is read (not the optimizer state)."""
+  directory = checkpoints.checkpoint_dir(workdir)
+  manager = checkpoints.manager(workdir, create=False) if directory.exists() else None
+  if manager is None or manager.latest_step() is None:
+    raise errors.CheckpointError(
+        f"No checkpoint in {directory}; train first: python train.py --config=... "
+        f"--workdir={workdir}")
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), *dummy_inputs))
   replicated = sharding_lib.replicated(mesh)
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-                          abstract)
-  state = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+  target = {k: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                                           sharding=replicated), variables[k])
+            for k in ("params", "batch_stats") if variables.get(k)}
+  restored = checkpoints.restore(manager, target, partial=True)
   manager.close()
-  logging.info("Restored %s at step %d.", workdir, step)
-  return state.variables
+  logging.info("Restored %s at step %d.", workdir, restored.step)
+  return {"params": restored.state["params"],
+          "batch_stats": restored.state.get("batch_stats", {})}
 
 
 def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
@@ -83,12 +85,12 @@ def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def check_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Raises a ValueError naming every field in which ``config`` would build another model (or
-  optimizer state) than the one ``workdir``'s checkpoints were trained with."""
+  """Raises a ConfigError naming every field in which ``config`` would build another model than
+  the one ``workdir``'s checkpoints were trained with (eval reads no optimizer state, so the
+  optimizer may differ)."""
   if not (files.workdir_path(workdir) / "config.json").exists():
     return  # Not written by train.py (or before it saved configs): nothing to compare.
-  diffs = config_lib.differences(load_workdir_config(workdir), config,
-                                 ("model", "train.optimizer"))
+  diffs = config_lib.differences(load_workdir_config(workdir), config, ("model",))
   if diffs:
     raise config_lib.ConfigError(
         f"The config builds another model than the one {workdir} was trained with: "
@@ -410,6 +412,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Evaluates the latest checkpoint of ``workdir``; writes the report and the gallery."""
   mesh = sharding_lib.make_mesh(config.get("num_devices"))
   config_lib.validate(config, mesh.shape[sharding_lib.DATA_AXIS])
+  files.check_workdir(workdir, must_exist=True)
   model = models.create_model(config.model)
   methods = method_names(config.eval, model)
   check_workdir_config(config, workdir)

@@ -12,6 +12,8 @@ from typing import Union
 
 from etils import epath
 
+from mhex_jax.errors import UserError
+
 PathLike = Union[str, os.PathLike]
 
 
@@ -26,6 +28,16 @@ def workdir_path(path: PathLike) -> epath.Path:
   if is_remote(path):
     return epath.Path(path)
   return epath.Path(os.path.abspath(os.fspath(path)))
+
+
+def check_workdir(path: PathLike, must_exist: bool = False) -> None:
+  """Refuses a workdir that is a file (or, with ``must_exist``, one that does not exist)."""
+  directory = workdir_path(path)
+  if directory.exists() and not directory.is_dir():
+    raise UserError(f"--workdir={path} is a file; a workdir is a directory (created if "
+                    "missing): give another path.")
+  if must_exist and not directory.exists():
+    raise UserError(f"--workdir={path} does not exist; give a workdir written by train.py.")
 
 
 class _EpathRecordFile:

@@ -9,13 +9,22 @@ import jax
 from mhex_jax import files
 
 
+def _step(line: str) -> Optional[int]:
+  """The step of a ``metrics.jsonl`` line; None for an empty or cut-short line."""
+  try:
+    return int(json.loads(line)["step"])
+  except (ValueError, KeyError, TypeError):
+    return None
+
+
 class MetricWriter:
   """Writes scalar metrics per step; a no-op on processes other than 0.
 
   Args:
     workdir: the run's directory, local or a URI (``mhex_jax.files``).
     resume_step: the step training resumes from. Lines of ``metrics.jsonl`` past it (written
-      after the checkpoint by the interrupted run) are dropped, so every step appears once.
+      after the checkpoint by the interrupted run) are dropped, and so is a line cut short by a
+      crash, so every step appears once.
     enabled: write (default: on process 0 only).
   """
 
@@ -32,8 +41,8 @@ class MetricWriter:
     self._lines = []
     if self._path.exists():
       self._lines = [line for line in self._path.read_text().splitlines()
-                     if line and (resume_step is None
-                                  or json.loads(line)["step"] <= resume_step)]
+                     if _step(line) is not None
+                     and (resume_step is None or _step(line) <= resume_step)]
     # Object stores cannot append: there the whole (small) file is rewritten per write.
     self._append = not files.is_remote(directory)
     if self._append:
@@ -42,7 +51,10 @@ class MetricWriter:
     from tensorboardX import SummaryWriter  # Imported lazily: only process 0 writes.
     self._tb = SummaryWriter(files.tensorboard_dir(directory / "tensorboard"))
 
-  def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+  def write_scalars(self, step: int, scalars: Mapping[str, float],
+                    timing: Optional[Mapping[str, float]] = None) -> None:
+    """``scalars`` to both files; ``timing`` (wall-clock rates, which no rerun repeats) to
+    TensorBoard only, so ``metrics.jsonl`` is a pure function of the run."""
     if not self.enabled:
       return
     values = {k: float(v) for k, v in scalars.items()}
@@ -55,8 +67,8 @@ class MetricWriter:
     else:
       self._lines.append(line)
       self._path.write_text("".join(l + "\n" for l in self._lines))
-    for key, value in values.items():
-      self._tb.add_scalar(key, value, global_step=int(step))
+    for key, value in {**values, **(timing or {})}.items():
+      self._tb.add_scalar(key, float(value), global_step=int(step))
     self._tb.flush()
 
   def close(self) -> None:

@@ -4,6 +4,7 @@
 is importable on its own (``create_train_state``, ``make_train_step``, ``evaluate_accuracy``).
 """
 
+import contextlib
 import json
 import logging as logging_std
 import math
@@ -24,6 +25,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from mhex_jax import checkpoints as checkpoints_lib
 from mhex_jax import config_lib
 from mhex_jax import files
 from mhex_jax import input_pipeline
@@ -205,19 +207,15 @@ def evaluate_accuracy(model, variables, dataset, batch_size: int, mesh) -> dict[
           "num_examples": count}
 
 
-def checkpoint_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True)
-  return ocp.CheckpointManager(files.workdir_path(workdir) / "checkpoints", options=options)
-
-
-def restore_or_init(manager: ocp.CheckpointManager, state: TrainState) -> TrainState:
-  """The latest checkpoint in the workdir, or ``state`` when there is none."""
-  step = manager.latest_step()
-  if step is None:
-    return state
+def restore_or_init(checkpoints, state: TrainState) -> tuple[TrainState, list[dict]]:
+  """The latest intact checkpoint in the workdir (damaged later steps are moved aside), or
+  ``state`` when there is none; with the metrics logged at the next log step."""
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-  logging.info("Resuming from checkpoint at step %d.", step)
-  return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+  restored = checkpoints_lib.restore(checkpoints, abstract, move_damaged=True)
+  if restored is None:
+    return state, []
+  logging.info("Resuming from checkpoint at step %d.", restored.step)
+  return restored.state, restored.pending_metrics
 
 
 # Fields a rerun may change without changing the run.
@@ -274,8 +272,15 @@ def _format_duration(seconds: float) -> str:
   return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
 
 
-def _mean_metrics(accumulated: list[dict[str, Any]]) -> dict[str, float]:
-  return {k: float(np.mean([m[k] for m in accumulated])) for k in accumulated[0]}
+def _host_metrics(accumulated: list[dict[str, Any]]) -> list[dict[str, float]]:
+  """Per-step metrics as Python floats (one device sync for the lot): what a checkpoint keeps
+  of the steps since the last log line, so the resumed run's next line is unchanged."""
+  return [{k: float(v) for k, v in m.items()} for m in jax.device_get(accumulated)]
+
+
+def _mean_metrics(accumulated: list[dict[str, float]]) -> dict[str, float]:
+  return {k: float(np.mean(np.asarray([m[k] for m in accumulated], np.float64)))
+          for k in accumulated[0]}
 
 
 @jax.jit
@@ -298,6 +303,19 @@ def _check_finite(step: int, metrics: dict[str, float], state: Optional[TrainSta
           "it)" if last is not None else "No checkpoint was saved")
   raise FloatingPointError(f"Non-finite training metrics at step {step}: {bad}. {kept}; lower "
                            f"train.learning_rate (now {learning_rate}) or check the input data.")
+
+
+@contextlib.contextmanager
+def _saving(manager: ocp.CheckpointManager, step: int):
+  """Turns a save that ran out of disk space into a CheckpointError saying so first."""
+  try:
+    yield
+  except Exception as error:
+    if not checkpoints_lib.is_disk_full(error):
+      raise
+    complete = [s for s in manager.all_steps() if s != step]
+    raise checkpoints_lib.disk_full_error(manager.directory, step,
+                                          max(complete) if complete else None) from None
 
 
 class StopSignals:
@@ -346,6 +364,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """
   mesh = sharding_lib.make_mesh(config.get("num_devices"))
   config_lib.validate(config, mesh.shape[sharding_lib.DATA_AXIS])
+  files.check_workdir(workdir)
   model = models.create_model(config.model)
   train_ds, eval_ds = input_pipeline.get_datasets(config.data, config.model.num_classes)
   found = getattr(train_ds, "class_names", None)
@@ -369,11 +388,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   train_step = jit_train_step(make_train_step(model, optimizer, weights,
                                               config.train.label_smoothing, config.seed), mesh)
 
-  manager = checkpoint_manager(workdir, config.train)
+  manager = checkpoints_lib.manager(workdir, config.train.keep_checkpoints)
   if manager.latest_step() is not None:
     check_resume(config, workdir)
   save_config(config, workdir)
-  state = sharding_lib.replicate(restore_or_init(manager, state), mesh)
+  state, accumulated = restore_or_init(manager, state)
+  state = sharding_lib.replicate(state, mesh)
   step = int(state.step)
   writer = metric_writers.MetricWriter(workdir, resume_step=step)
   lr_fn = create_learning_rate(config.train, steps_per_epoch)
@@ -381,15 +401,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   logging.info("Training %s for %d steps (%d per epoch) on %d devices; starting at step %d.",
                config.model.name, total_steps, steps_per_epoch, mesh.size, step)
 
-  accumulated, unchecked, saved = [], [], [step]
+  # ``accumulated``: the metrics since the last log line, ``unchecked``: since the last
+  # finiteness check (device arrays, fetched only when logged or saved).
+  unchecked, saved = [], [step]
   last_log_time, last_log_step, stopped = time.time(), step, None
 
   def save(step, state):
     # Never write non-finite values: check what was not checked yet, parameters included.
-    _check_finite(step, _mean_metrics(unchecked) if unchecked else {}, state, manager,
-                  config.train.learning_rate)
+    _check_finite(step, _mean_metrics(_host_metrics(unchecked)) if unchecked else {}, state,
+                  manager, config.train.learning_rate)
     unchecked.clear()
-    manager.save(step, args=ocp.args.StandardSave(state), force=True)
+    accumulated[:] = _host_metrics(accumulated)
+    with _saving(manager, step):
+      checkpoints_lib.save(manager, step, state, accumulated)
     saved.append(step)
 
   try:
@@ -407,14 +431,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           step += 1
           accumulated.append(metrics)
           unchecked.append(metrics)
-          if step % config.train.log_every_steps == 0 or step == stop:
-            summary = _mean_metrics(accumulated)
+          # Log steps depend on the step alone, so an interrupted run logs the same lines.
+          if step % config.train.log_every_steps == 0 or step == total_steps:
+            summary = _mean_metrics(_host_metrics(accumulated))
             _check_finite(step, summary, None, manager, config.train.learning_rate)
             now = time.time()
             rate = (step - last_log_step) / max(now - last_log_time, 1e-9)
-            summary.update(learning_rate=float(lr_fn(step)), steps_per_second=rate,
-                           epoch=epoch)
-            writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()})
+            summary.update(learning_rate=float(lr_fn(step)), epoch=epoch)
+            # The rate is the one value a rerun cannot repeat: TensorBoard only.
+            writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()},
+                                 timing={"train/steps_per_second": rate})
             logging.info("step %d/%d | loss %.4f | acc %.3f | %.2f steps/s | ETA %s", step,
                          total_steps, summary["loss"], summary["accuracy"], rate,
                          _format_duration((stop - step) / max(rate, 1e-9)))
@@ -428,7 +454,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             break
   finally:
     # An exception or a signal never abandons a save in flight.
-    manager.wait_until_finished()
+    with _saving(manager, saved[-1]):
+      manager.wait_until_finished()
   if stopped is not None:
     logging.warning("Stopped by %s at step %d/%d; the checkpoint of step %d is saved in %s. "
                     "Rerun the same command to resume.", stopped, step, total_steps, step,

@@ -15,6 +15,7 @@ import pytest
 from ml_collections import config_flags
 
 from configs import default
+from mhex_jax import checkpoints
 from mhex_jax import models
 from mhex_jax import sharding as sharding_lib
 from mhex_jax import train_lib
@@ -103,7 +104,7 @@ def test_interrupted_run_resumes_at_checkpoint_with_identical_parameters(tmp_pat
   # Simulate a crash after the step-3 checkpoint: drop the checkpoint written at the stop.
   import shutil
   shutil.rmtree(os.path.join(interrupted, "checkpoints", "5"))
-  manager = train_lib.checkpoint_manager(interrupted, config.train)
+  manager = checkpoints.manager(interrupted)
   assert manager.latest_step() == 3
   manager.close()
   resumed = train_lib.train_and_evaluate(config, interrupted)
@@ -201,7 +202,7 @@ def test_stopped_run_resumes_bit_identical(tmp_path, signum, straight_signal_run
     if "| loss" in line and f"step {at}/120" in line:
       process.send_signal(signum)
   returncode = process.wait(timeout=300)
-  manager = train_lib.checkpoint_manager(workdir, config.train)
+  manager = checkpoints.manager(workdir)
   latest = manager.latest_step()
   manager.close()
   if signum == signal.SIGKILL:
@@ -232,7 +233,7 @@ def test_non_finite_loss_stops_with_a_true_message_and_saves_nothing_non_finite(
   with pytest.raises(FloatingPointError) as error:
     train_lib.train_and_evaluate(config, workdir)
   message = str(error.value)
-  manager = train_lib.checkpoint_manager(workdir, config.train)
+  manager = checkpoints.manager(workdir)
   steps = manager.all_steps()
   if steps:
     assert f"The last checkpoint, at step {max(steps)}, holds finite values" in message
@@ -243,7 +244,8 @@ def test_non_finite_loss_stops_with_a_true_message_and_saves_nothing_non_finite(
       train_lib.create_optimizer(config.train, steps_per_epoch=4), DUMMY, config.seed)
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), template)
   for step in steps:
-    state = manager.restore(step, args=train_lib.ocp.args.StandardRestore(abstract))
+    state = manager.restore(step, args=train_lib.ocp.args.Composite(
+        state=train_lib.ocp.args.PyTreeRestore(abstract)))["state"]
     assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(state)), step
   manager.close()
 

@@ -6,15 +6,20 @@
 ``vit_imagenet:quick``), so an installed package runs without a checkout.
 """
 
+import functools
 import os
 import pathlib
+import sys
+from typing import Callable, Optional
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 from mhex_jax import config_lib
 from mhex_jax import distributed
+from mhex_jax import errors
 from mhex_jax import train_lib
 
 FLAGS = flags.FLAGS
@@ -101,3 +106,63 @@ def start(argv: list[str]) -> None:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   distributed.initialize(FLAGS)
   train_lib.quiet_library_logs()
+
+
+# What a user can fix: printed as one message, without a traceback. Any other exception is a
+# bug and keeps its traceback. OSErrors are the environment (a missing file, a full disk).
+USER_ERRORS = (errors.UserError, FloatingPointError, OSError)
+
+
+def _fatal(message: str) -> None:
+  """Exits as absl does on a bad flag: the message on stderr, status 1."""
+  sys.stderr.write(f"FATAL Flags parsing error: {message}\n"
+                   "Pass --helpshort or --helpfull to see help on flags.\n")
+  sys.exit(1)
+
+
+def _unknown_override(argv: list[str]) -> Optional[str]:
+  """The message for the first ``--config.FIELD=...`` naming no field of the loaded config."""
+  given = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")]
+  if "config" not in FLAGS or not given:
+    return None
+  # ml_collections fails while loading --config (checking the overrides' types), before it
+  # sets the flag's value: load the file again to name the fields.
+  config = FLAGS["config"].parser.parse(given[-1])
+  for arg in argv[1:]:
+    if arg.startswith("--config."):
+      field = arg[len("--config."):].split("=", 1)[0]
+      message = config_lib.unknown_field(config, field)
+      if message:
+        return f"{arg}: {message}"
+  return None
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with an override of an unknown config field (which ml_collections
+  reports as a bare AttributeError or KeyError) named in plain words, nearest field included."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as error:
+    _fatal(str(error))
+  except (AttributeError, KeyError) as error:
+    message = _unknown_override(argv)
+    if message is None:
+      raise
+    _fatal(message)
+  raise AssertionError("unreachable")
+
+
+def _main_with_clean_errors(main: Callable[[list[str]], None], argv: list[str]) -> None:
+  try:
+    main(argv)
+  except USER_ERRORS as error:
+    # The message names the field, file or checkpoint and the fix: a traceback would bury it.
+    logging.error("%s", error)
+    sys.exit(1)
+
+
+def run(main: Callable[[list[str]], None], argv: Optional[list[str]] = None) -> None:
+  """``app.run(main)`` for the console scripts: the flag parser above, and user errors
+  (``USER_ERRORS``) printed without a traceback, exit status 1."""
+  app.run(functools.partial(_main_with_clean_errors, main), argv=argv,
+          flags_parser=parse_flags)

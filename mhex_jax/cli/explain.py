@@ -17,6 +17,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from mhex_jax import cli
 from mhex_jax import explain_lib
 from mhex_jax import files
 from mhex_jax import train_lib
@@ -78,4 +79,4 @@ def main(argv):
 
 def run():
   """The ``mhex-explain`` console script."""
-  app.run(main)
+  cli.run(main)

@@ -3,15 +3,11 @@ r"""Trains a model from a config: mhex-train --config=default --workdir=DIR.
 From a checkout, ``python train.py --config=configs/default.py --workdir=DIR`` runs the same.
 """
 
-import sys
-
-from absl import app
 from absl import flags
 from absl import logging
 import jax
 
 from mhex_jax import cli
-from mhex_jax import config_lib
 from mhex_jax import train_lib
 
 FLAGS = flags.FLAGS
@@ -22,14 +18,9 @@ def main(argv):
   cli.start(argv)
   logging.info("JAX process %d/%d, local devices: %s", jax.process_index(),
                jax.process_count(), jax.local_devices())
-  try:
-    train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (FloatingPointError, config_lib.ConfigError) as error:
-    # The message names the field or the checkpoint left; a traceback would bury it.
-    logging.error("%s", error)
-    sys.exit(1)
+  train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 def run():
   """The ``mhex-train`` console script."""
-  app.run(main)
+  cli.run(main)

@@ -1,0 +1,263 @@
+"""Checkpoints for train and eval: one orbax layout, integrity checks, and recovery from a
+damaged latest step.
+
+A step directory ``WORKDIR/checkpoints/STEP`` holds two items: ``state``, the ``TrainState``,
+and ``meta``, JSON with a checksum of every saved array and the training metrics of the steps
+since the last log line (so a resumed run logs what an uninterrupted run logs). A restore first
+compares the saved arrays with those the config builds (a mismatch names the differing arrays:
+it is the config, not the checkpoint, that is wrong), then reads them and verifies their
+checksums. A step that cannot be read or fails its checksums is damaged: it is reported with its
+directory and the restore falls back to the previous intact step.
+"""
+
+import dataclasses
+import errno
+import os
+import shutil
+from typing import Any, Optional, Sequence
+
+from absl import logging
+import jax
+from jax.experimental import multihost_utils
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from mhex_jax import files
+from mhex_jax.errors import CheckpointError
+
+STATE, META = "state", "meta"
+DAMAGED_DIR = "damaged_checkpoints"  # Beside checkpoints/: where train moves damaged steps.
+_MULTIPLIER = np.uint32(0x9E3779B1)  # Odd: every position weight below is odd.
+
+
+def checkpoint_dir(workdir: files.PathLike):
+  return files.workdir_path(workdir) / "checkpoints"
+
+
+def manager(workdir: files.PathLike, keep: int = 1, create: bool = True
+            ) -> ocp.CheckpointManager:
+  """The orbax manager of ``WORKDIR/checkpoints`` keeping the last ``keep`` steps."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create)
+  # The handlers named up front, so a fresh manager can read a step's metadata.
+  handlers = {STATE: ocp.PyTreeCheckpointHandler(), META: ocp.JsonCheckpointHandler()}
+  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_handlers=handlers)
+
+
+def _path(key_path) -> str:
+  return jax.tree_util.keystr(key_path, simple=True, separator="/")
+
+
+def _leaf_checksum(x: jax.Array) -> jax.Array:
+  """Σ_i word_i · (i · m | 1) mod 2³² over the array's bits: any change of one word changes it
+  (an odd weight is invertible mod 2³²), and so does moving a value to another position."""
+  x = jnp.asarray(x)
+  if x.dtype == jnp.bool_:
+    x = x.astype(jnp.uint8)
+  unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[x.dtype.itemsize]
+  words = jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32).ravel()
+  weights = jnp.arange(words.size, dtype=jnp.uint32) * _MULTIPLIER | jnp.uint32(1)
+  return jnp.sum(words * weights, dtype=jnp.uint32)
+
+
+_checksum_tree = jax.jit(lambda tree: jax.tree.map(_leaf_checksum, tree))
+
+
+def checksums(tree: Any) -> dict[str, int]:
+  """{array path: 32-bit checksum} of every array in ``tree`` (computed where the arrays are,
+  so a sharded or multi-host state is never gathered)."""
+  sums = jax.device_get(_checksum_tree(tree))
+  return {_path(p): int(v) for p, v in jax.tree_util.tree_flatten_with_path(sums)[0]}
+
+
+def save(checkpoints: ocp.CheckpointManager, step: int, state: Any,
+         pending_metrics: Sequence[dict[str, float]] = ()) -> None:
+  """Starts saving ``state`` at ``step`` (asynchronously) with its checksums and the training
+  metrics not logged yet."""
+  meta = {"checksums": checksums(state), "pending_metrics": list(pending_metrics)}
+  checkpoints.save(step, args=ocp.args.Composite(
+      **{STATE: ocp.args.PyTreeSave(state), META: ocp.args.JsonSave(meta)}), force=True)
+
+
+@dataclasses.dataclass
+class Restored:
+  step: int
+  state: Any
+  pending_metrics: list[dict[str, float]]
+
+
+def _shape_dtype(leaf) -> tuple[tuple[int, ...], str]:
+  return tuple(leaf.shape), str(np.dtype(leaf.dtype))
+
+
+def _saved_arrays(checkpoints: ocp.CheckpointManager, step: int) -> dict[str, tuple]:
+  metadata = checkpoints.item_metadata(step)
+  tree = metadata.get(STATE) if metadata is not None else None
+  tree = getattr(tree, "tree", tree)
+  if not tree:
+    raise ValueError("it holds no saved arrays")
+  return {_path(p): _shape_dtype(leaf)
+          for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _describe(shape_dtype) -> str:
+  shape, dtype = shape_dtype
+  return f"{dtype}[{', '.join(map(str, shape))}]"
+
+
+def _group(paths: Sequence[str], depth: int = 3) -> str:
+  """Paths grouped by their first ``depth`` parts: "params/block_00/mhex (2 arrays), ..."."""
+  groups: dict[str, int] = {}
+  for path in paths:
+    head = "/".join(path.split("/")[:depth])
+    groups[head] = groups.get(head, 0) + 1
+  shown = [f"{g} ({n} array{'s' * (n > 1)})" if n > 1 or g not in paths else g
+           for g, n in list(groups.items())[:4]]
+  more = len(groups) - len(shown)
+  return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
+
+
+def mismatch(saved: dict[str, tuple], wanted: dict[str, tuple], partial: bool) -> list[str]:
+  """Plain-words differences between the arrays a checkpoint holds and those wanted (all of
+  them, or with ``partial`` only the wanted ones must be there)."""
+  problems = []
+  changed = [p for p in wanted if p in saved and saved[p] != wanted[p]]
+  if changed:
+    shown = "; ".join(f"{p}: {_describe(saved[p])} in the checkpoint, {_describe(wanted[p])} "
+                      "for this config" for p in changed[:3])
+    more = f" ({len(changed) - 3} more arrays differ)" if len(changed) > 3 else ""
+    problems.append(shown + more)
+  missing = [p for p in wanted if p not in saved]
+  if missing:
+    problems.append(f"the config has arrays the checkpoint lacks: {_group(missing)}")
+  extra = [] if partial else [p for p in saved if p not in wanted]
+  if extra:
+    problems.append(f"the checkpoint has arrays the config lacks: {_group(extra)}")
+  return problems
+
+
+def _short(error: Exception, limit: int = 300) -> str:
+  text = " ".join(str(error).split()) or type(error).__name__
+  return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _move_damaged(checkpoints: ocp.CheckpointManager, steps: Sequence[int]) -> list[str]:
+  """Moves damaged step directories to ``WORKDIR/damaged_checkpoints`` (never deleted: they
+  may be worth a look); returns where each went."""
+  target = checkpoints.directory.parent / DAMAGED_DIR
+  moved = []
+  for step in steps:
+    source = checkpoints.directory / str(step)
+    destination = target / str(step)
+    suffix = 1
+    while destination.exists():
+      destination, suffix = target / f"{step}.{suffix}", suffix + 1
+    moved.append(os.fspath(destination))
+    if jax.process_index() == 0:
+      target.mkdir(parents=True, exist_ok=True)
+      source.rename(destination)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("mhex_jax.checkpoints.move_damaged")
+  checkpoints.reload()
+  return moved
+
+
+def restore(checkpoints: ocp.CheckpointManager, target: Any, *, partial: bool = False,
+            move_damaged: bool = False) -> Optional[Restored]:
+  """The latest intact step, restored into the shapes (and shardings) of ``target``.
+
+  Args:
+    checkpoints: the workdir's manager.
+    target: a tree of ``jax.ShapeDtypeStruct`` (or arrays): the whole ``TrainState``, or with
+      ``partial`` a subset such as ``{"params": ..., "batch_stats": ...}`` (eval reads nothing
+      else).
+    move_damaged: move damaged steps aside (training: the run then saves those steps anew).
+
+  Returns:
+    None when there is no checkpoint at all.
+
+  Raises:
+    CheckpointError: the checkpoint holds other arrays than ``target`` (naming them), or every
+      step is damaged (naming each directory and what is wrong).
+  """
+  wanted = {_path(p): _shape_dtype(leaf)
+            for p, leaf in jax.tree_util.tree_flatten_with_path(target)[0]}
+  damaged = []
+  for step in sorted(checkpoints.all_steps(), reverse=True):
+    directory = checkpoints.directory / str(step)
+    try:
+      saved = _saved_arrays(checkpoints, step)
+    except Exception as error:  # Anything unreadable is damage, whatever the library raised.
+      damaged.append((step, directory, f"its metadata cannot be read ({_short(error)})"))
+      continue
+    problems = mismatch(saved, wanted, partial)
+    if problems:
+      raise CheckpointError(
+          f"The checkpoint {directory} does not match the model this config builds: "
+          f"{'; '.join(problems)}. Use the config the workdir was trained with (its "
+          "config.json; eval.py without --config does), or a new --workdir to train this one.")
+    restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+    try:
+      restored = checkpoints.restore(step, args=ocp.args.Composite(**{
+          STATE: ocp.args.PyTreeRestore(target, restore_args=restore_args,
+                                        partial_restore=partial),
+          META: ocp.args.JsonRestore()}))
+      state, meta = restored[STATE], restored[META] or {}
+      expected = meta.get("checksums", {})
+      found = checksums(state)
+      bad = [p for p, value in found.items() if expected.get(p, value) != value]
+      if len(expected) < len(found) and not partial:
+        raise ValueError(f"its meta item lists {len(expected)} of {len(found)} checksums")
+    except Exception as error:
+      damaged.append((step, directory, f"it cannot be read ({_short(error)})"))
+      continue
+    if bad:
+      damaged.append((step, directory, f"{len(bad)} arrays fail their checksums "
+                                       f"({_group(bad)}): the files were changed after saving"))
+      continue
+    if damaged:
+      where = ""
+      if move_damaged:
+        where = f"; moved to {', '.join(_move_damaged(checkpoints, [s for s, *_ in damaged]))}"
+      logging.warning("Damaged checkpoint%s %s%s. Resuming from step %d instead (%s).",
+                      "s" * (len(damaged) > 1),
+                      "; ".join(f"{d} ({why})" for _, d, why in damaged), where, step,
+                      directory)
+    return Restored(step, state, list(meta.get("pending_metrics", [])))
+  if damaged:
+    raise CheckpointError(
+        f"No intact checkpoint in {checkpoints.directory}: "
+        + "; ".join(f"{d}: {why}" for _, d, why in damaged)
+        + f". Move these step directories out of {checkpoints.directory} to start the run "
+        "anew in this workdir, or use a new --workdir.")
+  return None
+
+
+def is_disk_full(error: BaseException) -> bool:
+  """True when ``error`` (or what caused it) is the filesystem running out of space."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+      return True
+    text = str(error)
+    if "No space left" in text or "ENOSPC" in text or "Disk quota exceeded" in text:
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+def disk_full_error(directory, step: int, last_complete: Optional[int]) -> CheckpointError:
+  """The message for a save that ran out of space: where, how much is free, what is left."""
+  free = ""
+  if not files.is_remote(directory):
+    try:
+      free = f" ({shutil.disk_usage(os.fspath(directory)).free / 2**20:.1f} MiB free now)"
+    except OSError:
+      pass
+  kept = (f"the last complete checkpoint is step {last_complete}" if last_complete is not None
+          else "no checkpoint was completed")
+  return CheckpointError(
+      f"No space left on the device holding {directory}{free} while saving the checkpoint of "
+      f"step {step}; {kept}. Free some space (or lower train.keep_checkpoints, or use a "
+      "--workdir on a larger disk) and rerun the same command to resume.")
