@@ -1,9 +1,10 @@
 """Checkpoints for train and eval: one orbax layout, integrity checks, and recovery from a
 damaged latest step.
 
-A step directory ``WORKDIR/checkpoints/STEP`` holds two items: ``state``, the ``TrainState``,
-and ``meta``, JSON with a checksum of every saved array and the training metrics of the steps
-since the last log line (so a resumed run logs what an uninterrupted run logs). A restore first
+A step directory ``WORKDIR/checkpoints/STEP`` holds three items: ``variables`` (params and batch
+statistics: all that eval and explain read), ``optimizer`` (the step and the optimizer state) and
+``meta``, JSON with a checksum of every saved array and the training metrics of the steps since
+the last log line (so a resumed run logs what an uninterrupted run logs). A restore first
 compares the saved arrays with those the config builds (a mismatch names the differing arrays:
 it is the config, not the checkpoint, that is wrong), then reads them and verifies their
 checksums. A step that cannot be read or fails its checksums is damaged: it is reported with its
@@ -26,7 +27,7 @@ import orbax.checkpoint as ocp
 from mhex_jax import files
 from mhex_jax.errors import CheckpointError
 
-STATE, META = "state", "meta"
+VARIABLES, OPTIMIZER, META = "variables", "optimizer", "meta"
 DAMAGED_DIR = "damaged_checkpoints"  # Beside checkpoints/: where train moves damaged steps.
 _MULTIPLIER = np.uint32(0x9E3779B1)  # Odd: every position weight below is odd.
 
@@ -35,12 +36,19 @@ def checkpoint_dir(workdir: files.PathLike):
   return files.workdir_path(workdir) / "checkpoints"
 
 
+def has_steps(workdir: files.PathLike) -> bool:
+  """Whether ``WORKDIR/checkpoints`` holds a step directory (read without orbax)."""
+  directory = checkpoint_dir(workdir)
+  return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
+
+
 def manager(workdir: files.PathLike, keep: int = 1, create: bool = True
             ) -> ocp.CheckpointManager:
   """The orbax manager of ``WORKDIR/checkpoints`` keeping the last ``keep`` steps."""
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create)
   # The handlers named up front, so a fresh manager can read a step's metadata.
-  handlers = {STATE: ocp.PyTreeCheckpointHandler(), META: ocp.JsonCheckpointHandler()}
+  handlers = {VARIABLES: ocp.PyTreeCheckpointHandler(),
+              OPTIMIZER: ocp.PyTreeCheckpointHandler(), META: ocp.JsonCheckpointHandler()}
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_handlers=handlers)
 
 
@@ -70,19 +78,28 @@ def checksums(tree: Any) -> dict[str, int]:
   return {_path(p): int(v) for p, v in jax.tree_util.tree_flatten_with_path(sums)[0]}
 
 
+def split_state(state: Any) -> dict[str, Any]:
+  """A ``TrainState`` as the checkpoint's array items."""
+  return {VARIABLES: {"params": state.params, "batch_stats": state.batch_stats},
+          OPTIMIZER: {"step": state.step, "opt_state": state.opt_state}}
+
+
 def save(checkpoints: ocp.CheckpointManager, step: int, state: Any,
          pending_metrics: Sequence[dict[str, float]] = ()) -> None:
-  """Starts saving ``state`` at ``step`` (asynchronously) with its checksums and the training
-  metrics not logged yet."""
-  meta = {"checksums": checksums(state), "pending_metrics": list(pending_metrics)}
+  """Starts saving the ``TrainState`` at ``step`` (asynchronously) with its checksums and the
+  training metrics not logged yet."""
+  items = split_state(state)
+  meta = {"checksums": {name: checksums(tree) for name, tree in items.items()},
+          "pending_metrics": list(pending_metrics)}
   checkpoints.save(step, args=ocp.args.Composite(
-      **{STATE: ocp.args.PyTreeSave(state), META: ocp.args.JsonSave(meta)}), force=True)
+      **{name: ocp.args.PyTreeSave(tree) for name, tree in items.items()},
+      **{META: ocp.args.JsonSave(meta)}), force=True)
 
 
 @dataclasses.dataclass
 class Restored:
   step: int
-  state: Any
+  items: dict[str, Any]  # Item name → restored tree.
   pending_metrics: list[dict[str, float]]
 
 
@@ -90,14 +107,19 @@ def _shape_dtype(leaf) -> tuple[tuple[int, ...], str]:
   return tuple(leaf.shape), str(np.dtype(leaf.dtype))
 
 
-def _saved_arrays(checkpoints: ocp.CheckpointManager, step: int) -> dict[str, tuple]:
-  metadata = checkpoints.item_metadata(step)
-  tree = metadata.get(STATE) if metadata is not None else None
-  tree = getattr(tree, "tree", tree)
-  if not tree:
-    raise ValueError("it holds no saved arrays")
+def _arrays(tree: Any) -> dict[str, tuple]:
   return {_path(p): _shape_dtype(leaf)
           for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _saved_arrays(checkpoints: ocp.CheckpointManager, step: int, item: str
+                  ) -> dict[str, tuple]:
+  metadata = checkpoints.item_metadata(step)
+  tree = metadata[item] if metadata is not None and item in metadata else None
+  tree = getattr(tree, "tree", tree)
+  if not tree:
+    raise ValueError(f"it holds no saved {item}")
+  return _arrays(tree)
 
 
 def _describe(shape_dtype) -> str:
@@ -117,9 +139,8 @@ def _group(paths: Sequence[str], depth: int = 3) -> str:
   return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
 
 
-def mismatch(saved: dict[str, tuple], wanted: dict[str, tuple], partial: bool) -> list[str]:
-  """Plain-words differences between the arrays a checkpoint holds and those wanted (all of
-  them, or with ``partial`` only the wanted ones must be there)."""
+def mismatch(saved: dict[str, tuple], wanted: dict[str, tuple]) -> list[str]:
+  """Plain-words differences between the arrays a checkpoint item holds and those wanted."""
   problems = []
   changed = [p for p in wanted if p in saved and saved[p] != wanted[p]]
   if changed:
@@ -130,7 +151,7 @@ def mismatch(saved: dict[str, tuple], wanted: dict[str, tuple], partial: bool) -
   missing = [p for p in wanted if p not in saved]
   if missing:
     problems.append(f"the config has arrays the checkpoint lacks: {_group(missing)}")
-  extra = [] if partial else [p for p in saved if p not in wanted]
+  extra = [p for p in saved if p not in wanted]
   if extra:
     problems.append(f"the checkpoint has arrays the config lacks: {_group(extra)}")
   return problems
@@ -138,6 +159,7 @@ def mismatch(saved: dict[str, tuple], wanted: dict[str, tuple], partial: bool) -
 
 def _short(error: Exception, limit: int = 300) -> str:
   text = " ".join(str(error).split()) or type(error).__name__
+  text = text.split(" See full TensorStore details")[0]  # Then a page of its spec.
   return text if len(text) <= limit else text[:limit] + "…"
 
 
@@ -162,52 +184,52 @@ def _move_damaged(checkpoints: ocp.CheckpointManager, steps: Sequence[int]) -> l
   return moved
 
 
-def restore(checkpoints: ocp.CheckpointManager, target: Any, *, partial: bool = False,
+def restore(checkpoints: ocp.CheckpointManager, targets: dict[str, Any], *,
             move_damaged: bool = False) -> Optional[Restored]:
-  """The latest intact step, restored into the shapes (and shardings) of ``target``.
+  """The latest intact step, restored into the shapes (and shardings) of ``targets``.
 
   Args:
     checkpoints: the workdir's manager.
-    target: a tree of ``jax.ShapeDtypeStruct`` (or arrays): the whole ``TrainState``, or with
-      ``partial`` a subset such as ``{"params": ..., "batch_stats": ...}`` (eval reads nothing
-      else).
+    targets: item name → a tree of ``jax.ShapeDtypeStruct`` (or arrays) of that item: both
+      items of ``split_state`` to resume training, ``VARIABLES`` alone to evaluate (nothing else
+      is read).
     move_damaged: move damaged steps aside (training: the run then saves those steps anew).
 
   Returns:
     None when there is no checkpoint at all.
 
   Raises:
-    CheckpointError: the checkpoint holds other arrays than ``target`` (naming them), or every
+    CheckpointError: the checkpoint holds other arrays than ``targets`` (naming them), or every
       step is damaged (naming each directory and what is wrong).
   """
-  wanted = {_path(p): _shape_dtype(leaf)
-            for p, leaf in jax.tree_util.tree_flatten_with_path(target)[0]}
   damaged = []
   for step in sorted(checkpoints.all_steps(), reverse=True):
     directory = checkpoints.directory / str(step)
     try:
-      saved = _saved_arrays(checkpoints, step)
+      saved = {item: _saved_arrays(checkpoints, step, item) for item in targets}
     except Exception as error:  # Anything unreadable is damage, whatever the library raised.
       damaged.append((step, directory, f"its metadata cannot be read ({_short(error)})"))
       continue
-    problems = mismatch(saved, wanted, partial)
+    problems = [p for item in targets for p in mismatch(saved[item], _arrays(targets[item]))]
     if problems:
       raise CheckpointError(
           f"The checkpoint {directory} does not match the model this config builds: "
           f"{'; '.join(problems)}. Use the config the workdir was trained with (its "
           "config.json; eval.py without --config does), or a new --workdir to train this one.")
-    restore_args = ocp.checkpoint_utils.construct_restore_args(target)
     try:
-      restored = checkpoints.restore(step, args=ocp.args.Composite(**{
-          STATE: ocp.args.PyTreeRestore(target, restore_args=restore_args,
-                                        partial_restore=partial),
-          META: ocp.args.JsonRestore()}))
-      state, meta = restored[STATE], restored[META] or {}
-      expected = meta.get("checksums", {})
-      found = checksums(state)
-      bad = [p for p, value in found.items() if expected.get(p, value) != value]
-      if len(expected) < len(found) and not partial:
-        raise ValueError(f"its meta item lists {len(expected)} of {len(found)} checksums")
+      restored = checkpoints.restore(step, args=ocp.args.Composite(
+          **{item: ocp.args.PyTreeRestore(
+              tree, restore_args=ocp.checkpoint_utils.construct_restore_args(tree))
+             for item, tree in targets.items()},
+          **{META: ocp.args.JsonRestore()}))
+      meta = restored[META] or {}
+      bad = []
+      for item in targets:
+        expected = meta.get("checksums", {}).get(item)
+        if expected is None:
+          raise ValueError(f"its meta item holds no checksums of {item}")
+        found = checksums(restored[item])
+        bad += [f"{item}: {p}" for p, value in found.items() if expected.get(p) != value]
     except Exception as error:
       damaged.append((step, directory, f"it cannot be read ({_short(error)})"))
       continue
@@ -223,7 +245,8 @@ def restore(checkpoints: ocp.CheckpointManager, target: Any, *, partial: bool = 
                       "s" * (len(damaged) > 1),
                       "; ".join(f"{d} ({why})" for _, d, why in damaged), where, step,
                       directory)
-    return Restored(step, state, list(meta.get("pending_metrics", [])))
+    return Restored(step, {item: restored[item] for item in targets},
+                    list(meta.get("pending_metrics", [])))
   if damaged:
     raise CheckpointError(
         f"No intact checkpoint in {checkpoints.directory}: "

@@ -32,6 +32,14 @@ _NON_NEGATIVE = ("train.warmup_epochs", "train.weight_decay", "train.momentum",
                  "eval.first_example", "eval.num_gallery", "eval.collaboration_examples",
                  "eval.pointing_tolerance", "data.num_train", "data.num_eval")
 _UNIT_INTERVAL = ("eval.mhex.alpha", "train.label_smoothing")
+# Fields with a fixed set of values (the modules that read them accept the same).
+_CHOICES = {"train.optimizer": ("sgd", "adamw"), "train.schedule": ("cosine", "constant"),
+            "train.resume": ("check", "force"), "eval.targets": ("predicted", "labels"),
+            "eval.replacement_token": ("pad", "mask"),
+            "data.name": ("synthetic", "medmnist", "imagenet", "text"),
+            "model.gate_init": ("random", "identity"),
+            "model.gate_placement": ("shortcut", "branch", "sum"),
+            "model.dtype": ("float32", "bfloat16")}
 
 
 def _get(config: ml_collections.ConfigDict, field: str):
@@ -79,6 +87,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: Optional[int] = Non
     value = _get(config, name)
     if isinstance(value, (int, float)) and math.isfinite(value) and not 0 <= value <= 1:
       problems.append(f"{name}={value!r} must be in [0, 1]")
+  for name, allowed in _CHOICES.items():
+    value = _get(config, name)
+    if value is not None and value not in allowed:
+      near = difflib.get_close_matches(str(value), allowed, n=1, cutoff=0.5)
+      problems.append(f"{name}={value!r} must be one of {', '.join(map(repr, allowed))}"
+                      + (f" (did you mean {near[0]!r}?)" if near else ""))
   learning_rate = _get(config, "train.learning_rate")
   if isinstance(learning_rate, (int, float)) and not learning_rate > 0:
     problems.append(f"train.learning_rate={learning_rate!r} must be > 0")

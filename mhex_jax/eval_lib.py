@@ -66,21 +66,23 @@ def restore_variables(config: ml_collections.ConfigDict, workdir: str, model, du
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), *dummy_inputs))
   replicated = sharding_lib.replicated(mesh)
   target = {k: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                                           sharding=replicated), variables[k])
-            for k in ("params", "batch_stats") if variables.get(k)}
-  restored = checkpoints.restore(manager, target, partial=True)
+                                                           sharding=replicated),
+                            variables.get(k, {}))
+            for k in ("params", "batch_stats")}
+  restored = checkpoints.restore(manager, {checkpoints.VARIABLES: target})
   manager.close()
   logging.info("Restored %s at step %d.", workdir, restored.step)
-  return {"params": restored.state["params"],
-          "batch_stats": restored.state.get("batch_stats", {})}
+  return {"params": {}, "batch_stats": {}, **restored.items[checkpoints.VARIABLES]}
 
 
 def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a workdir was trained with (``train.py`` writes ``WORKDIR/config.json``)."""
   path = files.workdir_path(workdir) / "config.json"
   if not path.exists():
-    raise FileNotFoundError(f"{path} does not exist: eval.scorer_workdir must be a workdir "
-                            "written by train.py.")
+    raise errors.UserError(
+        f"{path} does not exist: {workdir} is not a workdir written by train.py (it saves "
+        "its config there). Check the workdir's path, or pass --config=... for a workdir "
+        "without a saved config.")
   return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
@@ -102,9 +104,9 @@ def load_scorer(config: ml_collections.ConfigDict, dummy_inputs, mesh):
   """(model, variables) of ``config.eval.scorer_workdir``."""
   scorer_config = load_workdir_config(config.eval.scorer_workdir)
   if scorer_config.model.num_classes != config.model.num_classes:
-    raise ValueError(f"The scorer in {config.eval.scorer_workdir} has "
-                     f"{scorer_config.model.num_classes} classes, the explained model "
-                     f"{config.model.num_classes}; score with a classifier of the same task.")
+    raise errors.ConfigError(f"The scorer in {config.eval.scorer_workdir} has "
+                             f"{scorer_config.model.num_classes} classes, the explained model "
+                             f"{config.model.num_classes}; score with a classifier of the same task.")
   scorer = models.create_model(scorer_config.model)
   return scorer, restore_variables(scorer_config, config.eval.scorer_workdir, scorer,
                                    dummy_inputs, mesh)
@@ -117,20 +119,20 @@ def method_names(eval_config: ml_collections.ConfigDict, model) -> list[str]:
   names = [n.strip() for n in eval_config.methods.split(",") if n.strip()]
   variants = list(eval_config.get("variants", {}))
   if variants and not model.mhex:
-    raise ValueError(f"eval.variants {variants} are MHEX variants, but the model is plain "
-                     "(model.mhex=False); remove them.")
+    raise errors.ConfigError(f"eval.variants {variants} are MHEX variants, but the model is plain "
+                             "(model.mhex=False); remove them.")
   clash = set(variants) & set(registry.available(model))
   if clash:
-    raise ValueError(f"eval.variants {sorted(clash)} reuse explainer names; rename them.")
+    raise errors.ConfigError(f"eval.variants {sorted(clash)} reuse explainer names; rename them.")
   if not names:
     return [registry.MHEX] if model.mhex else []
   if names == ["all"]:
     return list(registry.available(model)) + variants
   unknown = [n for n in names if n not in registry.available(model) and n not in variants]
   if unknown:
-    raise ValueError(f"eval.methods names {unknown}, which {type(model).__name__}"
-                     f"(mhex={model.mhex}) cannot run; use 'all' or a comma-separated subset "
-                     f"of {list(registry.available(model)) + variants}.")
+    raise errors.ConfigError(f"eval.methods names {unknown}, which {type(model).__name__}"
+                             f"(mhex={model.mhex}) cannot run; use 'all' or a comma-separated subset "
+                             f"of {list(registry.available(model)) + variants}.")
   return names
 
 
@@ -147,16 +149,17 @@ def mhex_options(config: ml_collections.ConfigDict, model,
     chosen = config.eval.variants[variant].to_dict()
     unknown = set(chosen) - set(config.eval.mhex)
     if unknown:
-      raise ValueError(f"eval.variants.{variant} sets {sorted(unknown)}; MHEX options are "
-                       f"{sorted(config.eval.mhex)}.")
+      raise errors.ConfigError(f"eval.variants.{variant} sets {sorted(unknown)}; MHEX options are "
+                               f"{sorted(config.eval.mhex)}.")
     options.update({k: v for k, v in chosen.items() if v is not None})
   if "layers" in options:
     options["layers"] = tuple(options["layers"])
   if isinstance(model, models.ResNet):
     misplaced = sorted(set(options) & set(_TOKEN_ONLY_OPTIONS))
     if misplaced:
-      raise ValueError(f"MHEX options {misplaced} apply to Transformer token maps only; unset "
-                       f"them for {type(model).__name__}.")
+      raise errors.ConfigError(
+          f"MHEX options {misplaced} apply to Transformer token maps only; unset "
+          f"them for {type(model).__name__}.")
   return options
 
 
@@ -219,8 +222,8 @@ def _text_step(model, explain_fn, scorer, eval_config: ml_collections.ConfigDict
   modes = {"deletion": None, "replacement": special[eval_config.replacement_token]}
   chosen = [m.strip() for m in eval_config.aopc_modes.split(",") if m.strip()]
   if not chosen or set(chosen) - set(modes):
-    raise ValueError(f"eval.aopc_modes={eval_config.aopc_modes!r}; use 'deletion', "
-                     "'replacement' or 'deletion,replacement'.")
+    raise errors.ConfigError(f"eval.aopc_modes={eval_config.aopc_modes!r}; use 'deletion', "
+                             "'replacement' or 'deletion,replacement'.")
   modes = {m: modes[m] for m in chosen}
 
   def step(variables, scorer_variables, batch):
@@ -435,8 +438,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                               mesh, methods, out_dir)
   if config.eval.collaboration_examples:
     if text_model or not model.mhex:
-      raise ValueError("eval.collaboration_examples > 0 needs an MHEX image model (the "
-                       "analysis follows the gradients of its gate kernels); set it to 0.")
+      raise errors.ConfigError("eval.collaboration_examples > 0 needs an MHEX image model (the "
+                               "analysis follows the gradients of its gate kernels); set it to 0.")
     report["collaboration"] = collaboration_analysis(model, variables, eval_ds, config, mesh,
                                                      out_dir)
   if jax.process_index() == 0:

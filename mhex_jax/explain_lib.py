@@ -35,6 +35,7 @@ from mhex_jax import plotting
 from mhex_jax import sharding as sharding_lib
 from mhex_jax.data import imagenet
 from mhex_jax.data import pipeline
+from mhex_jax.errors import UserError
 from mhex_jax.explain import mhex as mhex_explain
 from mhex_jax.explain import registry
 
@@ -102,9 +103,9 @@ class Run:
     methods = tuple(methods) if methods else self.default_methods
     unknown = [m for m in methods if m not in self.methods]
     if unknown:
-      raise ValueError(f"Methods {unknown} are not available for this "
-                       f"{type(self.model).__name__} (mhex={self.model.mhex}); use some of "
-                       f"{list(self.methods)}.")
+      raise UserError(f"Methods {unknown} are not available for this "
+                      f"{type(self.model).__name__} (mhex={self.model.mhex}); use some of "
+                      f"{list(self.methods)}.")
     return methods
 
   def class_index(self, target: Union[int, str]) -> int:
@@ -116,8 +117,8 @@ class Run:
     except (TypeError, ValueError):
       index = -1
     if not 0 <= index < len(self.classes):
-      raise ValueError(f"target {target!r} is not a class; use 'predicted', a class number "
-                       f"0..{len(self.classes) - 1} or a name in {self.classes}.")
+      raise UserError(f"target {target!r} is not a class; use 'predicted', a class number "
+                      f"0..{len(self.classes) - 1} or a name in {self.classes}.")
     return index
 
   # Images.
@@ -143,13 +144,13 @@ class Run:
   def prepare_image(self, image: np.ndarray, fit: str = "crop") -> tuple[np.ndarray, tuple]:
     """uint8 [H, W, C] (C = 1 or 3, any size) -> (normalised model input [S, S, C'], box)."""
     if fit not in FITS:
-      raise ValueError(f"fit={fit!r}; use one of {FITS}.")
+      raise UserError(f"fit={fit!r}; use one of {FITS}.")
     image = np.asarray(image)
     if image.ndim == 2:
       image = image[..., None]
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
-      raise ValueError(f"images must be uint8 [H, W, C] with C in (1, 3, 4), got "
-                       f"{image.dtype}{list(image.shape)}.")
+      raise UserError(f"images must be uint8 [H, W, C] with C in (1, 3, 4), got "
+                      f"{image.dtype}{list(image.shape)}.")
     pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
     pil = pil.convert("L" if self.channels == 1 else "RGB")
     box = self._fit_box(image.shape[0], image.shape[1], fit)
@@ -202,10 +203,10 @@ class Run:
                      sources: Optional[Sequence[str]] = None) -> list[Explanation]:
     """Explains uint8 images [H, W, C] of any sizes; maps come back at each image's size."""
     if self.kind == "text":
-      raise ValueError("This workdir holds a text model; use explain_texts.")
+      raise UserError("This workdir holds a text model; use explain_texts.")
     methods = self._check_methods(methods)
     if not len(images):
-      raise ValueError("No images to explain.")
+      raise UserError("No images to explain.")
     prepared = [self.prepare_image(image, fit) for image in images]
     batch = jnp.asarray(np.stack([p[0] for p in prepared]))
     probabilities = self._predict(batch)
@@ -229,13 +230,13 @@ class Run:
                     target: Union[str, int] = "predicted") -> list[Explanation]:
     """Explains texts; maps are per token ([CLS] and [SEP] included, 0 on them)."""
     if self.kind != "text":
-      raise ValueError("This workdir holds an image model; use explain_images/explain_files.")
+      raise UserError("This workdir holds an image model; use explain_images/explain_files.")
     methods = self._check_methods(methods)
     texts = list(texts)
     empty = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
     if not texts or empty:
-      raise ValueError(f"Texts must be non-empty strings; got {len(texts)} texts, empty or not "
-                       f"strings at positions {empty}.")
+      raise UserError(f"Texts must be non-empty strings; got {len(texts)} texts, empty or not "
+                      f"strings at positions {empty}.")
     from mhex_jax.data import text  # transformers is only needed for text.
     if self._tokenizer is None:
       self._tokenizer = text.load_tokenizer(self.config.data.tokenizer_dir)
@@ -280,8 +281,8 @@ def read_image(path: files.PathLike) -> np.ndarray:
   except FileNotFoundError:
     raise FileNotFoundError(f"Image file {os.fspath(path)} does not exist.") from None
   except OSError as error:
-    raise ValueError(f"{os.fspath(path)} is not an image PIL can read ({error}); use PNG or "
-                     "JPEG files.") from None
+    raise UserError(f"{os.fspath(path)} is not an image PIL can read ({error}); use PNG or "
+                    "JPEG files.") from None
   pil = pil.convert("L" if pil.mode in ("1", "L", "I", "I;16", "F") else "RGB")
   image = np.asarray(pil)
   return image[..., None] if image.ndim == 2 else image

@@ -8,11 +8,13 @@ Eval batches are padded to full size (``valid`` marks real examples) so shapes n
 import dataclasses
 from typing import Any, Iterator, Optional
 
+from absl import logging
 import jax
 import ml_collections
 import numpy as np
 
 from mhex_jax.data import medmnist, pipeline, synthetic
+from mhex_jax.errors import DataError
 
 DATASETS = ("synthetic", "medmnist", "imagenet", "text")
 
@@ -26,9 +28,9 @@ def class_names(config: ml_collections.ConfigDict, num_classes: int) -> list[str
   if not names:
     return [f"class {k}" for k in range(num_classes)]
   if len(names) != num_classes:
-    raise ValueError(f"data.class_names has {len(names)} names {list(names)} but "
-                     f"model.num_classes={num_classes}; give one name per class, in class "
-                     "order (or () for numbers).")
+    raise DataError(f"data.class_names has {len(names)} names {list(names)} but "
+                    f"model.num_classes={num_classes}; give one name per class, in class "
+                    "order (or () for numbers).")
   return [str(n) for n in names]
 
 
@@ -37,9 +39,28 @@ def check_labels(labels: np.ndarray, num_classes: int) -> None:
   bad = (labels < 0) | (labels >= num_classes)
   if bad.any():
     first = int(np.flatnonzero(bad)[0])
-    raise ValueError(f"label {int(labels[first])} at index {first} is outside [0, "
-                     f"{num_classes}); set model.num_classes to the number of classes in the "
-                     "data (for CSV text, also check data.label_base).")
+    raise DataError(f"label {int(labels[first])} at index {first} is outside [0, "
+                    f"{num_classes}); set model.num_classes to the number of classes in the "
+                    "data (for CSV text, also check data.label_base).")
+
+
+def warn_unused_classes(labels: np.ndarray, num_classes: int, source: str) -> bool:
+  """Warns (and returns True) when the training labels use clearly fewer classes than
+  ``num_classes``: their largest label + 1 is under half of it.
+
+  Not an error, as training on a subset of a larger label set is legitimate; but the extra
+  heads' outputs are never trained, which is more often a wrong model.num_classes. The largest
+  label, not the number of distinct labels, is compared: labels {0, 9} need 10 classes.
+  """
+  used = int(labels.max()) + 1
+  if 2 * used >= num_classes:
+    return False
+  logging.warning("The training labels of %s span %d classes (class indices 0..%d, %d "
+                  "distinct) but model.num_classes=%d: %d classes are never trained. Set "
+                  "model.num_classes=%d, unless the data is a subset of a larger label set.",
+                  source, used, used - 1, len(np.unique(labels)), num_classes,
+                  num_classes - used, used)
+  return True
 
 
 @dataclasses.dataclass
@@ -54,11 +75,11 @@ class InMemoryDataset:
   def __post_init__(self):
     images, labels = self.arrays["image"], self.arrays["label"]
     if images.ndim != 4 or images.dtype != np.uint8:
-      raise ValueError(f"images must be uint8 [N, H, W, C], got {images.dtype}{list(images.shape)}.")
+      raise DataError(f"images must be uint8 [N, H, W, C], got {images.dtype}{list(images.shape)}.")
     check_labels(labels, self.num_classes)
     unknown = set(self.augment) - {"flip", "crop"}
     if unknown:
-      raise ValueError(f"Unknown augmentation(s) {sorted(unknown)}; use 'flip' and/or 'crop'.")
+      raise DataError(f"Unknown augmentation(s) {sorted(unknown)}; use 'flip' and/or 'crop'.")
 
   @property
   def num_examples(self) -> int:
@@ -210,28 +231,40 @@ def get_datasets(config: ml_collections.ConfigDict, num_classes: int,
   """(train, eval) datasets for ``config.data``; train is None when ``need_train`` is False."""
   name = config.name
   if name not in DATASETS:
-    raise ValueError(f"Unknown data.name={name!r}; use one of {DATASETS}.")
+    raise DataError(f"Unknown data.name={name!r}; use one of {DATASETS}.")
   mean, std = tuple(config.mean), tuple(config.std)
   train = None
   if name == "synthetic":
-    if need_train:
-      train = synthetic.make_split(config.num_train, image_size=config.image_size,
-                                   seed=config.seed)
     streams = {"test": 1, "val": 2, "validation": 2}
     if config.eval_split not in streams:
-      raise ValueError(f"data.eval_split={config.eval_split!r} for synthetic data; use 'test' "
-                       "or 'val' (held-out streams for reporting and for choosing options).")
-    eval_arrays = synthetic.make_split(config.num_eval, image_size=config.image_size,
-                                       seed=config.seed + streams[config.eval_split])
+      raise DataError(f"data.eval_split={config.eval_split!r} for synthetic data; use 'test' "
+                      "or 'val' (held-out streams for reporting and for choosing options).")
+    counts = (("num_train", config.num_train),) if need_train else ()
+    for field, count in counts + (("num_eval", config.num_eval),):
+      if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise DataError(f"data.{field}={count!r}: synthetic data needs a positive number of "
+                        f"examples, e.g. --config.data.{field}=1000.")
+    try:
+      if need_train:
+        train = synthetic.make_split(config.num_train, image_size=config.image_size,
+                                     seed=config.seed)
+      eval_arrays = synthetic.make_split(config.num_eval, image_size=config.image_size,
+                                         seed=config.seed + streams[config.eval_split])
+    except ValueError as e:  # Names the argument, not the config field.
+      raise DataError(f"synthetic data with data.image_size={config.image_size!r}, "
+                      f"data.seed={config.seed!r}: {e}") from e
   elif name == "text":
     from mhex_jax.data import text  # transformers is only imported for text data.
     train, eval_arrays, names = text.make_text_splits(config, num_classes)
-    return (TextDataset(train, num_classes, names) if need_train else None,
-            TextDataset(eval_arrays, num_classes, names))
+    train_ds = TextDataset(train, num_classes, names) if need_train else None
+    eval_ds = TextDataset(eval_arrays, num_classes, names)
+    if train_ds is not None:
+      warn_unused_classes(train["label"], num_classes, f"the CSV {config.path}")
+    return train_ds, eval_ds
   elif name == "medmnist":
     if not config.path:
-      raise ValueError("data.path is empty: pass --config.data.path=/path/to/<subset>.npz "
-                       "(an official MedMNIST file).")
+      raise DataError("data.path is empty: pass --config.data.path=/path/to/<subset>.npz "
+                      "(an official MedMNIST file).")
     if need_train:
       train = _medmnist_split(config, config.path, config.train_split)
     eval_arrays = _medmnist_split(config, config.eval_path or config.path, config.eval_split)
@@ -247,6 +280,10 @@ def get_datasets(config: ml_collections.ConfigDict, num_classes: int,
               if train is not None else None)
   eval_ds = InMemoryDataset(eval_arrays, num_classes, mean, std)
   if train_ds is not None and train_ds.image_shape != eval_ds.image_shape:
-    raise ValueError(f"train images are {train_ds.image_shape} but eval images are "
-                     f"{eval_ds.image_shape}; eval data must match the training format.")
+    raise DataError(f"train images are {train_ds.image_shape} but eval images are "
+                    f"{eval_ds.image_shape}; eval data must match the training format.")
+  if train_ds is not None:
+    source = (f"{config.path} (split {config.train_split!r})" if name == "medmnist"
+              else "the synthetic shapes")
+    warn_unused_classes(train["label"], num_classes, source)
   return train_ds, eval_ds

@@ -12,6 +12,8 @@ from jax.experimental import multihost_utils
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from mhex_jax.errors import ConfigError
+
 DATA_AXIS = "data"
 MODEL_AXIS = "model"
 
@@ -21,7 +23,7 @@ def make_mesh(num_devices: Optional[int] = None) -> Mesh:
   devices = jax.devices()
   if num_devices is not None:
     if not 1 <= num_devices <= len(devices):
-      raise ValueError(f"num_devices={num_devices} but {len(devices)} devices are available.")
+      raise ConfigError(f"num_devices={num_devices} but {len(devices)} devices are available.")
     devices = devices[:num_devices]
   grid = np.asarray(devices).reshape(len(devices), 1)
   return Mesh(grid, (DATA_AXIS, MODEL_AXIS),
@@ -40,8 +42,8 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
 def check_batch_size(batch_size: int, mesh: Mesh) -> None:
   data_size = mesh.shape[DATA_AXIS]
   if batch_size % data_size:
-    raise ValueError(f"batch_size={batch_size} must be divisible by the {data_size} devices of "
-                     f"the data axis; use a multiple of {data_size}.")
+    raise ConfigError(f"batch_size={batch_size} must be divisible by the {data_size} devices of "
+                      f"the data axis; use a multiple of {data_size}.")
 
 
 def shard_batch(batch: dict[str, Any], mesh: Mesh) -> dict[str, jax.Array]:

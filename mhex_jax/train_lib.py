@@ -27,6 +27,7 @@ import orbax.checkpoint as ocp
 
 from mhex_jax import checkpoints as checkpoints_lib
 from mhex_jax import config_lib
+from mhex_jax import errors
 from mhex_jax import files
 from mhex_jax import input_pipeline
 from mhex_jax import metric_writers
@@ -54,7 +55,8 @@ def create_learning_rate(config: ml_collections.ConfigDict, steps_per_epoch: int
   if config.schedule == "constant":
     return optax.constant_schedule(config.learning_rate)
   if config.schedule != "cosine":
-    raise ValueError(f"Unknown train.schedule={config.schedule!r}; use 'cosine' or 'constant'.")
+    raise errors.ConfigError(
+        f"Unknown train.schedule={config.schedule!r}; use 'cosine' or 'constant'.")
   return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup,
                                             max(total, warmup + 1))
 
@@ -69,7 +71,7 @@ def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
                        optax.sgd(lr, momentum=config.momentum, nesterov=True))
   if config.optimizer == "adamw":
     return optax.adamw(lr, weight_decay=config.weight_decay, mask=decay_mask)
-  raise ValueError(f"Unknown train.optimizer={config.optimizer!r}; use 'sgd' or 'adamw'.")
+  raise errors.ConfigError(f"Unknown train.optimizer={config.optimizer!r}; use 'sgd' or 'adamw'.")
 
 
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -103,17 +105,18 @@ def load_pretrained(config: ml_collections.ConfigDict, state: TrainState, optimi
   from mhex_jax import weights  # Only pretrained Transformers need the importer.
   load = {"bert": weights.load_bert, "vit": weights.load_vit}.get(config.name)
   if load is None:
-    raise ValueError(f"model.hf_checkpoint is set but model.name={config.name!r} has no "
-                     "Hugging Face import; use 'bert' or 'vit'.")
+    raise errors.ConfigError(f"model.hf_checkpoint is set but model.name={config.name!r} has no "
+                             "Hugging Face import; use 'bert' or 'vit'.")
   _, variables = load(config.hf_checkpoint, num_classes=config.num_classes, mhex=config.mhex,
                       new_head=config.get("new_head", False), seed=seed,
                       gate_init=config.gate_init)
   params = jax.tree.map(jnp.asarray, variables["params"])
   expected = jax.tree.structure(state.params)
   if jax.tree.structure(params) != expected:
-    raise ValueError(f"The parameters imported from {config.hf_checkpoint} do not match the "
-                     "model built from the config; check model.* options against the "
-                     "checkpoint's config.json.")
+    raise errors.WeightsError(
+        f"The parameters imported from {config.hf_checkpoint} do not match the "
+        "model built from the config; check model.* options against the "
+        "checkpoint's config.json.")
   return state.replace(params=params, opt_state=optimizer.init(params))
 
 
@@ -123,8 +126,8 @@ def head_weights(config: ml_collections.ConfigDict, num_heads: int) -> jax.Array
     return jnp.ones((num_heads,), jnp.float32)
   weights = tuple(config.head_weights)
   if len(weights) != num_heads:
-    raise ValueError(f"train.head_weights has {len(weights)} entries but the model has "
-                     f"{num_heads} heads.")
+    raise errors.ConfigError(f"train.head_weights has {len(weights)} entries but the model has "
+                             f"{num_heads} heads.")
   return jnp.asarray(weights, jnp.float32)
 
 
@@ -210,12 +213,16 @@ def evaluate_accuracy(model, variables, dataset, batch_size: int, mesh) -> dict[
 def restore_or_init(checkpoints, state: TrainState) -> tuple[TrainState, list[dict]]:
   """The latest intact checkpoint in the workdir (damaged later steps are moved aside), or
   ``state`` when there is none; with the metrics logged at the next log step."""
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-  restored = checkpoints_lib.restore(checkpoints, abstract, move_damaged=True)
+  targets = jax.tree.map(ocp.utils.to_shape_dtype_struct, checkpoints_lib.split_state(state))
+  restored = checkpoints_lib.restore(checkpoints, targets, move_damaged=True)
   if restored is None:
     return state, []
   logging.info("Resuming from checkpoint at step %d.", restored.step)
-  return restored.state, restored.pending_metrics
+  variables = restored.items[checkpoints_lib.VARIABLES]
+  optimizer = restored.items[checkpoints_lib.OPTIMIZER]
+  return TrainState(step=optimizer["step"], params=variables["params"],
+                    batch_stats=variables["batch_stats"],
+                    opt_state=optimizer["opt_state"]), restored.pending_metrics
 
 
 # Fields a rerun may change without changing the run.
@@ -233,8 +240,11 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str) -> None:
   if not path.exists():
     return
   saved = ml_collections.ConfigDict(json.loads(path.read_text()))
+  may_change = _RESUME_MAY_CHANGE
+  if not config.data.get("class_names"):
+    may_change += ("data.class_names",)  # Names the data define (CSV labels) were saved.
   diffs = config_lib.differences(saved, config, ("seed", "model", "data", "train"),
-                                 _RESUME_MAY_CHANGE)
+                                 may_change)
   if diffs and mode == "force":
     logging.warning("Resuming %s with a changed config (train.resume=force): %s", workdir,
                     "; ".join(diffs))
@@ -254,10 +264,14 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 class _LibraryInfoFilter(logging_std.Filter):
   """Drops INFO lines of the checkpointing library (orbax writes ~45 per checkpoint), keeping
-  its warnings and errors and every line of this project."""
+  its warnings and errors (without their tracebacks: the error that stops the run reaches the
+  entry point, which says what it means) and every line of this project."""
 
   def filter(self, record: logging_std.LogRecord) -> bool:
-    return record.levelno >= logging_std.WARNING or "/orbax/" not in record.pathname
+    if "/orbax/" not in record.pathname:
+      return True
+    record.exc_info, record.exc_text = None, None
+    return record.levelno >= logging_std.WARNING
 
 
 def quiet_library_logs() -> None:
@@ -306,16 +320,19 @@ def _check_finite(step: int, metrics: dict[str, float], state: Optional[TrainSta
 
 
 @contextlib.contextmanager
-def _saving(manager: ocp.CheckpointManager, step: int):
-  """Turns a save that ran out of disk space into a CheckpointError saying so first."""
+def _saving(manager: ocp.CheckpointManager, started: list[int]):
+  """Turns a save that ran out of disk space into a CheckpointError saying so first. Saves run
+  in the background, so the failure may surface at a later save: ``started`` are the steps
+  whose saves began, and the first of them that is not complete is named."""
   try:
     yield
   except Exception as error:
-    if not checkpoints_lib.is_disk_full(error):
+    if not started or not checkpoints_lib.is_disk_full(error):
       raise
-    complete = [s for s in manager.all_steps() if s != step]
-    raise checkpoints_lib.disk_full_error(manager.directory, step,
-                                          max(complete) if complete else None) from None
+    complete = set(manager.all_steps())
+    failed = min((s for s in started if s not in complete), default=started[-1])
+    last = max((s for s in complete if s < failed), default=None)
+    raise checkpoints_lib.disk_full_error(manager.directory, failed, last) from None
 
 
 class StopSignals:
@@ -365,6 +382,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   mesh = sharding_lib.make_mesh(config.get("num_devices"))
   config_lib.validate(config, mesh.shape[sharding_lib.DATA_AXIS])
   files.check_workdir(workdir)
+  if checkpoints_lib.has_steps(workdir):
+    check_resume(config, workdir)  # Before any data is read.
   model = models.create_model(config.model)
   train_ds, eval_ds = input_pipeline.get_datasets(config.data, config.model.num_classes)
   found = getattr(train_ds, "class_names", None)
@@ -376,8 +395,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   input_pipeline.class_names(config.data, config.model.num_classes)  # One name per class.
   steps_per_epoch = train_ds.num_examples // config.train.batch_size
   if steps_per_epoch == 0:
-    raise ValueError(f"train.batch_size={config.train.batch_size} is larger than the "
-                     f"{train_ds.num_examples} training examples.")
+    raise errors.ConfigError(f"train.batch_size={config.train.batch_size} is larger than the "
+                             f"{train_ds.num_examples} training examples.")
   total_steps = config.train.num_epochs * steps_per_epoch
   optimizer = create_optimizer(config.train, steps_per_epoch)
   state = create_train_state(model, optimizer, train_ds.dummy_inputs(), config.seed)
@@ -389,8 +408,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                               config.train.label_smoothing, config.seed), mesh)
 
   manager = checkpoints_lib.manager(workdir, config.train.keep_checkpoints)
-  if manager.latest_step() is not None:
-    check_resume(config, workdir)
   save_config(config, workdir)
   state, accumulated = restore_or_init(manager, state)
   state = sharding_lib.replicate(state, mesh)
@@ -412,7 +429,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                   manager, config.train.learning_rate)
     unchecked.clear()
     accumulated[:] = _host_metrics(accumulated)
-    with _saving(manager, step):
+    with _saving(manager, saved[1:] + [step]):  # saved[0]: the step the run started at.
       checkpoints_lib.save(manager, step, state, accumulated)
     saved.append(step)
 
@@ -454,7 +471,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             break
   finally:
     # An exception or a signal never abandons a save in flight.
-    with _saving(manager, saved[-1]):
+    with _saving(manager, saved[1:]):
       manager.wait_until_finished()
   if stopped is not None:
     logging.warning("Stopped by %s at step %d/%d; the checkpoint of step %d is saved in %s. "

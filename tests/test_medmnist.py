@@ -1,5 +1,6 @@
 """Tests for mhex_jax.data.medmnist on small files in the official format and on a real one."""
 import pathlib
+import re
 
 import numpy as np
 import pytest
@@ -77,14 +78,72 @@ def test_missing_file(tmp_path):
 
 
 def test_not_an_npz(tmp_path):
+  # A text file named .npz: numpy would take it for a pickle and advise allow_pickle=True.
   text = tmp_path / "text.npz"
-  text.write_text("not a zip archive")
-  with pytest.raises(ValueError, match=r"text.npz is not a valid .npz file"):
+  text.write_text("image,label\n1,2\n")
+  with pytest.raises(ValueError) as error:
     medmnist.load_medmnist(text, "train")
+  message = str(error.value)
+  assert f"{text} is not a NumPy .npz archive (it starts with b'image,'" in message
+  assert "train_images/train_labels" in message and "pickle" not in message
+  empty = tmp_path / "empty.npz"
+  empty.write_bytes(b"")
+  with pytest.raises(ValueError, match=r"empty.npz is not a NumPy .npz archive \(it is empty"):
+    medmnist.available_splits(empty)
   single = tmp_path / "single.npy"
   np.save(single, np.zeros(3))
-  with pytest.raises(ValueError, match=r"single.npy holds a single ndarray, not an .npz"):
+  with pytest.raises(ValueError, match=r"single.npy holds a single array \(.npy\), not an .npz "
+                     r"archive.*train_images/train_labels"):
     medmnist.available_splits(single)
+
+
+def test_damaged_npz(tmp_path):
+  rng = np.random.default_rng(3)
+  good = _write(tmp_path / "good.npz", train_images=_gray(rng, 4),
+                train_labels=np.zeros((4, 1), np.uint8))
+  truncated = tmp_path / "truncated.npz"
+  truncated.write_bytes(good.read_bytes()[:1000])
+  with pytest.raises(ValueError, match=r"truncated.npz is a damaged .npz archive \(truncated or "
+                     r"corrupt\?\).*re-download"):
+    medmnist.load_medmnist(truncated, "train")
+  objects = tmp_path / "objects.npz"
+  np.savez(objects, train_images=np.array([None, 1], object), train_labels=np.zeros((2, 1)))
+  with pytest.raises(ValueError) as error:
+    medmnist.load_medmnist(objects, "train")
+  assert "objects.npz['train_images'] is an array of Python objects" in str(error.value)
+  assert "allow_pickle" not in str(error.value)
+
+
+def test_directory_and_unreadable_file(tmp_path, monkeypatch):
+  rng = np.random.default_rng(4)
+  _write(tmp_path / "bloodmnist.npz", train_images=_gray(rng, 2),
+         train_labels=np.zeros((2, 1), np.uint8))
+  with pytest.raises(FileNotFoundError, match=r"is a directory, not an .npz file \(it holds "
+                     r"bloodmnist.npz\)"):
+    medmnist.load_medmnist(tmp_path, "train")
+
+  def denied(path, *args, **kwargs):
+    raise PermissionError(13, "Permission denied", str(path))
+  monkeypatch.setattr(medmnist, "open", denied, raising=False)  # chmod means nothing to root.
+  with pytest.raises(ValueError, match=r"bloodmnist.npz cannot be read: permission denied.*"
+                     r"chmod a\+r"):
+    medmnist.load_medmnist(tmp_path / "bloodmnist.npz", "train")
+
+
+def test_empty_split(tmp_path):
+  rng = np.random.default_rng(5)
+  path = _write(tmp_path / "empty_val.npz", train_images=_gray(rng, 3),
+                train_labels=np.array([[0], [1], [1]], np.uint8),
+                val_images=_gray(rng, 0), val_labels=np.zeros((0, 1), np.uint8))
+  with pytest.raises(ValueError, match=re.escape(f"{path}: the 'val' split is empty "
+                                                 "('val_images' has shape [0, 28, 28]); pick a "
+                                                 "split with examples")):
+    medmnist.load_medmnist(path, "val")
+  assert medmnist.num_classes_in(path) == 2  # Empty splits hold no classes.
+  labels_only = _write(tmp_path / "no_labels.npz", train_images=_gray(rng, 0),
+                       train_labels=np.zeros((0, 1), np.uint8))
+  with pytest.raises(ValueError, match=r"no_labels.npz: every split \(train\) is empty"):
+    medmnist.num_classes_in(labels_only)
 
 
 @pytest.mark.parametrize("arrays, match", [

@@ -165,3 +165,50 @@ def test_augmented_batches_do_not_depend_on_the_process_count(monkeypatch, augme
   for a, b in zip(whole[1:], batches(start=1), strict=True):
     for key in a:
       np.testing.assert_array_equal(a[key], b[key])
+
+
+def _medmnist_config(path, **overrides):
+  from mhex_jax import config_lib
+  config = config_lib.base_config().data
+  config.update(dict(name="medmnist", path=str(path), train_split="train", eval_split="val",
+                     image_size=28, mean=(0.5,), std=(0.5,)), **overrides)
+  return config
+
+
+@pytest.mark.parametrize("num_classes, warned", [(10, True), (9, True), (8, False), (4, False)])
+def test_get_datasets_warns_when_labels_use_few_of_num_classes(tmp_path, monkeypatch,
+                                                               num_classes, warned):
+  from mhex_jax import input_pipeline
+  path = tmp_path / "four_classes.npz"
+  images = np.zeros((8, 28, 28), np.uint8)
+  np.savez(path, train_images=images, train_labels=np.arange(8)[:, None] % 4,
+           val_images=images[:2], val_labels=np.zeros((2, 1), np.uint8))
+  messages = []
+  monkeypatch.setattr(input_pipeline.logging, "warning",
+                      lambda fmt, *args: messages.append(fmt % args))
+  input_pipeline.get_datasets(_medmnist_config(path), num_classes)
+  if not warned:  # 4 used classes of 8 is half: a subset, not a mistake.
+    assert not messages
+    return
+  (message,) = messages
+  assert (f"The training labels of {path} (split 'train') span 4 classes (class indices 0..3"
+          in message)
+  assert f"but model.num_classes={num_classes}" in message and "Set model.num_classes=4" in message
+  # Evaluating alone reads no training labels and warns of nothing.
+  messages.clear()
+  input_pipeline.get_datasets(_medmnist_config(path), num_classes, need_train=False)
+  assert not messages
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (dict(num_train=0), r"data.num_train=0: synthetic data needs a positive number"),
+    (dict(num_eval=0), r"data.num_eval=0: synthetic data needs a positive number"),
+    (dict(image_size=4), r"synthetic data with data.image_size=4, data.seed=0: image_size must"),
+])
+def test_synthetic_data_errors_name_the_field(overrides, match):
+  from mhex_jax import config_lib
+  from mhex_jax import input_pipeline
+  config = config_lib.base_config().data
+  config.update(dict(num_train=8, num_eval=4, image_size=16), **overrides)
+  with pytest.raises(ValueError, match=match):
+    input_pipeline.get_datasets(config, 4)

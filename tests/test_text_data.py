@@ -274,6 +274,20 @@ def test_make_text_splits_with_eval_file(tmp_path, tiny_dir):
   assert held_out["label"].dtype == np.int32 and held_out["label"].tolist() == [1]
 
 
+def test_make_text_splits_refuses_texts_without_tokens(tmp_path, tiny_dir):
+  # Zero-width and control characters are not whitespace to str.strip() but BERT tokenizers
+  # drop them: the text would reach the model as [CLS] [SEP].
+  train_path = _write(tmp_path, '"1","the cat","sat"\n"2","\u200b","\x07"\n"1","the","mat"\n'
+                      '"2","on","mat"\n', "train.csv")
+  with pytest.raises(ValueError, match=re.escape(f"{train_path}: 1 of 4 texts have no token") +
+                     r".* at line\(s\) 2 \(e.g. '\\u200b \\x07'"):
+    text.make_text_splits(_config(train_path, tiny_dir, eval_fraction=0.5))
+  good = _write(tmp_path, '"1","the cat","sat"\n"2","the mat","."\n', "good.csv")
+  eval_path = _write(tmp_path, '"1","cat","sat"\n"2","\u200b",""\n', "eval.csv")
+  with pytest.raises(ValueError, match=r"eval.csv: 1 of 2 texts have no token.*line\(s\) 2 "):
+    text.make_text_splits(_config(good, tiny_dir, eval_path=str(eval_path)))
+
+
 def test_make_text_splits_names_missing_fields(tmp_path, tiny_dir):
   config = _config(tmp_path / "x.csv", tiny_dir)
   del config["max_len"]
@@ -420,6 +434,39 @@ def test_load_csv_long_field_and_unclosed_quote(tmp_path):
     text.load_csv(unclosed)
 
 
+def test_load_csv_field_over_the_limit_names_line_and_quote(tmp_path, monkeypatch):
+  monkeypatch.setattr(text, "_FIELD_LIMIT", 1000)  # The real bound (16 Mi characters) scaled down.
+  path = _write(tmp_path, '"1","a","b"\n"2","' + "x" * 2000 + '","c"\n')
+  with pytest.raises(ValueError) as error:
+    text.load_csv(path)
+  message = str(error.value)
+  assert f"{path}, line 2: a field is longer than 1,000 characters" in message
+  assert "never closed" in message and "must be quoted" not in message
+
+
+def test_load_csv_bom_without_header(tmp_path):
+  path = tmp_path / "excel.csv"
+  path.write_bytes(b'\xef\xbb\xbf"2","the cat","sat"\n"1","a","b"\n')
+  data = text.load_csv(path)
+  assert data.texts == ["the cat sat", "a b"] and data.labels.tolist() == [1, 0]
+
+
+def test_load_csv_directory_unreadable_and_workbook(tmp_path, monkeypatch):
+  with pytest.raises(FileNotFoundError, match=r"text CSV path .* is a directory, not a CSV file"):
+    text.load_csv(tmp_path)
+  workbook = tmp_path / "reviews.csv"
+  workbook.write_bytes(b"PK\x03\x04\x14\x00\x06\x00\x08\x00\x00\x00!\x00\xb6\xff")
+  with pytest.raises(ValueError, match=r"reviews.csv is an Excel workbook .*'CSV UTF-8'"):
+    text.load_csv(workbook)
+  path = _write(tmp_path, '"1","a","b"\n')
+
+  def denied(name, *args, **kwargs):
+    raise PermissionError(13, "Permission denied", str(name))
+  monkeypatch.setattr(text, "open", denied, raising=False)  # chmod means nothing to root.
+  with pytest.raises(ValueError, match=r"data.csv cannot be read: permission denied"):
+    text.load_csv(path)
+
+
 def test_load_csv_semicolon_hint(tmp_path):
   path = _write(tmp_path, "label;text\n1;a\n2;b\n")
   with pytest.raises(ValueError, match="separated by ';' or tabs"):
@@ -514,3 +561,19 @@ def test_get_datasets_carries_class_names(tmp_path, minilm_dir, monkeypatch):
   assert train_ds.class_names == eval_ds.class_names == ("negative", "neutral", "positive")
   assert train_ds.num_examples + eval_ds.num_examples == 6
   assert eval_ds.arrays["input_ids"][0, 0] == 101  # MiniLM's [CLS].
+
+
+def test_get_datasets_warns_when_labels_use_few_of_num_classes(tmp_path, tiny_dir, monkeypatch):
+  from mhex_jax import input_pipeline
+  path = _write(tmp_path, "".join(f'"{1 + i % 2}","the cat","sat"\n' for i in range(10)))
+  messages = []
+  monkeypatch.setattr(input_pipeline.logging, "warning",
+                      lambda fmt, *args: messages.append(fmt % args))
+  config = _config(path, tiny_dir, name="text", class_names=(), mean=(), std=())
+  input_pipeline.get_datasets(config, 10)
+  (message,) = messages
+  assert f"The training labels of the CSV {path} span 2 classes" in message
+  assert "model.num_classes=10" in message and "Set model.num_classes=2" in message
+  messages.clear()
+  input_pipeline.get_datasets(config, 4)  # Half the classes: no warning.
+  assert not messages

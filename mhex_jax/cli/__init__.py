@@ -62,7 +62,7 @@ class _ShippedConfigParser(flags.ArgumentParser):
       return self._file_parser.parse(config_path(argument))
     except ValueError as error:
       # ml_collections puts a config's own traceback in the message: keep only what it says.
-      if isinstance(error.__context__, config_lib.ConfigError):
+      if isinstance(error.__context__, errors.UserError):
         raise ValueError(str(error.__context__)) from None
       raise
 
@@ -161,8 +161,17 @@ def _main_with_clean_errors(main: Callable[[list[str]], None], argv: list[str]) 
     sys.exit(1)
 
 
+def _log_unraisable(unraisable) -> None:
+  """Exceptions Python cannot raise (in a finaliser, or a coroutine the checkpointing library
+  dropped after a failed read) go to the debug log (--verbosity=1), not as tracebacks on
+  stderr: the error that matters is raised and reported where it happened."""
+  logging.debug("Ignored %s in %r: %s", type(unraisable.exc_value).__name__,
+                unraisable.object, unraisable.exc_value)
+
+
 def run(main: Callable[[list[str]], None], argv: Optional[list[str]] = None) -> None:
   """``app.run(main)`` for the console scripts: the flag parser above, and user errors
   (``USER_ERRORS``) printed without a traceback, exit status 1."""
+  sys.unraisablehook = _log_unraisable
   app.run(functools.partial(_main_with_clean_errors, main), argv=argv,
           flags_parser=parse_flags)

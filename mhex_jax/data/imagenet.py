@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from mhex_jax.data import pipeline
+from mhex_jax.errors import DataError
 
 TFDS_NAME = "imagenet2012"
 NUM_CLASSES = 1000
@@ -63,7 +64,7 @@ def make_iterator(split: str, *, batch_size: int, image_size: int, train: bool, 
     when not ``train``.
   """
   if image_size <= 0:
-    raise ValueError(f"image_size must be positive, got {image_size}.")
+    raise DataError(f"image_size must be positive, got {image_size}.")
   source = _data_source(split, data_dir)
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count

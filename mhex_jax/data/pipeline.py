@@ -13,6 +13,8 @@ from typing import Iterator, Sequence
 import numpy as np
 from PIL import Image
 
+from mhex_jax.errors import DataError
+
 
 def batch_indices(num_examples: int, batch_size: int, *, shuffle: bool, seed: int,
                   epoch: int = 0, drop_remainder: bool, process_index: int = 0,
@@ -35,18 +37,18 @@ def batch_indices(num_examples: int, batch_size: int, *, shuffle: bool, seed: in
     (indices int64 [B / P], valid bool [B / P]) per global batch, from batch ``start`` on.
   """
   if num_examples <= 0:
-    raise ValueError(f"num_examples must be positive, got {num_examples}.")
+    raise DataError(f"num_examples must be positive, got {num_examples}.")
   if process_count <= 0 or not 0 <= process_index < process_count:
-    raise ValueError(f"process_index must be in [0, process_count={process_count}), got "
-                     f"{process_index}.")
+    raise DataError(f"process_index must be in [0, process_count={process_count}), got "
+                    f"{process_index}.")
   if batch_size <= 0 or batch_size % process_count:
-    raise ValueError(f"batch_size must be a positive multiple of process_count="
-                     f"{process_count}, got {batch_size}.")
+    raise DataError(f"batch_size must be a positive multiple of process_count="
+                    f"{process_count}, got {batch_size}.")
   if start < 0:
-    raise ValueError(f"start must be >= 0, got {start}.")
+    raise DataError(f"start must be >= 0, got {start}.")
   if drop_remainder and num_examples < batch_size:
-    raise ValueError(f"{num_examples} examples make no full batch of {batch_size}; use a "
-                     "smaller batch_size or drop_remainder=False.")
+    raise DataError(f"{num_examples} examples make no full batch of {batch_size}; use a "
+                    "smaller batch_size or drop_remainder=False.")
   if shuffle:
     order = np.random.default_rng([seed, epoch]).permutation(num_examples)
   else:
@@ -87,14 +89,14 @@ def batch_iterator(split: dict[str, np.ndarray], batch_size: int, *, shuffle: bo
     evaluation sees one fixed shape and can mask the repeats out.
   """
   if not split:
-    raise ValueError("split is empty; pass a dict of arrays such as {'image': ..., "
-                     "'label': ...}.")
+    raise DataError("split is empty; pass a dict of arrays such as {'image': ..., "
+                    "'label': ...}.")
   sizes = {key: len(value) for key, value in split.items()}
   if len(set(sizes.values())) != 1:
-    raise ValueError(f"split arrays must share their leading dimension, got sizes {sizes}.")
+    raise DataError(f"split arrays must share their leading dimension, got sizes {sizes}.")
   if not drop_remainder and "valid" in split:
-    raise ValueError("split already has a 'valid' key, which batch_iterator adds when "
-                     "drop_remainder=False; rename that key.")
+    raise DataError("split already has a 'valid' key, which batch_iterator adds when "
+                    "drop_remainder=False; rename that key.")
   for indices, valid in batch_indices(
       next(iter(sizes.values())), batch_size, shuffle=shuffle, seed=seed, epoch=epoch,
       drop_remainder=drop_remainder, process_index=process_index,
@@ -114,21 +116,21 @@ def normalize(images: np.ndarray, mean: Sequence[float],
   """
   images = np.asarray(images)
   if images.dtype != np.uint8 or images.ndim < 3:
-    raise ValueError(f"images must be uint8 [..., H, W, C], got "
-                     f"{images.dtype}{list(images.shape)}.")
+    raise DataError(f"images must be uint8 [..., H, W, C], got "
+                    f"{images.dtype}{list(images.shape)}.")
   mean = np.asarray(mean, np.float32).reshape(-1)
   std = np.asarray(std, np.float32).reshape(-1)
   channels = images.shape[-1]
   for name, value in (("mean", mean), ("std", std)):
     if len(value) not in (1, channels):
-      raise ValueError(f"{name} has {len(value)} entries but images have {channels} "
-                       f"channels; give one entry per channel.")
+      raise DataError(f"{name} has {len(value)} entries but images have {channels} "
+                      f"channels; give one entry per channel.")
   if np.any(std <= 0):
-    raise ValueError(f"std must be positive, got {std.tolist()}.")
+    raise DataError(f"std must be positive, got {std.tolist()}.")
   if np.any(mean > 1.5) or np.any(std > 1.5):
     # Catches 0-255 statistics, which would silently give images of tiny magnitude.
-    raise ValueError(f"mean/std must be in [0, 1] pixel units, got mean={mean.tolist()} "
-                     f"std={std.tolist()}; divide them by 255.")
+    raise DataError(f"mean/std must be in [0, 1] pixel units, got mean={mean.tolist()} "
+                    f"std={std.tolist()}; divide them by 255.")
   return (images.astype(np.float32) / 255.0 - mean) / std
 
 
@@ -136,10 +138,10 @@ def resize_images(images: np.ndarray, size: int) -> np.ndarray:
   """Bilinear (antialiased, PIL) resize of uint8 [N, H, W, C] to uint8 [N, size, size, C]."""
   images = np.asarray(images)
   if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
-    raise ValueError(f"images must be uint8 [N, H, W, C] with C in (1, 3), got "
-                     f"{images.dtype}{list(images.shape)}.")
+    raise DataError(f"images must be uint8 [N, H, W, C] with C in (1, 3), got "
+                    f"{images.dtype}{list(images.shape)}.")
   if not isinstance(size, (int, np.integer)) or size <= 0:
-    raise ValueError(f"size must be a positive int, got {size!r}.")
+    raise DataError(f"size must be a positive int, got {size!r}.")
   if images.shape[1:3] == (size, size):
     return images.copy()
   out = np.empty((len(images), size, size, images.shape[-1]), np.uint8)

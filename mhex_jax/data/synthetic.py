@@ -26,6 +26,8 @@ import colorsys
 
 import numpy as np
 
+from mhex_jax.errors import DataError
+
 CLASS_NAMES = ("circle", "square", "triangle", "cross")
 NUM_CLASSES = len(CLASS_NAMES)
 
@@ -41,13 +43,13 @@ def make_split(num_examples: int, *, image_size: int = 32, seed: int = 0,
     {"image": uint8 [N, S, S, 3], "label": int32 [N], "mask": bool [N, S, S]}.
   """
   if not isinstance(num_examples, (int, np.integer)) or num_examples <= 0:
-    raise ValueError(f"num_examples must be a positive int, got {num_examples!r}.")
+    raise DataError(f"num_examples must be a positive int, got {num_examples!r}.")
   if not isinstance(image_size, (int, np.integer)) or image_size < _MIN_IMAGE_SIZE:
-    raise ValueError(f"image_size must be an int >= {_MIN_IMAGE_SIZE} (smaller images cannot "
-                     f"draw the shapes recognisably), got {image_size!r}.")
+    raise DataError(f"image_size must be an int >= {_MIN_IMAGE_SIZE} (smaller images cannot "
+                    f"draw the shapes recognisably), got {image_size!r}.")
   if seed < 0 or start_index < 0:
-    raise ValueError(f"seed and start_index must be >= 0 (they seed numpy's generator), got "
-                     f"seed={seed}, start_index={start_index}.")
+    raise DataError(f"seed and start_index must be >= 0 (they seed numpy's generator), got "
+                    f"seed={seed}, start_index={start_index}.")
   images = np.empty((num_examples, image_size, image_size, 3), np.uint8)
   labels = np.empty((num_examples,), np.int32)
   masks = np.empty((num_examples, image_size, image_size), bool)
@@ -146,7 +148,7 @@ def _shape_mask(label, grid, centre, radius, angle) -> np.ndarray:
     arm = radius / 3
     return (((np.abs(u) <= radius) & (np.abs(v) <= arm)) |
             ((np.abs(v) <= radius) & (np.abs(u) <= arm)))
-  raise ValueError(f"Unknown shape label {label}; expected 0..{NUM_CLASSES - 1}.")
+  raise DataError(f"Unknown shape label {label}; expected 0..{NUM_CLASSES - 1}.")
 
 
 def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:

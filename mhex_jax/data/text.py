@@ -26,6 +26,8 @@ import ml_collections
 import numpy as np
 import transformers
 
+from mhex_jax.errors import DataError
+
 # A tokenizer directory must hold one of these, or AutoTokenizer silently builds a tokenizer with
 # an empty vocabulary from config.json alone.
 VOCAB_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model",
@@ -41,8 +43,9 @@ CONFIG_FIELDS = ("path", "eval_path", "eval_fraction", "split_seed", "max_len", 
 _CHUNK = 1024
 
 # csv refuses fields over 128 KiB by default; a long document is a legitimate text (it is
-# truncated to max_len tokens anyway). 2**31 - 1 fits a C long on every platform.
-_FIELD_LIMIT = 2**31 - 1
+# truncated to max_len tokens anyway). The limit stays bounded so that a quote never closed
+# cannot read the rest of a large file into one field.
+_FIELD_LIMIT = 2**24
 
 Column = int | str
 
@@ -102,34 +105,35 @@ def load_csv(path: str | os.PathLike, *, label_column: Column = 0,
 
 
 def _read_labelled_csv(path, *, label_column, text_columns, label_base, has_header, class_names,
-                       joiner, integer_labels=None) -> tuple[CsvData, bool]:
-  """`load_csv`, and whether the labels are class indices (``integer_labels`` forces it)."""
+                       joiner, integer_labels=None) -> tuple[CsvData, bool, list[int]]:
+  """`load_csv`, whether the labels are class indices (``integer_labels`` forces it), and the
+  line each row starts on."""
   path = os.fspath(path)
   text_columns = tuple(text_columns) if not isinstance(text_columns, str) else (text_columns,)
   columns = (label_column, *text_columns)
   if not text_columns or any(not isinstance(c, (int, str)) or isinstance(c, bool)
                              or (isinstance(c, int) and c < 0) for c in columns):
-    raise ValueError(f"label_column and text_columns must be non-negative ints or header names "
-                     f"with at least one text column, got label_column={label_column!r}, "
-                     f"text_columns={text_columns!r}.")
+    raise DataError(f"label_column and text_columns must be non-negative ints or header names "
+                    f"with at least one text column, got label_column={label_column!r}, "
+                    f"text_columns={text_columns!r}.")
   class_names = _check_class_names(class_names)
   by_name = any(isinstance(c, str) for c in columns)
   if has_header not in (True, False, "auto"):
-    raise ValueError(f"has_header must be True, False or 'auto', got {has_header!r}.")
+    raise DataError(f"has_header must be True, False or 'auto', got {has_header!r}.")
   if by_name and has_header is False:
-    raise ValueError(f"columns are given by name (label_column={label_column!r}, "
-                     f"text_columns={text_columns!r}) but has_header=False; set has_header to "
-                     "True or 'auto', or give the columns as 0-based numbers.")
+    raise DataError(f"columns are given by name (label_column={label_column!r}, "
+                    f"text_columns={text_columns!r}) but has_header=False; set has_header to "
+                    "True or 'auto', or give the columns as 0-based numbers.")
   rows = _read_rows(path)
   if has_header == "auto":
     has_header = by_name or _looks_like_header(rows, label_column, class_names)
   header = None
   if has_header:
     if not rows:
-      raise ValueError(f"{path} holds no rows; it should start with a header row.")
+      raise DataError(f"{path} holds no rows; it should start with a header row.")
     header = [name.strip() for name in rows.pop(0)[1]]
   if not rows:
-    raise ValueError(f"{path} holds no data rows{' after the header' if has_header else ''}.")
+    raise DataError(f"{path} holds no data rows{' after the header' if has_header else ''}.")
   label_index = _column_index(label_column, header, path)
   text_indices = tuple(_column_index(c, header, path) for c in text_columns)
   needed = max(label_index, *text_indices) + 1
@@ -138,13 +142,13 @@ def _read_labelled_csv(path, *, label_column, text_columns, label_base, has_head
     if len(row) < needed:
       hint = ("; is it separated by ';' or tabs? Save it as comma-separated values"
               if len(row) == 1 and (";" in row[0] or "\t" in row[0]) else "")
-      raise ValueError(f"{path}, line {line}: expected at least {needed} columns (label column "
-                       f"{label_column!r}, text columns {list(text_columns)}), got {len(row)}: "
-                       f"{_show(row)}{hint}.")
+      raise DataError(f"{path}, line {line}: expected at least {needed} columns (label column "
+                      f"{label_column!r}, text columns {list(text_columns)}), got {len(row)}: "
+                      f"{_show(row)}{hint}.")
     label = row[label_index].strip()
     if not label:
-      raise ValueError(f"{path}, line {line}: the label in column {label_column!r} is empty in "
-                       f"{_show(row)}; give every row a label or delete the row.")
+      raise DataError(f"{path}, line {line}: the label in column {label_column!r} is empty in "
+                      f"{_show(row)}; give every row a label or delete the row.")
     lines.append(line)
     raw_labels.append(label)
     texts.append(joiner.join(row[c] for c in text_indices))
@@ -156,7 +160,7 @@ def _read_labelled_csv(path, *, label_column, text_columns, label_base, has_head
   else:
     class_names = class_names or tuple(sorted(set(raw_labels)))
     labels = _name_labels(path, lines, raw_labels, class_names)
-  return CsvData(texts, labels, class_names or None), integer_labels
+  return CsvData(texts, labels, class_names or None), integer_labels, lines
 
 
 @contextlib.contextmanager
@@ -170,12 +174,20 @@ def _field_size_limit(limit: int):
 
 def _read_rows(path: str) -> list[tuple[int, list[str]]]:
   """The non-blank rows of a CSV file, each with the line it starts on."""
+  if os.path.isdir(path):
+    raise FileNotFoundError(f"text CSV path {path} is a directory, not a CSV file; pass the "
+                            "path of the file itself, e.g. .../train.csv.")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"text CSV file {path} does not exist; pass the path of a CSV file "
                             "on disk, e.g. AG News' train.csv or test.csv.")
   rows = []
   # utf-8-sig drops the byte-order mark Excel writes before the first header name.
-  with open(path, encoding="utf-8-sig", newline="") as f, _field_size_limit(_FIELD_LIMIT):
+  try:
+    f = open(path, encoding="utf-8-sig", newline="")
+  except PermissionError as e:
+    raise DataError(f"text CSV file {path} cannot be read: permission denied; make it "
+                    f"readable (e.g. chmod a+r {path}).") from e
+  with f, _field_size_limit(_FIELD_LIMIT):
     reader = csv.reader(f, strict=True)
     line = 1  # Where the next row starts: quoted fields may span several lines.
     try:
@@ -184,12 +196,22 @@ def _read_rows(path: str) -> list[tuple[int, list[str]]]:
         if any(field.strip() for field in row):
           rows.append((row_line, row))
     except csv.Error as e:
-      raise ValueError(f"{path}, line {line}: malformed CSV ({e}, at line {reader.line_num}); "
-                       "fields with commas, quotes or line breaks must be quoted, with inner "
-                       "quotes doubled (\"\"), and every opening quote closed.") from e
+      if "field limit" in str(e):
+        raise DataError(f"{path}, line {line}: a field is longer than {_FIELD_LIMIT:,} "
+                        "characters, most likely because a quote opened on that line is "
+                        "never closed, so the rest of the file reads as one field: close "
+                        "it (inner quotes doubled, \"\"). A text really that long must be "
+                        "shortened: only its first max_len tokens are used.") from e
+      raise DataError(f"{path}, line {line}: malformed CSV ({e}, at line {reader.line_num}); "
+                      "fields with commas, quotes or line breaks must be quoted, with inner "
+                      "quotes doubled (\"\"), and every opening quote closed.") from e
     except UnicodeDecodeError as e:
-      raise ValueError(f"{path} is not UTF-8 text ({e}); re-encode it as UTF-8 (in Excel: "
-                       "Save As, 'CSV UTF-8').") from e
+      with open(path, "rb") as raw:
+        workbook = raw.read(4) == b"PK\x03\x04"  # .xlsx files are zip archives.
+      what = ("an Excel workbook (or another zip archive), not CSV text; save it as CSV "
+              "(Save As, 'CSV UTF-8')" if workbook else
+              f"not UTF-8 text ({e}); re-encode it as UTF-8 (in Excel: Save As, 'CSV UTF-8')")
+      raise DataError(f"{path} is {what}.") from e
   return rows
 
 
@@ -216,13 +238,13 @@ def _column_index(column: Column, header: Optional[list[str]], path: str) -> int
   if isinstance(column, int):
     return column
   if header is None:
-    raise ValueError(f"column {column!r} is a header name but {path} is read without a "
-                     "header; set has_header to True or 'auto'.")
+    raise DataError(f"column {column!r} is a header name but {path} is read without a "
+                    "header; set has_header to True or 'auto'.")
   matches = [i for i, name in enumerate(header) if name == column.strip()]
   if len(matches) != 1:
     problem = "names no column" if not matches else f"names {len(matches)} columns"
-    raise ValueError(f"{column!r} {problem} of {path}, whose header has the columns "
-                     f"{header}; pick one of them or give its 0-based number.")
+    raise DataError(f"{column!r} {problem} of {path}, whose header has the columns "
+                    f"{header}; pick one of them or give its 0-based number.")
   return matches[0]
 
 
@@ -230,9 +252,9 @@ def _check_class_names(class_names) -> tuple[str, ...]:
   names = tuple(class_names or ())
   if (isinstance(class_names, str) or not all(isinstance(n, str) and n.strip() for n in names)
       or len(set(names)) != len(names)):
-    raise ValueError(f"class_names must be distinct non-empty strings in class order, e.g. "
-                     f"('negative', 'positive'), or () to read them from the data; got "
-                     f"{class_names!r}.")
+    raise DataError(f"class_names must be distinct non-empty strings in class order, e.g. "
+                    f"('negative', 'positive'), or () to read them from the data; got "
+                    f"{class_names!r}.")
   return tuple(n.strip() for n in names)
 
 
@@ -241,9 +263,9 @@ def _check_texts(path, lines, texts, text_columns) -> None:
   if empty:
     shown = ", ".join(map(str, empty[:10])) + (", ..." if len(empty) > 10 else "")
     everything = "every row" if len(empty) == len(texts) else f"{len(empty)} of {len(texts)} rows"
-    raise ValueError(f"{path}: the text (text columns {list(text_columns)}) is empty in "
-                     f"{everything}, at line(s) {shown}; fill or delete those rows, or check "
-                     "text_columns and has_header.")
+    raise DataError(f"{path}: the text (text columns {list(text_columns)}) is empty in "
+                    f"{everything}, at line(s) {shown}; fill or delete those rows, or check "
+                    "text_columns and has_header.")
 
 
 def _integer_labels(path, lines, raw_labels, label_column) -> bool:
@@ -252,11 +274,11 @@ def _integer_labels(path, lines, raw_labels, label_column) -> bool:
   if all(is_int) or not any(is_int):
     return all(is_int)
   first_int, first_name = is_int.index(True), is_int.index(False)
-  raise ValueError(f"{path}, line {lines[first_name]}: the label in column {label_column!r} "
-                   f"must be an integer, got {raw_labels[first_name]!r}, while line "
-                   f"{lines[first_int]} holds the integer label {raw_labels[first_int]!r}: "
-                   "labels are either all class indices or all class names; check "
-                   "label_column and has_header.")
+  raise DataError(f"{path}, line {lines[first_name]}: the label in column {label_column!r} "
+                  f"must be an integer, got {raw_labels[first_name]!r}, while line "
+                  f"{lines[first_int]} holds the integer label {raw_labels[first_int]!r}: "
+                  "labels are either all class indices or all class names; check "
+                  "label_column and has_header.")
 
 
 def _index_labels(path, lines, raw_labels, label_column, label_base, class_names) -> np.ndarray:
@@ -265,16 +287,16 @@ def _index_labels(path, lines, raw_labels, label_column, label_base, class_names
     try:
       label = int(raw)
     except ValueError:
-      raise ValueError(f"{path}, line {line}: the label in column {label_column!r} must be an "
-                       f"integer, got {raw!r}, as the training data's labels are class "
-                       "indices.") from None
+      raise DataError(f"{path}, line {line}: the label in column {label_column!r} must be an "
+                      f"integer, got {raw!r}, as the training data's labels are class "
+                      "indices.") from None
     if label < label_base:
-      raise ValueError(f"{path}, line {line}: label {label} is below label_base={label_base}; "
-                       "set label_base to the file's smallest class index (0 or 1).")
+      raise DataError(f"{path}, line {line}: label {label} is below label_base={label_base}; "
+                      "set label_base to the file's smallest class index (0 or 1).")
     if class_names and label - label_base >= len(class_names):
-      raise ValueError(f"{path}, line {line}: label {label} is class {label - label_base} but "
-                       f"class_names names {len(class_names)} ({', '.join(class_names)}); "
-                       "name every class or check label_base.")
+      raise DataError(f"{path}, line {line}: label {label} is class {label - label_base} but "
+                      f"class_names names {len(class_names)} ({', '.join(class_names)}); "
+                      "name every class or check label_base.")
     labels.append(label - label_base)
   return np.asarray(labels, np.int32)
 
@@ -283,10 +305,10 @@ def _name_labels(path, lines, raw_labels, class_names) -> np.ndarray:
   index = {name: i for i, name in enumerate(class_names)}
   for line, raw in zip(lines, raw_labels):
     if raw not in index:
-      raise ValueError(f"{path}, line {line}: label {raw!r} is not one of the classes "
-                       f"({', '.join(class_names)}); fix the label, or set data.class_names to "
-                       "every class in index order (() takes the sorted labels of the training "
-                       "file).")
+      raise DataError(f"{path}, line {line}: label {raw!r} is not one of the classes "
+                      f"({', '.join(class_names)}); fix the label, or set data.class_names to "
+                      "every class in index order (() takes the sorted labels of the training "
+                      "file).")
   return np.asarray([index[raw] for raw in raw_labels], np.int32)
 
 
@@ -313,14 +335,14 @@ def stratified_split(labels: np.ndarray, *, eval_fraction: float = 0.2,
   """
   labels = np.asarray(labels)
   if labels.ndim != 1 or labels.size == 0 or not np.issubdtype(labels.dtype, np.integer):
-    raise ValueError(f"labels must be a non-empty int [N] array, got "
-                     f"{labels.dtype}{list(labels.shape)}.")
+    raise DataError(f"labels must be a non-empty int [N] array, got "
+                    f"{labels.dtype}{list(labels.shape)}.")
   if labels.min() < 0:
-    raise ValueError(f"labels must be >= 0, got minimum {labels.min()}.")
+    raise DataError(f"labels must be >= 0, got minimum {labels.min()}.")
   if not 0 < eval_fraction < 1:
-    raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction!r}.")
+    raise DataError(f"eval_fraction must be in (0, 1), got {eval_fraction!r}.")
   if not isinstance(seed, (int, np.integer)) or seed < 0:
-    raise ValueError(f"seed must be a non-negative int, got {seed!r}.")
+    raise DataError(f"seed must be a non-negative int, got {seed!r}.")
   train, held_out = [], []
   for c in np.unique(labels):
     members = np.random.default_rng([seed, int(c)]).permutation(np.flatnonzero(labels == c))
@@ -329,9 +351,9 @@ def stratified_split(labels: np.ndarray, *, eval_fraction: float = 0.2,
     train.append(members[num_eval:])
   train, held_out = np.sort(np.concatenate(train)), np.sort(np.concatenate(held_out))
   if not len(train) or not len(held_out):
-    raise ValueError(f"eval_fraction={eval_fraction} of {len(labels)} examples leaves "
-                     f"{len(train)} for train and {len(held_out)} for eval; use a fraction "
-                     "nearer 0.5 or more data.")
+    raise DataError(f"eval_fraction={eval_fraction} of {len(labels)} examples leaves "
+                    f"{len(train)} for train and {len(held_out)} for eval; use a fraction "
+                    "nearer 0.5 or more data.")
   return train, held_out
 
 
@@ -344,24 +366,24 @@ def load_tokenizer(checkpoint_dir: str | os.PathLike) -> transformers.PreTrained
                             "tokenizer.save_pretrained(dir).")
   files = sorted(os.listdir(directory))
   if not set(VOCAB_FILES) & set(files):
-    raise ValueError(f"tokenizer directory {directory} holds no vocabulary file (one of "
-                     f"{list(VOCAB_FILES)}); found {files}. Point it at a checkpoint "
-                     "directory with its tokenizer files.")
+    raise DataError(f"tokenizer directory {directory} holds no vocabulary file (one of "
+                    f"{list(VOCAB_FILES)}); found {files}. Point it at a checkpoint "
+                    "directory with its tokenizer files.")
   try:
     tokenizer = transformers.AutoTokenizer.from_pretrained(directory, local_files_only=True)
   except (OSError, ValueError, KeyError, IndexError) as e:
-    raise ValueError(f"cannot build a tokenizer from {directory} ({e}); a directory with only "
-                     "vocab.txt also needs tokenizer_config.json, e.g. {\"tokenizer_class\": "
-                     "\"BertTokenizer\", \"do_lower_case\": true} (false for cased "
-                     "models).") from e
+    raise DataError(f"cannot build a tokenizer from {directory} ({e}); a directory with only "
+                    "vocab.txt also needs tokenizer_config.json, e.g. {\"tokenizer_class\": "
+                    "\"BertTokenizer\", \"do_lower_case\": true} (false for cased "
+                    "models).") from e
   vocab_txt = os.path.join(directory, "vocab.txt")
   if os.path.isfile(vocab_txt):
     with open(vocab_txt, encoding="utf-8") as f:
       num_words = len({word.rstrip("\n") for word in f})
     if len(tokenizer) < num_words:
-      raise ValueError(f"the tokenizer loaded from {directory} has {len(tokenizer)} tokens "
-                       f"but vocab.txt has {num_words}: its config ignores vocab.txt. Check "
-                       "tokenizer_config.json / tokenizer.json.")
+      raise DataError(f"the tokenizer loaded from {directory} has {len(tokenizer)} tokens "
+                      f"but vocab.txt has {num_words}: its config ignores vocab.txt. Check "
+                      "tokenizer_config.json / tokenizer.json.")
   return tokenizer
 
 
@@ -371,9 +393,9 @@ def special_ids(tokenizer: transformers.PreTrainedTokenizerBase) -> dict[str, in
          "cls": tokenizer.cls_token_id, "sep": tokenizer.sep_token_id}
   missing = [name for name, value in ids.items() if value is None]
   if missing:
-    raise ValueError(f"{type(tokenizer).__name__} defines no {missing} token(s); use a "
-                     "BERT-style tokenizer, whose tokenizer_config.json / "
-                     "special_tokens_map.json names [MASK], [PAD], [CLS] and [SEP].")
+    raise DataError(f"{type(tokenizer).__name__} defines no {missing} token(s); use a "
+                    "BERT-style tokenizer, whose tokenizer_config.json / "
+                    "special_tokens_map.json names [MASK], [PAD], [CLS] and [SEP].")
   return {name: int(value) for name, value in ids.items()}
 
 
@@ -389,11 +411,11 @@ def tokenize(tokenizer: transformers.PreTrainedTokenizerBase, texts: Sequence[st
      [CLS], [SEP] and [PAD], so ``~special_tokens_mask`` marks the text tokens saliency ranks)}.
   """
   if isinstance(texts, str) or not texts or not all(isinstance(t, str) for t in texts):
-    raise ValueError(f"texts must be a non-empty list of strings, got {_show_texts(texts)}.")
+    raise DataError(f"texts must be a non-empty list of strings, got {_show_texts(texts)}.")
   num_special = tokenizer.num_special_tokens_to_add()
   if not isinstance(max_len, (int, np.integer)) or max_len <= num_special:
-    raise ValueError(f"max_len must be an int above the {num_special} special tokens added "
-                     f"to every text, got {max_len!r}.")
+    raise DataError(f"max_len must be an int above the {num_special} special tokens added "
+                    f"to every text, got {max_len!r}.")
   chunks = []
   for start in range(0, len(texts), _CHUNK):
     chunks.append(tokenizer(
@@ -435,28 +457,28 @@ def make_text_splits(config: ml_collections.ConfigDict,
   """
   missing = [field for field in CONFIG_FIELDS if field not in config]
   if missing:
-    raise ValueError(f"config lacks the text-data field(s) {missing}; it needs all of "
-                     f"{list(CONFIG_FIELDS)}.")
+    raise DataError(f"config lacks the text-data field(s) {missing}; it needs all of "
+                    f"{list(CONFIG_FIELDS)}.")
   tokenizer = load_tokenizer(config.tokenizer_dir)
   csv_options = dict(label_column=config.label_column, text_columns=config.text_columns,
                      label_base=config.label_base, has_header=config.has_header, joiner=" ")
   given_names = config.get("class_names") or ()
-  data, integer_labels = _read_labelled_csv(config.path, class_names=given_names, **csv_options)
+  data, integer_labels, lines = _read_labelled_csv(config.path, class_names=given_names,
+                                                   **csv_options)
   class_names = data.class_names
   if config.eval_path:
-    train_texts, train_labels = data.texts, data.labels
-    eval_data, _ = _read_labelled_csv(config.eval_path, class_names=class_names or (),
-                                      integer_labels=integer_labels, **csv_options)
-    eval_texts, eval_labels = eval_data.texts, eval_data.labels
+    eval_data, _, eval_lines = _read_labelled_csv(
+        config.eval_path, class_names=class_names or (), integer_labels=integer_labels,
+        **csv_options)
+    train_labels, eval_labels = data.labels, eval_data.labels
   else:
     try:
       train_idx, eval_idx = stratified_split(data.labels, eval_fraction=config.eval_fraction,
                                              seed=config.split_seed)
     except ValueError as e:
-      raise ValueError(f"splitting {config.path} for training and eval: {e} Or pass an eval "
-                       "file as data.eval_path.") from e
-    train_texts, train_labels = [data.texts[i] for i in train_idx], data.labels[train_idx]
-    eval_texts, eval_labels = [data.texts[i] for i in eval_idx], data.labels[eval_idx]
+      raise DataError(f"splitting {config.path} for training and eval: {e} Or pass an eval "
+                      "file as data.eval_path.") from e
+    train_labels, eval_labels = data.labels[train_idx], data.labels[eval_idx]
   if class_names is None:  # Integer labels without names: the file's own label values.
     count = num_classes or int(max(train_labels.max(), eval_labels.max())) + 1
     class_names = tuple(str(config.label_base + i) for i in range(count))
@@ -470,8 +492,28 @@ def make_text_splits(config: ml_collections.ConfigDict,
       source, fix = (f"the CSV {config.path} has {len(class_names)} classes",
                      f"set model.num_classes={len(class_names)}, or list every class in "
                      "data.class_names if the training file lacks some")
-    raise ValueError(f"{source} ({', '.join(class_names)}) but model.num_classes="
-                     f"{num_classes}; {fix}.")
-  return TextSplits({**tokenize(tokenizer, train_texts, config.max_len), "label": train_labels},
-                    {**tokenize(tokenizer, eval_texts, config.max_len), "label": eval_labels},
+    raise DataError(f"{source} ({', '.join(class_names)}) but model.num_classes="
+                    f"{num_classes}; {fix}.")
+  train = _tokenize_rows(tokenizer, data.texts, config.max_len, config.path, lines,
+                         config.tokenizer_dir)
+  if config.eval_path:
+    eval_arrays = _tokenize_rows(tokenizer, eval_data.texts, config.max_len, config.eval_path,
+                                 eval_lines, config.tokenizer_dir)
+  else:
+    train, eval_arrays = ({k: v[idx] for k, v in train.items()} for idx in (train_idx, eval_idx))
+  return TextSplits({**train, "label": train_labels}, {**eval_arrays, "label": eval_labels},
                     class_names)
+
+
+def _tokenize_rows(tokenizer, texts, max_len, path, lines, tokenizer_dir) -> dict[str, np.ndarray]:
+  """`tokenize`, refusing texts left without a single text token (e.g. only control or
+  zero-width characters, which BERT tokenizers drop): a model would learn from [CLS] alone."""
+  arrays = tokenize(tokenizer, texts, max_len)
+  empty = np.flatnonzero(np.all(arrays["special_tokens_mask"], axis=1))
+  if len(empty):
+    shown = ", ".join(str(lines[i]) for i in empty[:10]) + (", ..." if len(empty) > 10 else "")
+    raise DataError(f"{path}: {len(empty)} of {len(texts)} texts have no token for the "
+                    f"tokenizer of {tokenizer_dir}, at line(s) {shown} (e.g. "
+                    f"{texts[empty[0]][:50]!r}: only control, zero-width or special-token "
+                    "characters); fill or delete those rows, or check text_columns.")
+  return arrays

@@ -28,6 +28,7 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
+from mhex_jax.errors import ConfigError
 from mhex_jax.explain import attribution
 from mhex_jax.explain import transformer
 from mhex_jax.models import bert as bert_lib
@@ -123,7 +124,7 @@ def normalize_features(features: jax.Array, feature_norm: str = "none") -> jax.A
   what a following LayerNorm discards) or "layer_norm" (centred and scaled to unit variance,
   no affine)."""
   if feature_norm not in FEATURE_NORMS:
-    raise ValueError(f"Unknown feature_norm={feature_norm!r}; use one of {FEATURE_NORMS}.")
+    raise ConfigError(f"Unknown feature_norm={feature_norm!r}; use one of {FEATURE_NORMS}.")
   features = features.astype(jnp.float32)
   if feature_norm == "none":
     return features
@@ -230,7 +231,7 @@ def layer_weights(num_layers: int, layers: Optional[Sequence[int]],
     return depth_weights(num_layers, alpha)
   bad = [l for l in layers if not -num_layers <= l < num_layers]
   if bad:
-    raise ValueError(f"layers {bad} out of range for a model with {num_layers} MHEX layers.")
+    raise ConfigError(f"layers {bad} out of range for a model with {num_layers} MHEX layers.")
   chosen = {l % num_layers for l in layers}
   return [1.0 if i in chosen else 0.0 for i in range(num_layers)]
 
@@ -250,7 +251,7 @@ def token_cams(blocks: Sequence[MHEXBlock], targets: jax.Array, *, route: str = 
     feature_norm, **weight_options: see ``normalize_features`` and ``class_weights``.
   """
   if route not in ROUTES:
-    raise ValueError(f"Unknown route={route!r}; use one of {ROUTES}.")
+    raise ConfigError(f"Unknown route={route!r}; use one of {ROUTES}.")
   cams = layer_cams(blocks, targets, feature_norm=feature_norm, **weight_options)
   if route == "none":
     return cams

@@ -25,6 +25,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from mhex_jax.errors import ConfigError
 from mhex_jax.explain import attribution
 from mhex_jax.explain import image as image_explain
 from mhex_jax.explain import mhex as mhex_explain
@@ -118,8 +119,8 @@ def explainer(name: str, model, **options) -> Callable[[Any, Any, jax.Array], ja
   """
   names = available(model)
   if name not in names:
-    raise ValueError(f"Unknown or inapplicable explainer {name!r} for {type(model).__name__}"
-                     f"(mhex={is_mhex_model(model)}); use one of {list(names)}.")
+    raise ConfigError(f"Unknown or inapplicable explainer {name!r} for {type(model).__name__}"
+                      f"(mhex={is_mhex_model(model)}); use one of {list(names)}.")
   if is_text_model(model):
     fn = _text_mhex if name == MHEX else TOKEN_METHODS[name]
     return functools.partial(fn, model, **options)
@@ -142,7 +143,7 @@ def resolve_targets(model, variables, inputs, targets_mode: str, labels: jax.Arr
   if targets_mode == "labels":
     return jnp.asarray(labels, jnp.int32)
   if targets_mode != "predicted":
-    raise ValueError(f"Unknown eval.targets={targets_mode!r}; use 'predicted' or 'labels'.")
+    raise ConfigError(f"Unknown eval.targets={targets_mode!r}; use 'predicted' or 'labels'.")
   if is_text_model(model):
     logits = model.apply(variables, inputs["input_ids"], inputs["attention_mask"],
                          inputs.get("token_type_ids"), train=False)

@@ -3,6 +3,7 @@
 import jax.numpy as jnp
 import ml_collections
 
+from mhex_jax.errors import ConfigError
 from mhex_jax.models.mhex import MHEX
 from mhex_jax.models.resnet import ResNet
 from mhex_jax.models.bert import BERT
@@ -16,7 +17,7 @@ def create_model(config: ml_collections.ConfigDict):
   """The model named by ``config.name`` (``resnet18``, ``resnet34``, ``resnet50``, ``bert``,
   ``vit``)."""
   if config.dtype not in _DTYPES:
-    raise ValueError(f"Unknown model.dtype={config.dtype!r}; use one of {sorted(_DTYPES)}.")
+    raise ConfigError(f"Unknown model.dtype={config.dtype!r}; use one of {sorted(_DTYPES)}.")
   if config.name in _RESNETS:
     return ResNet(num_classes=config.num_classes, depth=_RESNETS[config.name],
                   width=config.width, stem=config.stem,
@@ -27,8 +28,8 @@ def create_model(config: ml_collections.ConfigDict):
                   input_channels=config.get("input_channels"), dtype=_DTYPES[config.dtype])
   if config.name in _TRANSFORMERS:
     return _create_transformer(config)
-  raise ValueError(f"Unknown model.name={config.name!r}; use one of "
-                   f"{sorted(_RESNETS) + sorted(_TRANSFORMERS)}.")
+  raise ConfigError(f"Unknown model.name={config.name!r}; use one of "
+                    f"{sorted(_RESNETS) + sorted(_TRANSFORMERS)}.")
 
 
 _TRANSFORMERS = {"bert": BERT, "vit": ViT}
@@ -43,8 +44,8 @@ def _create_transformer(config: ml_collections.ConfigDict):
   from mhex_jax import weights  # Imports the models: deferred to avoid an import cycle.
   model_cls = _TRANSFORMERS[config.name]
   if config.get("mhex_stages") is not None:
-    raise ValueError(f"model.mhex_stages is a ResNet option; {config.name} puts MHEX in every "
-                     "layer (set it to None).")
+    raise ConfigError(f"model.mhex_stages is a ResNet option; {config.name} puts MHEX in every "
+                      "layer (set it to None).")
   fields = set(model_cls.__dataclass_fields__) - {"parent", "name", "num_classes", "dtype"}
   # Unset (None) fields keep the model's defaults.
   kwargs = {k: config[k] for k in sorted(fields) if config.get(k) is not None}

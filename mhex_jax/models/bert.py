@@ -44,6 +44,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mhex_jax.errors import ConfigError
 from mhex_jax.models import mhex as mhex_lib
 
 ATTENTION = "attention"
@@ -63,7 +64,7 @@ ACTIVATIONS = {
 
 def activation(name: str) -> Callable[[jax.Array], jax.Array]:
   if name not in ACTIVATIONS:
-    raise ValueError(f"Unknown hidden_act={name!r}; use one of {sorted(ACTIVATIONS)}.")
+    raise ConfigError(f"Unknown hidden_act={name!r}; use one of {sorted(ACTIVATIONS)}.")
   return ACTIVATIONS[name]
 
 
@@ -118,7 +119,7 @@ class SelfAttention(nn.Module):
     """Args: x [B, T, d]; mask [B, T] (1 = valid key) or None. Returns: [B, T, d]."""
     features = x.shape[-1]
     if features % self.num_heads:
-      raise ValueError(f"hidden size {features} is not divisible by num_heads={self.num_heads}.")
+      raise ConfigError(f"hidden size {features} is not divisible by num_heads={self.num_heads}.")
     head_dim = features // self.num_heads
 
     def project(name, use_bias):
@@ -148,8 +149,8 @@ def _single(node: Any, where: str) -> jax.Array:
   if not isinstance(node, tuple):
     return node
   if len(node) != 1:
-    raise ValueError(f"{where} holds {len(node)} sown values; pass variables without sown "
-                     "collections (e.g. {'params': ...}) to apply().")
+    raise ConfigError(f"{where} holds {len(node)} sown values; pass variables without sown "
+                      "collections (e.g. {'params': ...}) to apply().")
   return node[0]
 
 
@@ -167,16 +168,16 @@ def _layer_values(tree: Any, name: str) -> list[jax.Array]:
 def attention_probs(state: Any) -> list[jax.Array]:
   """Per-layer attention probabilities f32[B, H, T, T] from the mutable state of ``apply``."""
   if ATTENTION not in state:
-    raise ValueError(f"No {ATTENTION!r} collection: apply the model with "
-                     f"mutable=[{ATTENTION!r}].")
+    raise ConfigError(f"No {ATTENTION!r} collection: apply the model with "
+                      f"mutable=[{ATTENTION!r}].")
   return _layer_values(state[ATTENTION], "attention/probs")
 
 
 def hidden_states(state: Any) -> list[jax.Array]:
   """Every layer's input, then the encoder output: L + 1 arrays [B, T, d] (HF order)."""
   if HIDDEN_STATES not in state:
-    raise ValueError(f"No {HIDDEN_STATES!r} collection: apply the model with "
-                     f"mutable=[{HIDDEN_STATES!r}].")
+    raise ConfigError(f"No {HIDDEN_STATES!r} collection: apply the model with "
+                      f"mutable=[{HIDDEN_STATES!r}].")
   tree = state[HIDDEN_STATES]
   return _layer_values(tree, LAYER_INPUT) + [_single(tree[ENCODER_OUTPUT], ENCODER_OUTPUT)]
 
@@ -289,19 +290,19 @@ class BERT(nn.Module):
 
   def _check(self, input_ids, attention_mask, token_type_ids):
     if self.num_classes < 2:
-      raise ValueError(f"num_classes must be >= 2, got {self.num_classes}.")
+      raise ConfigError(f"num_classes must be >= 2, got {self.num_classes}.")
     activation(self.hidden_act)
     mhex_lib.check_options(self.gate_init, "sum", self.saliency_features)
     if input_ids.ndim != 2 or not jnp.issubdtype(input_ids.dtype, jnp.integer):
-      raise ValueError(f"input_ids must be int[B, T], got "
-                       f"{input_ids.dtype}{list(input_ids.shape)}.")
+      raise ConfigError(f"input_ids must be int[B, T], got "
+                        f"{input_ids.dtype}{list(input_ids.shape)}.")
     for name, value in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
       if value is not None and value.shape != input_ids.shape:
-        raise ValueError(f"{name} must have the shape of input_ids {input_ids.shape}, got "
-                         f"{value.shape}.")
+        raise ConfigError(f"{name} must have the shape of input_ids {input_ids.shape}, got "
+                          f"{value.shape}.")
     if input_ids.shape[1] > self.max_positions:
-      raise ValueError(f"Sequences of {input_ids.shape[1]} tokens exceed max_positions="
-                       f"{self.max_positions}; truncate them.")
+      raise ConfigError(f"Sequences of {input_ids.shape[1]} tokens exceed max_positions="
+                        f"{self.max_positions}; truncate them.")
 
   @nn.compact
   def __call__(self, input_ids: jax.Array, attention_mask: jax.Array,

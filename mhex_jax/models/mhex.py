@@ -68,6 +68,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mhex_jax.errors import ConfigError
+
 GATE_INITS = ("random", "identity")
 GATE_PLACEMENTS = ("shortcut", "branch", "sum")
 SALIENCY_FEATURES = ("sum", "ungated", "gated_shortcut")
@@ -84,7 +86,7 @@ def check_options(gate_init: str, gate_placement: str, saliency_features: str):
                                ("saliency_features", saliency_features,
                                 SALIENCY_FEATURES)):
     if value not in allowed:
-      raise ValueError(f"Unknown MHEX option {name}={value!r}; choose one of {allowed}.")
+      raise ConfigError(f"Unknown MHEX option {name}={value!r}; choose one of {allowed}.")
 
 
 def masked_mean(x: jax.Array, mask: Optional[jax.Array]) -> jax.Array:
@@ -130,8 +132,8 @@ class MHEX(nn.Module):
     """
     check_options(self.gate_init, self.gate_placement, self.saliency_features)
     if shortcut.shape != residual.shape:
-      raise ValueError(f"MHEX needs shortcut and residual of one shape, got "
-                       f"{shortcut.shape} and {residual.shape}.")
+      raise ConfigError(f"MHEX needs shortcut and residual of one shape, got "
+                        f"{shortcut.shape} and {residual.shape}.")
     channels = shortcut.shape[-1]
     # The summary is taken in float32: means over many positions lose precision in bf16.
     z = nn.relu(masked_mean(shortcut.astype(jnp.float32), mask) +

@@ -22,6 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mhex_jax.errors import ConfigError
 from mhex_jax.models import mhex as mhex_lib
 from mhex_jax.models.bert import HIDDEN_STATES, perturb
 
@@ -129,18 +130,18 @@ class ResNet(nn.Module):
 
   def _check(self):
     if self.depth not in STAGE_SIZES:
-      raise ValueError(f"ResNet depth={self.depth} is not supported; use one of "
-                       f"{sorted(STAGE_SIZES)}.")
+      raise ConfigError(f"ResNet depth={self.depth} is not supported; use one of "
+                        f"{sorted(STAGE_SIZES)}.")
     if self.stem not in STEMS:
-      raise ValueError(f"Unknown stem={self.stem!r}; use one of {STEMS}.")
+      raise ConfigError(f"Unknown stem={self.stem!r}; use one of {STEMS}.")
     if self.last_stage_stride not in (1, 2):
-      raise ValueError(f"last_stage_stride must be 1 or 2, got {self.last_stage_stride}.")
+      raise ConfigError(f"last_stage_stride must be 1 or 2, got {self.last_stage_stride}.")
     if self.num_classes < 2:
-      raise ValueError(f"num_classes must be >= 2, got {self.num_classes}.")
+      raise ConfigError(f"num_classes must be >= 2, got {self.num_classes}.")
     stages = self._mhex_stages()
     if any(s not in range(4) for s in stages):
-      raise ValueError(f"mhex_stages must be a subset of (0, 1, 2, 3), got "
-                       f"{tuple(self.mhex_stages)}.")
+      raise ConfigError(f"mhex_stages must be a subset of (0, 1, 2, 3), got "
+                        f"{tuple(self.mhex_stages)}.")
     mhex_lib.check_options(self.gate_init, self.gate_placement, self.saliency_features)
 
   def _mhex_stages(self):
@@ -153,11 +154,11 @@ class ResNet(nn.Module):
     """Args: x f32[B, H, W, C]. Returns: logits f32[num_heads, B, K]."""
     self._check()
     if x.ndim != 4:
-      raise ValueError(f"ResNet input must be [B, H, W, C], got shape {x.shape}.")
+      raise ConfigError(f"ResNet input must be [B, H, W, C], got shape {x.shape}.")
     if self.input_channels is not None and x.shape[-1] != self.input_channels:
-      raise ValueError(f"ResNet expects {self.input_channels} input channels, got images of "
-                       f"shape {x.shape}; convert the images (e.g. data.as_rgb) or rebuild "
-                       "the model with the matching input_channels.")
+      raise ConfigError(f"ResNet expects {self.input_channels} input channels, got images of "
+                        f"shape {x.shape}; convert the images (e.g. data.as_rgb) or rebuild "
+                        "the model with the matching input_channels.")
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
                              epsilon=1e-5, dtype=self.dtype)
     block_cls = BottleneckBlock if self.depth == 50 else BasicBlock

