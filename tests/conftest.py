@@ -1,8 +1,19 @@
-"""Test-session setup: 8 virtual CPU devices so data-parallel code is exercised."""
+"""Test-session setup: 8 virtual CPU devices so data-parallel code is exercised, and a
+persistent compilation cache for the session."""
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One persistent compilation cache for the session (and the commands its tests start): the
+# tests compile the same tiny programs many times. New for every session, so nothing carries
+# over between runs.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="mhex_jax_tests_")
+  atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.05")
 
 import jax  # After XLA_FLAGS: jax reads them at import.
 import jax.numpy as jnp

@@ -129,7 +129,9 @@ def test_checkpoint_of_another_model_is_named_array_by_array(trained):
   plain = tiny_config()
   plain.model.mhex = False
   with pytest.raises(errors.CheckpointError,
-                     match="the config has arrays the checkpoint lacks: params/head"):
+                     match="the config has arrays the checkpoint lacks: params/classifier/bias, "
+                           "params/classifier/kernel; the checkpoint has arrays the config "
+                           r"lacks: params/block_00/mhex \(2 arrays\)"):
     _restore(plain, workdir)
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from configs import bert_agnews
 from configs import default
+from mhex_jax import errors
 from mhex_jax import eval_lib
 from mhex_jax import models
 from mhex_jax import train_lib
@@ -160,7 +161,8 @@ def test_scorer_must_solve_the_same_task(image_workdirs, tmp_path):
   with pytest.raises(ValueError, match="7 classes"):
     eval_lib.evaluate(eval_config, image_workdirs["mhex"])
   eval_config.eval.scorer_workdir = str(tmp_path / "missing")
-  with pytest.raises(FileNotFoundError, match="config.json"):
+  with pytest.raises(errors.UserError, match="missing/config.json does not exist: .* is not a "
+                                             "workdir written by train.py"):
     eval_lib.evaluate(eval_config, image_workdirs["mhex"])
 
 

@@ -252,9 +252,10 @@ def test_non_finite_loss_stops_with_a_true_message_and_saves_nothing_non_finite(
       train_lib.create_optimizer(config.train, steps_per_epoch=4), DUMMY, config.seed)
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), template)
   for step in steps:
-    state = manager.restore(step, args=train_lib.ocp.args.Composite(**{
-        item: train_lib.ocp.args.PyTreeRestore(tree)
-        for item, tree in checkpoints.split_state(abstract).items()}))
+    items = checkpoints.split_state(abstract)
+    restored = manager.restore(step, args=train_lib.ocp.args.Composite(**{
+        item: train_lib.ocp.args.PyTreeRestore(tree) for item, tree in items.items()}))
+    state = [restored[item] for item in items]
     assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(state)), step
   manager.close()
 
