@@ -59,6 +59,23 @@ def test_class_weights_sign_and_sharpness_by_hand():
   np.testing.assert_allclose(w, [[0, 0, 1, -3], [0, -3, 0, 1]])
 
 
+def test_target_rows_equal_rows_of_the_equivalent_matrix():
+  rng = np.random.default_rng(3)
+  c, k = 5, 7
+  block = mhex_explain.MHEXBlock("b", jnp.asarray(rng.normal(size=(c, c)), jnp.float32),
+                                 jnp.asarray(rng.normal(size=(c, k)), jnp.float32), None)
+  targets = jnp.array([6, 0, 6, 3])
+  e = mhex_explain.equivalent_matrix(block.gate_kernel, block.head_kernel)
+  np.testing.assert_allclose(
+      mhex_explain.target_rows(block.gate_kernel, block.head_kernel, targets), e[targets],
+      rtol=1e-5, atol=1e-6)
+  for options in ({}, {"beta_neg": -1.0}, {"beta_pos": 0.5, "beta_neg": 2.0},
+                  {"contrastive": True}, {"tau_pos": 0.3, "tau_neg": 0.2, "beta_neg": -1.0}):
+    np.testing.assert_allclose(mhex_explain.block_weights(block, targets, **options),
+                               mhex_explain.class_weights(e, targets, **options),
+                               rtol=1e-5, atol=1e-6, err_msg=str(options))
+
+
 def test_integration_weights_on_hand_built_case():
   b = 2
   c1 = jnp.full((b, 8, 8), 1.0)

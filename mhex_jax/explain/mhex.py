@@ -116,7 +116,34 @@ def class_weights(equivalent: jax.Array, targets: jax.Array, *, contrastive: boo
     w_pos = jnp.where(share_pos[targets] >= tau_pos, e_pos[targets], 0.0)
     w_neg = jnp.where(share_neg[targets] >= tau_neg, e_neg[targets], 0.0)
     w = w_pos - w_neg
+  return sign_weighting(w, beta_pos, beta_neg)
+
+
+def sign_weighting(w: jax.Array, beta_pos: float = 1.0, beta_neg: float = 0.0) -> jax.Array:
+  """w_final = β⁺·max(w, 0) + β⁻·max(−w, 0)."""
   return beta_pos * jnp.maximum(w, 0) + beta_neg * jnp.maximum(-w, 0)
+
+
+def target_rows(gate_kernel: jax.Array, head_kernel: jax.Array,
+                targets: jax.Array) -> jax.Array:
+  """E[targets] [B, C] without forming E: row c of E = P W is (W · P[:, c])ᵀ, so this costs
+  C²·B multiply-adds instead of C²·K (for ImageNet's K = 1000 at batch 1, E itself would cost
+  more than the forward pass)."""
+  head_columns = jnp.take(head_kernel.astype(jnp.float32), targets, axis=1)  # [C, B]
+  return (gate_kernel.astype(jnp.float32) @ head_columns).T
+
+
+def block_weights(block: "MHEXBlock", targets: jax.Array, *, contrastive: bool = False,
+                  tau_pos: float = 0.0, tau_neg: float = 0.0, beta_pos: float = 1.0,
+                  beta_neg: float = 0.0) -> jax.Array:
+  """``class_weights`` of one block's Equivalent Matrix. The contrast and the sharpness filter
+  need every class's row; without them only the target rows are formed (``target_rows``)."""
+  if contrastive or tau_pos > 0 or tau_neg > 0:
+    return class_weights(equivalent_matrix(block.gate_kernel, block.head_kernel), targets,
+                         contrastive=contrastive, tau_pos=tau_pos, tau_neg=tau_neg,
+                         beta_pos=beta_pos, beta_neg=beta_neg)
+  return sign_weighting(target_rows(block.gate_kernel, block.head_kernel, targets), beta_pos,
+                        beta_neg)
 
 
 def normalize_features(features: jax.Array, feature_norm: str = "none") -> jax.Array:
@@ -138,12 +165,12 @@ def layer_cams(blocks: Sequence[MHEXBlock], targets: jax.Array, *, feature_norm:
                **weight_options) -> list[jax.Array]:
   """Raw (un-normalised) CAM of every block, each [B, *spatial] at the block's resolution.
 
-  ``feature_norm`` see ``normalize_features``; ``weight_options`` see ``class_weights``.
+  ``feature_norm`` see ``normalize_features``; ``weight_options`` see ``class_weights``
+  (computed by ``block_weights``).
   """
   cams = []
   for block in blocks:
-    w = class_weights(equivalent_matrix(block.gate_kernel, block.head_kernel), targets,
-                      **weight_options)
+    w = block_weights(block, targets, **weight_options)
     features = normalize_features(block.features, feature_norm)
     cams.append(jnp.einsum("b...c,bc->b...", features, w))
   return cams
