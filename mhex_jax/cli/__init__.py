@@ -17,6 +17,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from mhex_jax import compile_cache
 from mhex_jax import config_lib
 from mhex_jax import distributed
 from mhex_jax import errors
@@ -96,15 +97,17 @@ def define_flags(workdir_help: str) -> None:
   FLAGS["config"].parser = _ShippedConfigParser(FLAGS["config"].parser)
   flags.DEFINE_string("workdir", None, workdir_help)
   distributed.define_flags()
+  compile_cache.define_flags()
   flags.mark_flags_as_required(["config", "workdir"])
 
 
 def start(argv: list[str]) -> None:
   """What each entry point does first: refuses stray arguments, starts the JAX processes as the
-  flags say and quiets the libraries' INFO lines."""
+  flags say, turns on the compilation cache and quiets the libraries' INFO lines."""
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   distributed.initialize(FLAGS)
+  compile_cache.enable_from_flags(FLAGS)
   train_lib.quiet_library_logs()
 
 
@@ -159,6 +162,8 @@ def _main_with_clean_errors(main: Callable[[list[str]], None], argv: list[str]) 
     # The message names the field, file or checkpoint and the fix: a traceback would bury it.
     logging.error("%s", error)
     sys.exit(1)
+  finally:
+    compile_cache.log_summary()
 
 
 def _log_unraisable(unraisable) -> None:

@@ -12,12 +12,14 @@ file laid out as the training data) and writes to
 """
 
 import json
+import time
 
 from absl import app
 from absl import flags
 from absl import logging
 
 from mhex_jax import cli
+from mhex_jax import compile_cache
 from mhex_jax import explain_lib
 from mhex_jax import files
 from mhex_jax import train_lib
@@ -33,6 +35,7 @@ flags.DEFINE_enum("fit", "crop", explain_lib.FITS, "How images meet the model's 
                   "the centred square, padding with the mean colour, or stretching.")
 flags.DEFINE_string("out", None, "Output directory (default: WORKDIR/explain).")
 flags.mark_flag_as_required("workdir")
+compile_cache.define_flags()
 
 
 def _texts(paths: list[str], config) -> list[str]:
@@ -53,7 +56,9 @@ def _texts(paths: list[str], config) -> list[str]:
 
 def main(argv):
   paths = argv[1:]
+  compile_cache.enable_from_flags(FLAGS)
   train_lib.quiet_library_logs()
+  started = time.monotonic()
   run = explain_lib.load(FLAGS.workdir)
   options = {"methods": FLAGS.methods or None, "target": FLAGS.target}
   if run.kind == "text":
@@ -68,6 +73,8 @@ def main(argv):
     if not paths:
       raise app.UsageError("Give image files to explain: mhex-explain --workdir=DIR a.png ...")
     results = run.explain_files(paths, fit=FLAGS.fit, **options)
+  logging.info("Maps of %d inputs ready %.2f s after the workdir began loading.", len(results),
+               time.monotonic() - started)
   out = FLAGS.out or files.workdir_path(FLAGS.workdir) / "explain"
   path = explain_lib.write(results, out)
   for result in results:

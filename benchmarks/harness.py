@@ -1,0 +1,58 @@
+"""Timing in one process with interleaved rounds: every round times each function once, in
+turn, so a slow spell of a shared machine hits all of them alike; ratios are taken per round
+against a baseline timed in the same round, then summarised over rounds."""
+
+import platform
+import statistics
+import time
+from typing import Callable, Mapping
+
+import jax
+
+
+def time_once(fn: Callable[[], object]) -> float:
+  start = time.perf_counter()
+  jax.block_until_ready(fn())
+  return time.perf_counter() - start
+
+
+def interleaved(fns: Mapping[str, Callable[[], object]], rounds: int = 9,
+                inner: int = 1) -> dict[str, list[float]]:
+  """{name: seconds per call in each round}; each call is compiled and warmed up first, and a
+  round times ``inner`` calls of each function back to back."""
+  for fn in fns.values():
+    jax.block_until_ready(fn())
+    jax.block_until_ready(fn())
+  times = {name: [] for name in fns}
+  for _ in range(rounds):
+    for name, fn in fns.items():
+      start = time.perf_counter()
+      for _ in range(inner):
+        out = fn()
+      jax.block_until_ready(out)
+      times[name].append((time.perf_counter() - start) / inner)
+  return times
+
+
+def ratio(times: Mapping[str, list[float]], name: str, baseline: str) -> dict[str, float]:
+  """Median, min and max over rounds of time(name) / time(baseline) in the same round."""
+  per_round = [a / b for a, b in zip(times[name], times[baseline])]
+  return {"median": statistics.median(per_round), "min": min(per_round),
+          "max": max(per_round), "rounds": len(per_round),
+          "median_ms": 1e3 * statistics.median(times[name]),
+          "baseline_ms": 1e3 * statistics.median(times[baseline])}
+
+
+def machine() -> dict[str, str]:
+  """What the figures were measured on."""
+  import flax  # pylint: disable=g-import-not-at-top
+  info = {"platform": platform.platform(), "processor": platform.processor() or "?",
+          "python": platform.python_version(), "jax": jax.__version__,
+          "flax": flax.__version__, "backend": jax.default_backend(),
+          "devices": str(jax.devices())}
+  try:
+    import os  # pylint: disable=g-import-not-at-top
+    info["cpus"] = str(os.cpu_count())
+  except Exception:  # pylint: disable=broad-except
+    pass
+  return info

@@ -1,0 +1,266 @@
+r"""The side-by-side speed table: every ratio in one command.
+
+    python -m benchmarks.run [--quick] [--out=benchmarks/results] [--rounds=9]
+
+Writes OUT/results.md (the table in the README) and OUT/results.json (every ratio with its
+median and min–max over rounds, the times behind it, the machine and the versions). All
+figures are ratios against a baseline timed in the same process, in interleaved rounds
+(``benchmarks/harness.py``): machines are shared and noisy, absolute times are not comparable.
+
+  * MHEX saliency / the same network's forward: ResNet-18, ResNet-50 and ViT-S/16 at
+    112² and 224², batch 1, 8 and 32 (random weights: speed does not depend on them).
+  * Every image explainer / forward (ResNet-18, 112², batch 8).
+  * MHEX and AttCAT token maps / forward on a MiniLM-sized MHEX-BERT (128 tokens, batch 8).
+  * MHEX train step / plain ResNet-18 train step (112², batch 32).
+  * Deletion + insertion and text AOPC / the model calls they cannot avoid.
+  * Where PyTorch is installed: captum's LayerGradCam and IntegratedGradients on the same
+    ResNet-18 shape, batch and image size, at 1 thread and at PyTorch's default (the faster
+    counts), against MHEX and our Grad-CAM and IG maps.
+
+``--quick`` (about a minute on a 2-core CPU) keeps one or two sizes of each group.
+"""
+
+import argparse
+import functools
+import json
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+  sys.path.insert(0, str(ROOT))
+
+from benchmarks import harness  # pylint: disable=g-import-not-at-top
+from mhex_jax import train_lib
+from mhex_jax.explain import mhex as mhex_explain
+from mhex_jax.explain import registry
+from mhex_jax.explain import transformer
+from mhex_jax.metrics import image as image_metrics
+from mhex_jax.metrics import text as text_metrics
+from mhex_jax.models import bert
+from mhex_jax.models import resnet
+from mhex_jax.models import vit
+
+NUM_CLASSES = 1000
+
+
+def build(name: str, image_size: int, mhex: bool = True):
+  """(model, variables) with random weights; names: resnet18, resnet50, vit_s16."""
+  if name.startswith("resnet"):
+    model = resnet.ResNet(num_classes=NUM_CLASSES, depth=int(name[6:]), width=64,
+                          stem="imagenet", mhex=mhex)
+  elif name == "vit_s16":
+    model = vit.ViT(num_classes=NUM_CLASSES, image_size=image_size, patch_size=16,
+                    hidden_size=384, num_layers=12, num_heads=6, intermediate_size=1536,
+                    mhex=mhex)
+  else:
+    raise ValueError(f"Unknown benchmark model {name!r}")
+  images = jnp.zeros((1, image_size, image_size, 3))
+  variables = jax.jit(model.init)(jax.random.key(0), images)
+  return model, {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
+
+
+def _images(batch: int, size: int) -> jax.Array:
+  return jax.random.normal(jax.random.key(1), (batch, size, size, 3))
+
+
+def _targets(batch: int) -> jax.Array:
+  return jnp.arange(batch, dtype=jnp.int32) % NUM_CLASSES
+
+
+def _forward(model):
+  return jax.jit(lambda v, x: model.apply(v, x, train=False))
+
+
+def _row(group, case, times, name, baseline, **extra):
+  return {"group": group, "case": case, "method": name, "baseline": baseline,
+          **harness.ratio(times, name, baseline), **extra}
+
+
+def mhex_vs_forward(models, sizes, batches, rounds):
+  rows = []
+  for name in models:
+    for size in sizes:
+      model, variables = build(name, size)
+      forward, mhex = _forward(model), jax.jit(registry.explainer("mhex", model))
+      for batch in batches:
+        x = _images(batch, size)
+        # MHEX explains the predicted class: its one pass also gives the prediction.
+        times = harness.interleaved({"forward": lambda: forward(variables, x),
+                                     "mhex": lambda: mhex(variables, x, None)}, rounds)
+        rows.append(_row("MHEX saliency / forward", f"{name}, {size}², batch {batch}", times,
+                         "mhex", "forward"))
+  return rows
+
+
+def explainers_vs_forward(methods, size, batch, rounds, options):
+  model, variables = build("resnet18", size)
+  x, y = _images(batch, size), _targets(batch)
+  forward = _forward(model)
+  fns = {"forward": lambda: forward(variables, x)}
+  for method in methods:
+    fn = jax.jit(registry.explainer(method, model, **options.get(method, {})))
+    fns[method] = functools.partial(fn, variables, x, y)
+  times = harness.interleaved(fns, rounds)
+  return [_row("image explainer / forward", f"resnet18, {size}², batch {batch}", times, m,
+               "forward", options=options.get(m, {})) for m in methods]
+
+
+def tokens_vs_forward(batch, length, rounds):
+  model = bert.BERT(num_classes=4, hidden_size=384, num_layers=6, num_heads=12,
+                    intermediate_size=1536, gate_init="random")
+  rng = np.random.default_rng(0)
+  ids = jnp.asarray(rng.integers(1000, 30000, (batch, length)), jnp.int32)
+  mask = jnp.ones((batch, length), jnp.int32)
+  special = jnp.zeros((batch, length), bool).at[:, 0].set(True).at[:, -1].set(True)
+  variables = {"params": jax.jit(model.init)(jax.random.key(0), ids[:1], mask[:1])["params"]}
+  inputs = {"input_ids": ids, "attention_mask": mask, "token_type_ids": jnp.zeros_like(ids),
+            "special_tokens_mask": special}
+  targets = jnp.arange(batch) % 4
+  forward = jax.jit(lambda v: model.apply(v, ids, mask))
+  mhex = jax.jit(registry.explainer("mhex", model))
+  attcat = jax.jit(functools.partial(transformer.attcat, model))
+  times = harness.interleaved({"forward": lambda: forward(variables),
+                               "mhex": lambda: mhex(variables, inputs, targets),
+                               "attcat": lambda: attcat(variables, inputs, targets)}, rounds)
+  case = f"MiniLM-sized BERT, {length} tokens, batch {batch}"
+  return [_row("token maps / forward", case, times, m, "forward") for m in ("mhex", "attcat")]
+
+
+def train_step_ratio(size, batch, rounds):
+  fns = {}
+  x = _images(batch, size)
+  batch_arrays = {"image": x, "label": _targets(batch)}
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+  for label, mhex in (("plain", False), ("mhex", True)):
+    model, variables = build("resnet18", size, mhex=mhex)
+    optimizer = train_lib.optax.sgd(0.1, momentum=0.9)
+    state = train_lib.TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
+                                 batch_stats=variables["batch_stats"],
+                                 opt_state=optimizer.init(variables["params"]))
+    num_heads = 8 if mhex else 1
+    step = jax.jit(train_lib.make_train_step(model, optimizer, jnp.ones((num_heads,))))
+    holder = {"state": state}
+
+    def run(step=step, holder=holder):
+      holder["state"], metrics = step(holder["state"], batch_arrays)
+      return metrics["loss"]
+    fns[label] = run
+  del mesh
+  times = harness.interleaved(fns, rounds)
+  return [_row("train step / plain train step", f"resnet18, {size}², batch {batch}", times,
+               "mhex", "plain")]
+
+
+def metrics_vs_model_calls(size, batch, steps, rounds, length=128):
+  """Deletion + insertion (2 · (steps + 1) perturbed batches) against as many forward passes
+  over the batch; text AOPC (9 removal fractions plus the intact text) against 10 forwards."""
+  model, variables = build("resnet18", size, mhex=False)
+  x, y = _images(batch, size), _targets(batch)
+  maps = jax.random.uniform(jax.random.key(2), (batch, size, size))
+
+  def score(images):
+    return jax.nn.softmax(model.apply(variables, images, train=False)[-1], axis=-1)
+
+  curves = jax.jit(lambda: image_metrics.deletion_insertion_auc(
+      score, x, maps, y, steps=steps, chunk_size=batch))
+  calls = 2 * (steps + 1)
+  forwards = jax.jit(lambda: jax.lax.map(lambda i: score(x + i),
+                                         jnp.arange(calls, dtype=jnp.float32)))
+  rows = [_row("metric / its model calls", f"resnet18, {size}², {batch} images, {steps} steps",
+               harness.interleaved({"deletion + insertion": curves,
+                                    f"{calls} forwards": forwards}, rounds),
+               "deletion + insertion", f"{calls} forwards")]
+
+  text_model = bert.BERT(num_classes=4, hidden_size=384, num_layers=6, num_heads=12,
+                         intermediate_size=1536, mhex=False)
+  rng = np.random.default_rng(0)
+  ids = jnp.asarray(rng.integers(1000, 30000, (batch, length)), jnp.int32)
+  mask = jnp.ones_like(ids)
+  text_vars = {"params": jax.jit(text_model.init)(jax.random.key(0), ids[:1], mask[:1])[
+      "params"]}
+
+  def text_score(input_ids, attention_mask, token_type_ids):
+    logits = text_model.apply(text_vars, input_ids, attention_mask, token_type_ids)
+    return jax.nn.softmax(logits[-1] if logits.ndim == 3 else logits, axis=-1)
+
+  saliency = jax.random.uniform(jax.random.key(3), ids.shape)
+  removable = jnp.ones(ids.shape, bool).at[:, 0].set(False).at[:, -1].set(False)
+  targets = jnp.arange(batch) % 4
+  aopc = jax.jit(lambda: text_metrics.aopc_lodds(
+      text_score, ids, saliency, removable, targets, attention_mask=mask, chunk_size=batch))
+  text_forwards = jax.jit(lambda: jax.lax.map(
+      lambda i: text_score(ids + i, mask, jnp.zeros_like(ids)), jnp.arange(10)))
+  rows.append(_row("metric / its model calls",
+                   f"MiniLM-sized BERT, {length} tokens, {batch} texts, 9 fractions",
+                   harness.interleaved({"aopc + lodds": aopc, "10 forwards": text_forwards},
+                                       rounds), "aopc + lodds", "10 forwards"))
+  return rows
+
+
+def torch_rows(size, batch, rounds, ig_steps, jax_times):
+  """captum on the same ResNet-18 shape; each ratio compares the faster thread setting."""
+  try:
+    from benchmarks import torch_side  # pylint: disable=g-import-not-at-top
+  except ImportError as error:
+    return [], f"PyTorch side skipped: {error}"
+  measured = torch_side.measure(18, batch, size, rounds=rounds, ig_steps=ig_steps)
+  return measured, None
+
+
+def markdown(results) -> str:
+  lines = [f"Measured on {results['machine']['processor']} ({results['machine']['cpus']} CPUs), "
+           f"jax {results['machine']['jax']}, {results['rounds']} interleaved rounds; ratio = "
+           "time / baseline time in the same round, median (min–max).", "",
+           "| group | case | method | baseline | ratio | min–max | ms | baseline ms |",
+           "|---|---|---|---|---|---|---|---|"]
+  for r in results["rows"]:
+    lines.append(f"| {r['group']} | {r['case']} | {r['method']} | {r['baseline']} | "
+                 f"{r['median']:.3f} | {r['min']:.3f}–{r['max']:.3f} | {r['median_ms']:.1f} | "
+                 f"{r['baseline_ms']:.1f} |")
+  for note in results.get("notes", []):
+    lines += ["", note]
+  return "\n".join(lines) + "\n"
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--quick", action="store_true", help="A minute's subset (CI).")
+  parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+  parser.add_argument("--rounds", type=int, default=None)
+  args = parser.parse_args()
+  rounds = args.rounds or (3 if args.quick else 9)
+  rows, notes = [], []
+  if args.quick:
+    rows += mhex_vs_forward(["resnet18"], [112], [1, 8], rounds)
+    rows += explainers_vs_forward(["grad_cam", "layer_cam", "vanilla_gradient",
+                                   "integrated_gradients"], 112, 1, rounds,
+                                  {"integrated_gradients": {"steps": 8}})
+    rows += tokens_vs_forward(2, 64, rounds)
+    rows += train_step_ratio(32, 4, rounds)
+    rows += metrics_vs_model_calls(32, 2, 4, rounds, length=32)
+  else:
+    rows += mhex_vs_forward(["resnet18", "resnet50", "vit_s16"], [112, 224], [1, 8, 32],
+                            rounds)
+    rows += explainers_vs_forward(
+        list(registry.IMAGE_METHODS), 112, 8, rounds,
+        {"integrated_gradients": {"steps": 50, "chunk_size": 10},
+         "score_cam": {"chunk_size": 64}, "smoothgrad": {"chunk_size": 25}})
+    rows += tokens_vs_forward(8, 128, rounds)
+    rows += train_step_ratio(112, 32, rounds)
+    rows += metrics_vs_model_calls(112, 64, 100, rounds)
+  results = {"machine": harness.machine(), "rounds": rounds, "quick": args.quick,
+             "rows": rows, "notes": notes}
+  out = pathlib.Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  (out / "results.json").write_text(json.dumps(results, indent=1))
+  (out / "results.md").write_text(markdown(results))
+  print(markdown(results))
+
+
+if __name__ == "__main__":
+  main()
