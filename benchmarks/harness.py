@@ -24,8 +24,12 @@ def interleaved(fns: Mapping[str, Callable[[], object]], rounds: int = 9,
     jax.block_until_ready(fn())
     jax.block_until_ready(fn())
   times = {name: [] for name in fns}
-  for _ in range(rounds):
-    for name, fn in fns.items():
+  order = list(fns)
+  for r in range(rounds):
+    # Forward and reversed order in alternate rounds: a function that runs right after
+    # another (caches, allocator, clock boost) gets no systematic edge.
+    for name in (order if r % 2 == 0 else order[::-1]):
+      fn = fns[name]
       start = time.perf_counter()
       for _ in range(inner):
         out = fn()

@@ -98,6 +98,25 @@ def test_grouped_resize_equals_resizing_each_layer():
   np.testing.assert_allclose(grouped, ungrouped, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("shapes,out_size", [
+    ([(7, 9), (3, 5), (12, 12)], (10, 20)),  # Non-integer factors, one axis shrinks.
+    ([(20, 20), (5, 5)], (20, 20)),  # A map already at the output size.
+    ([(14, 14)] * 3, (224, 224)),  # One group (ViT patch maps).
+])
+def test_fused_resize_equals_jax_image_resize(shapes, out_size):
+  rng = np.random.default_rng(2)
+  cams = [jnp.asarray(rng.normal(size=(3,) + s), jnp.float32) for s in shapes]
+  fused = mhex_explain.integrate_cams(cams, out_size, alpha=0.7)
+  weights = mhex_explain.depth_weights(len(cams), 0.7)
+  expected = sum(w * jax.image.resize(c, (3, *out_size), "bilinear", antialias=False)
+                 for w, c in zip(weights, cams))
+  np.testing.assert_allclose(fused, expected, rtol=1e-5, atol=1e-5)
+  # The 1-D matrices are the resize itself: rows sum to 1 (a convex combination of inputs).
+  matrix = mhex_explain.bilinear_matrix(7, 10)
+  assert matrix.shape == (10, 7)
+  np.testing.assert_allclose(matrix.sum(axis=1), 1.0, rtol=1e-6)
+
+
 def test_normalize_constant_map_is_zero_not_nan():
   maps = jnp.stack([jnp.full((4, 4), 3.0), jnp.arange(16.0).reshape(4, 4)])
   out = mhex_explain.normalize_maps(maps)

@@ -21,6 +21,7 @@ from mhex_jax import compile_cache
 from mhex_jax import config_lib
 from mhex_jax import distributed
 from mhex_jax import errors
+from mhex_jax import host_allocator
 from mhex_jax import train_lib
 
 FLAGS = flags.FLAGS
@@ -103,11 +104,13 @@ def define_flags(workdir_help: str) -> None:
 
 def start(argv: list[str]) -> None:
   """What each entry point does first: refuses stray arguments, starts the JAX processes as the
-  flags say, turns on the compilation cache and quiets the libraries' INFO lines."""
+  flags say, turns on the compilation cache, keeps large host buffers in the heap
+  (``host_allocator``) and quiets the libraries' INFO lines."""
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   distributed.initialize(FLAGS)
   compile_cache.enable_from_flags(FLAGS)
+  host_allocator.keep_large_buffers()
   train_lib.quiet_library_logs()
 
 

@@ -22,6 +22,7 @@ from mhex_jax import cli
 from mhex_jax import compile_cache
 from mhex_jax import explain_lib
 from mhex_jax import files
+from mhex_jax import host_allocator
 from mhex_jax import train_lib
 
 FLAGS = flags.FLAGS
@@ -57,6 +58,7 @@ def _texts(paths: list[str], config) -> list[str]:
 def main(argv):
   paths = argv[1:]
   compile_cache.enable_from_flags(FLAGS)
+  host_allocator.keep_large_buffers()
   train_lib.quiet_library_logs()
   started = time.monotonic()
   run = explain_lib.load(FLAGS.workdir)

@@ -22,11 +22,13 @@ defaults. Options beside it: the layer set, per-position feature normalisation a
 class-contrastive weights (all measured in the README).
 """
 
+import functools
 import re
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mhex_jax.errors import ConfigError
 from mhex_jax.explain import attribution
@@ -172,7 +174,10 @@ def layer_cams(blocks: Sequence[MHEXBlock], targets: jax.Array, *, feature_norm:
   for block in blocks:
     w = block_weights(block, targets, **weight_options)
     features = normalize_features(block.features, feature_norm)
-    cams.append(jnp.einsum("b...c,bc->b...", features, w))
+    # A product and a sum over channels, not a dot: XLA fuses it with the ops that produce the
+    # features (a batched matrix-vector dot would read them back from memory).
+    w = w.reshape(w.shape[:1] + (1,) * (features.ndim - 2) + w.shape[1:])
+    cams.append(jnp.sum(features * w, axis=-1))
   return cams
 
 
@@ -208,9 +213,24 @@ def depth_weights(num_layers: int, alpha: float) -> list[float]:
   return [alpha ** (num_layers - 1 - i) for i in range(num_layers)]
 
 
+@functools.lru_cache(maxsize=None)
+def bilinear_matrix(size_in: int, size_out: int) -> np.ndarray:
+  """f32[size_out, size_in]: 1-D bilinear resizing as a matrix, exactly what
+  ``jax.image.resize(..., "bilinear", antialias=False)`` does along one axis (it is linear and
+  separable, so a 2-D resize is R_h · X · R_wᵀ). Computed once per size pair, on the host."""
+  with jax.ensure_compile_time_eval():
+    eye = jnp.eye(size_in, dtype=jnp.float32)
+    return np.asarray(jax.image.resize(eye, (size_out, size_in), "bilinear", antialias=False))
+
+
 def integrate_cams(cams: Sequence[jax.Array], out_size: Sequence[int],
                    alpha: float = 0.9) -> jax.Array:
-  """Σ_ℓ α^(L−ℓ) · Up(CAM_ℓ) with one bilinear resize per distinct resolution.
+  """Σ_ℓ α^(L−ℓ) · Up(CAM_ℓ), every resolution resized by one pair of matrix products.
+
+  CAMs that share a resolution are summed first (resizing is linear), each group is resized
+  along the rows (R_h · S_g), and the column pass of all groups is a single product: the
+  row-resized groups side by side, [B, H, Σ w_g], times the stacked column matrices
+  [Σ w_g, W], which also sums the groups.
 
   Args:
     cams: L raw maps [B, h_ℓ, w_ℓ], ordered input → output.
@@ -218,20 +238,19 @@ def integrate_cams(cams: Sequence[jax.Array], out_size: Sequence[int],
     alpha: depth decay.
 
   Returns:
-    f32[B, H, W], not normalised.
+    f32[B, H, W], not normalised; equal to the sum of per-block ``jax.image.resize`` calls
+    (bilinear, no antialiasing).
   """
+  height, width = (int(n) for n in out_size)
   groups: dict[tuple[int, ...], jax.Array] = {}
   for cam, weight in zip(cams, depth_weights(len(cams), alpha)):
     key = tuple(cam.shape[1:])
-    groups[key] = groups.get(key, 0.0) + weight * cam
-  total = 0.0
-  for summed in groups.values():
-    batch = summed.shape[0]
-    if tuple(summed.shape[1:]) != tuple(out_size):
-      # Bilinear resizing is linear, so resizing the group sum equals summing the resizes.
-      summed = jax.image.resize(summed, (batch, *out_size), method="bilinear", antialias=False)
-    total = total + summed
-  return total
+    groups[key] = groups.get(key, 0.0) + weight * cam.astype(jnp.float32)
+  highest = jax.lax.Precision.HIGHEST
+  rows = [jnp.einsum("Hh,bhw->bHw", bilinear_matrix(h, height), summed, precision=highest)
+          for (h, _), summed in groups.items()]
+  columns = np.concatenate([bilinear_matrix(w, width) for _, w in groups], axis=1)
+  return jnp.einsum("bHv,Wv->bHW", jnp.concatenate(rows, axis=-1), columns, precision=highest)
 
 
 def normalize_maps(maps: jax.Array, mask: Optional[jax.Array] = None) -> jax.Array:
