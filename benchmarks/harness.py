@@ -16,6 +16,12 @@ def time_once(fn: Callable[[], object]) -> float:
   return time.perf_counter() - start
 
 
+def settle(seconds: float = 0.2) -> None:
+  """A pause between libraries: idle worker pools spin for a while after a call and would
+  take the cores from the next library's first call."""
+  time.sleep(seconds)
+
+
 def interleaved(fns: Mapping[str, Callable[[], object]], rounds: int = 9,
                 inner: int = 1) -> dict[str, list[float]]:
   """{name: seconds per call in each round}; each call is compiled and warmed up first, and a

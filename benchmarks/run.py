@@ -24,6 +24,7 @@ import argparse
 import functools
 import json
 import pathlib
+import statistics
 import sys
 
 import jax
@@ -35,6 +36,7 @@ if str(ROOT) not in sys.path:
   sys.path.insert(0, str(ROOT))
 
 from benchmarks import harness  # pylint: disable=g-import-not-at-top
+from mhex_jax import host_allocator
 from mhex_jax import train_lib
 from mhex_jax.explain import mhex as mhex_explain
 from mhex_jax.explain import registry
@@ -82,18 +84,22 @@ def _row(group, case, times, name, baseline, **extra):
 
 
 def mhex_vs_forward(models, sizes, batches, rounds):
+  """MHEX maps of given classes, and of the predicted class (the one forward pass gives the
+  prediction too), against the forward pass of the same network."""
   rows = []
   for name in models:
     for size in sizes:
       model, variables = build(name, size)
       forward, mhex = _forward(model), jax.jit(registry.explainer("mhex", model))
       for batch in batches:
-        x = _images(batch, size)
-        # MHEX explains the predicted class: its one pass also gives the prediction.
+        x, y = _images(batch, size), _targets(batch)
         times = harness.interleaved({"forward": lambda: forward(variables, x),
-                                     "mhex": lambda: mhex(variables, x, None)}, rounds)
-        rows.append(_row("MHEX saliency / forward", f"{name}, {size}², batch {batch}", times,
-                         "mhex", "forward"))
+                                     "mhex": lambda: mhex(variables, x, y),
+                                     "mhex, predicted class": lambda: mhex(variables, x, None)},
+                                    rounds)
+        for method in ("mhex", "mhex, predicted class"):
+          rows.append(_row("MHEX saliency / forward", f"{name}, {size}², batch {batch}", times,
+                           method, "forward"))
   return rows
 
 
@@ -202,14 +208,78 @@ def metrics_vs_model_calls(size, batch, steps, rounds, length=128):
   return rows
 
 
-def torch_rows(size, batch, rounds, ig_steps, jax_times):
-  """captum on the same ResNet-18 shape; each ratio compares the faster thread setting."""
+def versus_pytorch(size, batch, rounds, ig_steps, ig_rounds):
+  """JAX maps against captum's on the same ResNet-18 shape, batch and image size.
+
+  Every round times the JAX functions, then each PyTorch function at 1 thread and at torch's
+  default, with a pause between the libraries (both keep worker threads spinning for a while
+  after a call). Each ratio takes, per round, the PyTorch thread setting with the lower median.
+  """
   try:
     from benchmarks import torch_side  # pylint: disable=g-import-not-at-top
+    import captum  # pylint: disable=g-import-not-at-top,unused-import
   except ImportError as error:
-    return [], f"PyTorch side skipped: {error}"
-  measured = torch_side.measure(18, batch, size, rounds=rounds, ig_steps=ig_steps)
-  return measured, None
+    return [], [f"PyTorch rows skipped: {error} (pip install torch==2.13.0 captum==0.9.0)."]
+  model, variables = build("resnet18", size)
+  x, y = _images(batch, size), _targets(batch)
+  forward = _forward(model)
+  ig_options = {"steps": ig_steps, "chunk_size": min(ig_steps, 10)}
+  methods = {"mhex": {}, "grad_cam": {}}
+  if ig_rounds:
+    methods["integrated_gradients"] = ig_options
+  jax_fns = {"forward": lambda: forward(variables, x)}
+  for method, options in methods.items():
+    fn = jax.jit(registry.explainer(method, model, **options))
+    jax_fns[method] = functools.partial(fn, variables, x, y)
+  settings = sorted({1, torch_side.DEFAULT_THREADS})
+  builders = {"forward": torch_side.forward, "grad_cam": torch_side.captum_layer_grad_cam}
+  if ig_rounds:
+    builders["integrated_gradients"] = functools.partial(
+        torch_side.captum_integrated_gradients, steps=ig_steps)
+  torch_fns = {(m, t): build_fn(18, batch, size, t)
+               for m, build_fn in builders.items() for t in settings}
+  heavy = {"integrated_gradients"}
+  jax_times = {m: [] for m in jax_fns}
+  torch_times = {key: [] for key in torch_fns}
+  for fn in jax_fns.values():
+    harness.time_once(fn)
+    harness.time_once(fn)
+  for fn in torch_fns.values():
+    torch_side.set_threads(fn.threads)
+    fn()
+    fn()
+  for r in range(rounds):
+    for m, fn in jax_fns.items():
+      if m not in heavy or r < ig_rounds:
+        jax_times[m].append(harness.time_once(fn))
+    harness.settle()
+    for (m, t), fn in torch_fns.items():
+      if m not in heavy or r < ig_rounds:
+        torch_side.set_threads(t)
+        torch_times[(m, t)].append(harness.time_once(fn))
+    torch_side.set_threads(torch_side.DEFAULT_THREADS)
+    harness.settle()
+  labels = {"forward": ("forward", "torch forward"),
+            "mhex": ("MHEX maps (all 8 blocks)", "captum LayerGradCam (last block)"),
+            "grad_cam": ("Grad-CAM (last block)", "captum LayerGradCam (last block)"),
+            "integrated_gradients": (f"integrated gradients, {ig_steps} steps",
+                                     f"captum IntegratedGradients, {ig_steps} steps")}
+  rows = []
+  for m, (ours, theirs) in labels.items():
+    if m not in jax_fns:
+      continue
+    reference = "forward" if m == "forward" else ("grad_cam" if m == "mhex" else m)
+    by_threads = {t: statistics.median(torch_times[(reference, t)]) for t in settings}
+    fastest = min(by_threads, key=by_threads.get)
+    times = {ours: jax_times[m], theirs: torch_times[(reference, fastest)]}
+    rows.append(_row("JAX / PyTorch", f"resnet18, {size}², batch {batch}", times, ours, theirs,
+                     torch_threads=fastest,
+                     torch_ms_by_threads={str(t): 1e3 * v for t, v in by_threads.items()}))
+  return rows, [f"PyTorch {torch_side.torch.__version__}, captum {captum.__version__}; "
+                "each PyTorch row at its faster thread setting of "
+                f"{settings} (JAX / PyTorch below 1: JAX is faster). pytorch-grad-cam is not "
+                "measured: it imports torchvision, and PyPI's torchvision does not load beside "
+                "the pinned CPU build of torch."]
 
 
 def markdown(results) -> str:
@@ -232,8 +302,12 @@ def main():
   parser.add_argument("--quick", action="store_true", help="A minute's subset (CI).")
   parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
   parser.add_argument("--rounds", type=int, default=None)
+  parser.add_argument("--keep_malloc_defaults", action="store_true",
+                      help="Leave glibc's mmap threshold as it is (mhex_jax.host_allocator).")
   args = parser.parse_args()
   rounds = args.rounds or (3 if args.quick else 9)
+  if not args.keep_malloc_defaults:
+    host_allocator.keep_large_buffers()
   rows, notes = [], []
   if args.quick:
     rows += mhex_vs_forward(["resnet18"], [112], [1, 8], rounds)
@@ -243,6 +317,7 @@ def main():
     rows += tokens_vs_forward(2, 64, rounds)
     rows += train_step_ratio(32, 4, rounds)
     rows += metrics_vs_model_calls(32, 2, 4, rounds, length=32)
+    torch_part = versus_pytorch(112, 1, rounds, ig_steps=4, ig_rounds=rounds)
   else:
     rows += mhex_vs_forward(["resnet18", "resnet50", "vit_s16"], [112, 224], [1, 8, 32],
                             rounds)
@@ -253,6 +328,13 @@ def main():
     rows += tokens_vs_forward(8, 128, rounds)
     rows += train_step_ratio(112, 32, rounds)
     rows += metrics_vs_model_calls(112, 64, 100, rounds)
+    torch_part = versus_pytorch(112, 8, rounds, ig_steps=50, ig_rounds=3)
+    rows += torch_part[0]
+    torch_part = versus_pytorch(224, 8, rounds, ig_steps=50, ig_rounds=0)
+  rows += torch_part[0]
+  notes += torch_part[1]
+  notes.append("glibc's malloc thresholds: " + (
+      "raised (mhex_jax.host_allocator)" if host_allocator.applied() else "defaults"))
   results = {"machine": harness.machine(), "rounds": rounds, "quick": args.quick,
              "rows": rows, "notes": notes}
   out = pathlib.Path(args.out)

@@ -174,10 +174,7 @@ def layer_cams(blocks: Sequence[MHEXBlock], targets: jax.Array, *, feature_norm:
   for block in blocks:
     w = block_weights(block, targets, **weight_options)
     features = normalize_features(block.features, feature_norm)
-    # A product and a sum over channels, not a dot: XLA fuses it with the ops that produce the
-    # features (a batched matrix-vector dot would read them back from memory).
-    w = w.reshape(w.shape[:1] + (1,) * (features.ndim - 2) + w.shape[1:])
-    cams.append(jnp.sum(features * w, axis=-1))
+    cams.append(jnp.einsum("b...c,bc->b...", features, w))
   return cams
 
 
