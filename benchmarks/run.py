@@ -137,18 +137,19 @@ def tokens_vs_forward(batch, length, rounds):
   return [_row("token maps / forward", case, times, m, "forward") for m in ("mhex", "attcat")]
 
 
-def train_step_ratio(size, batch, rounds):
+def train_step_ratio(name, size, batch, rounds):
+  """MHEX train step (deep supervision over every head) / the plain network's train step."""
   fns = {}
   x = _images(batch, size)
   batch_arrays = {"image": x, "label": _targets(batch)}
-  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
   for label, mhex in (("plain", False), ("mhex", True)):
-    model, variables = build("resnet18", size, mhex=mhex)
+    model, variables = build(name, size, mhex=mhex)
     optimizer = train_lib.optax.sgd(0.1, momentum=0.9)
     state = train_lib.TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
-                                 batch_stats=variables["batch_stats"],
+                                 batch_stats=variables.get("batch_stats", {}),
                                  opt_state=optimizer.init(variables["params"]))
-    num_heads = 8 if mhex else 1
+    logits = jax.eval_shape(lambda v, m=model: m.apply(v, x[:1], train=False), variables)
+    num_heads = logits.shape[0] if logits.ndim == 3 else 1
     step = jax.jit(train_lib.make_train_step(model, optimizer, jnp.ones((num_heads,))))
     holder = {"state": state}
 
@@ -156,9 +157,8 @@ def train_step_ratio(size, batch, rounds):
       holder["state"], metrics = step(holder["state"], batch_arrays)
       return metrics["loss"]
     fns[label] = run
-  del mesh
   times = harness.interleaved(fns, rounds)
-  return [_row("train step / plain train step", f"resnet18, {size}², batch {batch}", times,
+  return [_row("train step / plain train step", f"{name}, {size}², batch {batch}", times,
                "mhex", "plain")]
 
 
@@ -315,19 +315,21 @@ def main():
                                    "integrated_gradients"], 112, 1, rounds,
                                   {"integrated_gradients": {"steps": 8}})
     rows += tokens_vs_forward(2, 64, rounds)
-    rows += train_step_ratio(32, 4, rounds)
+    rows += train_step_ratio("resnet18", 32, 4, rounds)
     rows += metrics_vs_model_calls(32, 2, 4, rounds, length=32)
     torch_part = versus_pytorch(112, 1, rounds, ig_steps=4, ig_rounds=rounds)
   else:
     rows += mhex_vs_forward(["resnet18", "resnet50", "vit_s16"], [112, 224], [1, 8, 32],
                             rounds)
+    # The costly groups (seconds a call) get at most 5 rounds.
     rows += explainers_vs_forward(
-        list(registry.IMAGE_METHODS), 112, 8, rounds,
+        list(registry.IMAGE_METHODS), 112, 8, min(rounds, 5),
         {"integrated_gradients": {"steps": 50, "chunk_size": 10},
          "score_cam": {"chunk_size": 64}, "smoothgrad": {"chunk_size": 25}})
     rows += tokens_vs_forward(8, 128, rounds)
-    rows += train_step_ratio(112, 32, rounds)
-    rows += metrics_vs_model_calls(112, 64, 100, rounds)
+    rows += train_step_ratio("resnet18", 112, 32, rounds)
+    rows += train_step_ratio("vit_s16", 224, 8, rounds)
+    rows += metrics_vs_model_calls(112, 16, 100, min(rounds, 5))
     torch_part = versus_pytorch(112, 8, rounds, ig_steps=50, ig_rounds=3)
     rows += torch_part[0]
     torch_part = versus_pytorch(224, 8, rounds, ig_steps=50, ig_rounds=0)

@@ -3,6 +3,7 @@ library calls on a trained workdir, explain.py, and eval.py with the workdir's s
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -97,12 +98,27 @@ def test_library_explains_files_of_any_size(workdir, tmp_path):
 def test_explain_command_writes_overlays_at_the_files_sizes(workdir, tmp_path):
   paths = _write_images(tmp_path)
   out = tmp_path / "out"
-  result = subprocess.run(
-      [sys.executable, "explain.py", f"--workdir={workdir}", *paths,
-       "--methods=mhex,grad_cam,layer_cam", f"--out={out}"], cwd=ROOT,
-      env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True, timeout=300)
-  assert result.returncode == 0, result.stderr[-3000:]
+
+  def explain(out):
+    result = subprocess.run(
+        [sys.executable, "explain.py", f"--workdir={workdir}", *paths,
+         "--methods=mhex,grad_cam,layer_cam", f"--out={out}",
+         f"--compilation_cache_dir={tmp_path / 'cache'}"], cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = re.search(r"Compilation cache .*: (\d+) programs read back, (\d+) compiled\.",
+                       result.stderr)
+    assert counts, result.stderr[-3000:]
+    return int(counts.group(1)), int(counts.group(2))
+
+  read_back, compiled = explain(out)
+  assert read_back == 0 and compiled > 0
+  # A second invocation compiles nothing: every program comes from the persistent cache, and
+  # the maps are the same.
+  assert explain(tmp_path / "again") == (compiled, 0)
   entries = json.loads((out / "explanations.json").read_text())
+  np.testing.assert_array_equal(np.load(out / entries[0]["maps"])["mhex"],
+                                np.load(tmp_path / "again" / entries[0]["maps"])["mhex"])
   assert [e["source"] for e in entries] == paths
   for entry, size in zip(entries, [(48, 48), (80, 50)]):
     assert entry["predicted_name"] in synthetic.CLASS_NAMES and 0 < entry["probability"] <= 1
