@@ -53,10 +53,21 @@ def ratio(times: Mapping[str, list[float]], name: str, baseline: str) -> dict[st
           "baseline_ms": 1e3 * statistics.median(times[baseline])}
 
 
+def _cpu_model() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
 def machine() -> dict[str, str]:
   """What the figures were measured on."""
   import flax  # pylint: disable=g-import-not-at-top
-  info = {"platform": platform.platform(), "processor": platform.processor() or "?",
+  info = {"platform": platform.platform(), "processor": _cpu_model(),
           "python": platform.python_version(), "jax": jax.__version__,
           "flax": flax.__version__, "backend": jax.default_backend(),
           "devices": str(jax.devices())}
