@@ -16,6 +16,7 @@ from mhex_jax import models
 from mhex_jax import weights
 from mhex_jax.explain import mhex as mhex_explain
 from mhex_jax.models import bert
+from mhex_jax.models import common
 
 TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
             intermediate_size=37, max_position_embeddings=40, type_vocab_size=2)
@@ -61,10 +62,10 @@ def test_plain_bert_matches_transformers(classifier_dir, torch_classifier):
                               mutable=["hidden_states", "attention"])
   assert logits.shape == (1, 3, 3)
   np.testing.assert_allclose(logits[0], expected.logits.numpy(), atol=1e-5)
-  hidden = bert.hidden_states(state)
+  hidden = common.hidden_states(state)
   assert len(hidden) == len(expected.hidden_states) == 3
   assert max(max_abs_diffs(hidden, expected.hidden_states)) < 1e-5
-  probs = bert.attention_probs(state)
+  probs = common.attention_probs(state)
   assert max(max_abs_diffs(probs, expected.attentions)) < 1e-5
   # Padded keys get exactly zero attention.
   assert float(jnp.max(probs[0][1, :, :, 7:])) == 0.0
@@ -72,7 +73,7 @@ def test_plain_bert_matches_transformers(classifier_dir, torch_classifier):
   _, stale = model.apply({**variables, **state}, jnp.asarray(ids, jnp.int32), jnp.asarray(mask),
                          mutable=["hidden_states"])
   with pytest.raises(ValueError, match="layer_00/layer_input holds 2 sown values"):
-    bert.hidden_states(stale)
+    common.hidden_states(stale)
 
 
 def test_minilm_matches_transformers():
@@ -89,7 +90,7 @@ def test_minilm_matches_transformers():
   _, state = jax.jit(lambda v, *x: model.apply(v, *x, mutable=["hidden_states"]))(
       variables, *(jnp.asarray(batch[k]) for k in ("input_ids", "attention_mask",
                                                    "token_type_ids")))
-  hidden = bert.hidden_states(state)
+  hidden = common.hidden_states(state)
   assert len(hidden) == 7
   assert max(max_abs_diffs(hidden, expected.hidden_states)) < 1e-4
 
@@ -136,7 +137,7 @@ def test_identity_gate_reproduces_plain_hidden_states(classifier_dir):
   _, plain_state = plain.apply(plain_vars, *inputs, mutable=["hidden_states"])
   _, gated_state = gated.apply(gated_vars, *inputs, mutable=["hidden_states"])
   # g = 2σ(0) = 1, so h' = LN(1 · (u + v)) is the plain LN(u + v).
-  for a, b in zip(bert.hidden_states(gated_state), bert.hidden_states(plain_state)):
+  for a, b in zip(common.hidden_states(gated_state), common.hidden_states(plain_state)):
     np.testing.assert_allclose(a, b, atol=1e-6)
 
 
@@ -161,7 +162,7 @@ def test_layer_input_gradients_through_perturbations(classifier_dir):
     return model.apply({**variables, **perturbations}, ids, mask)[-1, :, 1].sum()
 
   grads = jax.jit(jax.grad(target_logit))(zeros)
-  per_layer = bert.layer_input_perturbations(grads["perturbations"])
+  per_layer = common.layer_input_perturbations(grads["perturbations"])
   assert [g.shape for g in per_layer] == [(3, 11, 32)] * 2
   assert grads["perturbations"]["layer_01"]["attention"]["probs"].shape == (3, 4, 11, 11)
   # The perturbation enters the layer input, so its gradient is the directional derivative.

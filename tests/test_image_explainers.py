@@ -11,7 +11,7 @@ import pytest
 from conftest import bilinear_resize, random_variables
 from mhex_jax.explain import image
 from mhex_jax.models import resnet, vit
-from mhex_jax.models.bert import HIDDEN_STATES, perturb
+from mhex_jax.models.common import HIDDEN_STATES, perturb
 
 NUM_CLASSES = 3
 # jax.random.normal with the default threefry key takes seconds to compile on CPU; the

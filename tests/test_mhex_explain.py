@@ -9,6 +9,7 @@ import pytest
 
 from mhex_jax.explain import mhex as mhex_explain
 from mhex_jax.models import bert
+from mhex_jax.models import common
 from mhex_jax.models import resnet
 
 
@@ -343,7 +344,7 @@ def test_vit_patch_variants_are_batch_invariant_and_route_like_rollout(options):
     # The routed last-layer map is the unrouted CAM pushed through the rollout matrix.
     _, state = model.apply(variables, images, mutable=["mhex", "attention"])
     blocks = mhex_explain.collect_blocks(variables["params"], state["mhex"])
-    joint = tx.rollout_matrix(bert.attention_probs(state))
+    joint = tx.rollout_matrix(common.attention_probs(state))
     cams = mhex_explain.layer_cams(blocks, targets, beta_neg=options.get("beta_neg", -1.0),
                                    feature_norm="layer_norm")
     expected = jnp.einsum("bi,bij->bj", cams[-1][:, 1:], joint[:, 1:, 1:])

@@ -14,6 +14,7 @@ import pytest
 from mhex_jax.explain import transformer as tx
 from mhex_jax.models import BERT, ViT
 from mhex_jax.models import bert
+from mhex_jax.models import common
 
 PAD, CLS, SEP = 0, 2, 3
 # Text token ids without special ids. The third sentence has a second segment (token type 1);
@@ -124,7 +125,7 @@ def _maps_fn(name):
     if "rollout_from_1" in chosen:
       args = ((inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"])
               if "input_ids" in inputs else (inputs["image"],))
-      out["probs"] = bert.attention_probs(model.apply(variables, *args, mutable=["attention"])[1])
+      out["probs"] = common.attention_probs(model.apply(variables, *args, mutable=["attention"])[1])
     return out
 
   return jax.jit(maps, **FAST_COMPILE)

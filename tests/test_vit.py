@@ -15,6 +15,7 @@ from conftest import max_abs_diffs, randomise_torch_model
 from mhex_jax import weights
 from mhex_jax.explain import mhex as mhex_explain
 from mhex_jax.models import bert
+from mhex_jax.models import common
 from mhex_jax.models import mhex as mhex_lib
 from mhex_jax.models import vit
 
@@ -50,10 +51,10 @@ def test_plain_vit_classifier_matches_transformers(classifier_dir):
   logits, state = model.apply(variables, images, mutable=["hidden_states", "attention"])
   assert logits.shape == (1, 2, 3)
   np.testing.assert_allclose(logits[0], expected.logits.numpy(), atol=1e-5)
-  hidden = bert.hidden_states(state)
+  hidden = common.hidden_states(state)
   assert len(hidden) == len(expected.hidden_states) == 3
   assert max(max_abs_diffs(hidden, expected.hidden_states)) < 1e-5
-  assert max(max_abs_diffs(bert.attention_probs(state), expected.attentions)) < 1e-5
+  assert max(max_abs_diffs(common.attention_probs(state), expected.attentions)) < 1e-5
 
 
 def test_vitmodel_checkpoint_without_prefix(tmp_path):
@@ -65,7 +66,7 @@ def test_vitmodel_checkpoint_without_prefix(tmp_path):
   # The pooler is skipped; a plain model needs a new classifier.
   model, variables = weights.load_vit(tmp_path, num_classes=2, mhex=False, new_head=True)
   _, state = model.apply(variables, images, mutable=["hidden_states"])
-  assert max(max_abs_diffs(bert.hidden_states(state), expected.hidden_states)) < 1e-5
+  assert max(max_abs_diffs(common.hidden_states(state), expected.hidden_states)) < 1e-5
   config = weights.vit_config_from_hf(tmp_path)
   assert (config["image_size"], config["patch_size"], config["qkv_bias"],
           config["class_token"]) == (16, 4, True, True)
@@ -94,7 +95,7 @@ def test_identity_gate_reproduces_plain_hidden_states(classifier_dir, placement)
                                        gate_placement=placement)
   _, plain_state = plain.apply(plain_vars, images, mutable=["hidden_states"])
   _, gated_state = gated.apply(gated_vars, images, mutable=["hidden_states"])
-  for a, b in zip(bert.hidden_states(gated_state), bert.hidden_states(plain_state)):
+  for a, b in zip(common.hidden_states(gated_state), common.hidden_states(plain_state)):
     np.testing.assert_array_equal(a, b)
 
 
@@ -135,7 +136,7 @@ def test_layer_input_gradients_through_perturbations(classifier_dir):
   _, zeros = model.apply(variables, images, mutable=["perturbations"])
   target_logit = lambda p: model.apply({**variables, **p}, images)[-1, :, 0].sum()
   grads = jax.jit(jax.grad(target_logit))(zeros)
-  per_layer = bert.layer_input_perturbations(grads["perturbations"])
+  per_layer = common.layer_input_perturbations(grads["perturbations"])
   assert [g.shape for g in per_layer] == [(2, 17, 32)] * 2
   assert all(float(jnp.max(jnp.abs(g))) > 0 for g in per_layer)
 
@@ -178,7 +179,7 @@ def test_conv_stem_receptive_field_is_centred_where_maps_draw_the_token(patch_si
 
   def embedding(x):
     _, state = model.apply(variables, x, mutable=["hidden_states"])
-    return bert.hidden_states(state)[0][0, token] @ probe
+    return common.hidden_states(state)[0][0, token] @ probe
 
   support = np.abs(np.asarray(jax.grad(embedding)(images)[0])).sum(-1) > 0
   rows, cols = np.nonzero(support.any(1))[0], np.nonzero(support.any(0))[0]

@@ -60,16 +60,11 @@ import jax.numpy as jnp
 from mhex_jax.explain import attribution
 from mhex_jax.explain.mhex import normalize_maps
 from mhex_jax.models import vit as vit_lib
-from mhex_jax.models.bert import HIDDEN_STATES, LAYER_INPUT, PERTURBATIONS
+from mhex_jax.models import common
+from mhex_jax.models.common import HIDDEN_STATES, LAYER_INPUT, PERTURBATIONS
 from mhex_jax.models.resnet import BLOCK_INPUT, FINAL_FEATURES
 
-# Collections that models sow into; variables carrying stale copies of them are cleaned first.
-_SOWN = (PERTURBATIONS, HIDDEN_STATES, "attention", "mhex", "intermediates")
 SCORE_CAM_WEIGHTINGS = ("channel_softmax", "probability")
-
-
-def _model_variables(variables: Any) -> dict:
-  return {k: v for k, v in variables.items() if k not in _SOWN}
 
 
 def _check_images(images: jax.Array):
@@ -158,7 +153,7 @@ def layer_names(model, variables: Any, images: jax.Array) -> list[str]:
   """The named target layers of an mhex_jax backbone (depth order, ``final_features`` last);
   ``module_layers`` lists the submodule paths every model offers."""
   _check_images(images)
-  return list(_layer_paths(model, _model_variables(variables), images))
+  return list(_layer_paths(model, common.strip_state(variables), images))
 
 
 def module_layers(model, variables: Any, images: jax.Array) -> list[str]:
@@ -166,7 +161,7 @@ def module_layers(model, variables: Any, images: jax.Array) -> list[str]:
   ``capture_intermediates``): submodules called once whose ``__call__`` returns a feature map
   [B, h, w, C], in the order their calls return."""
   _check_images(images)
-  outputs = _module_outputs(model, _model_variables(variables), images)
+  outputs = _module_outputs(model, common.strip_state(variables), images)
   return [name for name, shapes in outputs.items() if len(shapes) == 1]
 
 
@@ -197,7 +192,7 @@ def _resolve_layer(model, variables, images, layer: Optional[str]) -> _Layer:
 def default_layer(model, variables: Any, images: jax.Array) -> str:
   """The layer used when ``layer=None`` (see the module docstring)."""
   _check_images(images)
-  return _resolve_layer(model, _model_variables(variables), images, None).name
+  return _resolve_layer(model, common.strip_state(variables), images, None).name
 
 
 def _at(tree: Any, path: tuple[str, ...]) -> jax.Array:
@@ -238,7 +233,7 @@ def layer_activations(model, variables: Any, images: jax.Array, *,
                       layer: Optional[str] = None) -> jax.Array:
   """The target layer's feature map A f32[B, h, w, C] (one forward pass)."""
   _check_images(images)
-  variables = _model_variables(variables)
+  variables = common.strip_state(variables)
   target = _resolve_layer(model, variables, images, layer)
   if target.module is not None:
     return _tapped_apply(model, variables, images, target.path)[1].astype(jnp.float32)
@@ -256,7 +251,7 @@ def layer_gradients(model, variables: Any, images: jax.Array, targets: jax.Array
   ``nn.intercept_methods`` and differentiated.
   """
   targets = _check_inputs(images, targets)
-  variables = _model_variables(variables)
+  variables = common.strip_state(variables)
   target = _resolve_layer(model, variables, images, layer)
   if target.module is not None:
     def objective(delta):
@@ -352,7 +347,7 @@ def score_cam_weights(model, variables: Any, images: jax.Array, targets: jax.Arr
     raise ValueError(f"Unknown weighting={weighting!r}; use one of {SCORE_CAM_WEIGHTINGS}.")
   _check_chunk_size(chunk_size)
   targets = _check_inputs(images, targets)
-  variables = _model_variables(variables)
+  variables = common.strip_state(variables)
   acts = layer_activations(model, variables, images, layer=layer)
   batch, height, width = images.shape[:3]
 
@@ -394,7 +389,7 @@ def input_gradients(model, variables: Any, images: jax.Array,
                     targets: jax.Array) -> jax.Array:
   """∂z_c/∂x f32[B, H, W, C] of the final head's target logits (per example: eval mode)."""
   targets = _check_inputs(images, targets)
-  variables = _model_variables(variables)
+  variables = common.strip_state(variables)
 
   def total_target_logit(x):
     return jnp.sum(attribution.target_logits(_apply(model, variables, x), targets))

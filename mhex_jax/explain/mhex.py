@@ -33,7 +33,7 @@ import numpy as np
 from mhex_jax.errors import ConfigError
 from mhex_jax.explain import attribution
 from mhex_jax.explain import transformer
-from mhex_jax.models import bert as bert_lib
+from mhex_jax.models import common
 from mhex_jax.models import mhex as mhex_lib
 
 FEATURE_NORMS = ("none", "centre", "layer_norm")
@@ -348,15 +348,15 @@ def forward_blocks(apply_fn: Callable[..., Any], variables: Any, inputs: Sequenc
   ``__call__`` takes no ``train``; it may return per-head logits [L, B, K] or logits [B, K]
   (``attribution.eval_mode_kwargs``, ``attribution.final_logits``).
   """
-  collections = [mhex_lib.COLLECTION] + ([bert_lib.ATTENTION] if attention else [])
-  variables = {k: v for k, v in variables.items() if k not in collections}
+  collections = [mhex_lib.COLLECTION] + ([common.ATTENTION] if attention else [])
+  variables = common.strip_state(variables)
   head_logits, state = apply_fn(variables, *inputs, **attribution.eval_mode_kwargs(apply_fn),
                                 mutable=collections)
   logits = attribution.final_logits(head_logits)
   if targets is None:
     targets = jnp.argmax(logits, axis=-1)
   blocks = collect_blocks(variables["params"], state.get(mhex_lib.COLLECTION, {}))
-  attentions = bert_lib.attention_probs(state) if attention else None
+  attentions = common.attention_probs(state) if attention else None
   return Forward(blocks, logits, jnp.asarray(targets, jnp.int32), attentions)
 
 

@@ -42,13 +42,10 @@ import jax
 import jax.numpy as jnp
 
 from mhex_jax.explain import attribution
-from mhex_jax.models import bert
+from mhex_jax.models import common
 
 OUTPUTS = ("signed", "abs", "relu")
 BASELINES = ("pad", "zeros")
-# Sown or perturbation collections a caller's variables may still hold; apply() must not see them.
-_STATE_COLLECTIONS = (bert.ATTENTION, bert.HIDDEN_STATES, bert.PERTURBATIONS, "mhex",
-                      "intermediates")
 
 
 class _Tokens(NamedTuple):
@@ -88,10 +85,6 @@ def _tokens(model: Any, inputs: Mapping[str, jax.Array], *,
     return _Tokens((images,), valid, class_token)
   raise ValueError(f"inputs must hold 'input_ids' (BERT) or 'image' (ViT); got keys "
                    f"{sorted(inputs)}.")
-
-
-def _model_variables(variables: Mapping[str, Any]) -> dict[str, Any]:
-  return {k: v for k, v in variables.items() if k not in _STATE_COLLECTIONS}
 
 
 def _finish(maps: jax.Array, tokens: _Tokens) -> jax.Array:
@@ -141,17 +134,17 @@ class _Pass(NamedTuple):
 
 def _gradient_pass(model: Any, variables: Any, tokens: _Tokens, targets: jax.Array) -> _Pass:
   _, state, grads = attribution.perturbation_gradients(
-      model.apply, _model_variables(variables), tokens.args, jnp.asarray(targets, jnp.int32),
-      collections=(bert.ATTENTION, bert.HIDDEN_STATES))
+      model.apply, common.strip_state(variables), tokens.args, jnp.asarray(targets, jnp.int32),
+      collections=(common.ATTENTION, common.HIDDEN_STATES))
   # The perturbation tree mirrors the attention collection's layout (layer_XX/attention/probs).
-  return _Pass(bert.attention_probs(state), bert.attention_probs({bert.ATTENTION: grads}),
-               bert.hidden_states(state)[:-1], bert.layer_input_perturbations(grads))
+  return _Pass(common.attention_probs(state), common.attention_probs({common.ATTENTION: grads}),
+               common.hidden_states(state)[:-1], common.layer_input_perturbations(grads))
 
 
 def _attention(model: Any, variables: Any, tokens: _Tokens) -> list[jax.Array]:
-  _, state = model.apply(_model_variables(variables), *tokens.args, train=False,
-                         mutable=[bert.ATTENTION])
-  return bert.attention_probs(state)
+  _, state = model.apply(common.strip_state(variables), *tokens.args, train=False,
+                         mutable=[common.ATTENTION])
+  return common.attention_probs(state)
 
 
 def _token_dot(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -303,8 +296,8 @@ def gradient_x_input(model: Any, variables: Any, inputs: Mapping[str, jax.Array]
 
 
 def _first_layer_input(model: Any, variables: Any, args: tuple) -> jax.Array:
-  _, state = model.apply(variables, *args, train=False, mutable=[bert.HIDDEN_STATES])
-  return bert.hidden_states(state)[0]
+  _, state = model.apply(variables, *args, train=False, mutable=[common.HIDDEN_STATES])
+  return common.hidden_states(state)[0]
 
 
 def _baseline_args(tokens: _Tokens, pad_id: int) -> tuple:
@@ -338,7 +331,7 @@ def integrated_gradients(model: Any, variables: Any, inputs: Mapping[str, jax.Ar
   """
   _check_choice("baseline", baseline, BASELINES)
   tokens = _tokens(model, inputs)
-  variables = _model_variables(variables)
+  variables = common.strip_state(variables)
   targets = jnp.asarray(targets, jnp.int32)
   embeddings = _first_layer_input(model, variables, tokens.args)
   if baseline == "pad":
@@ -347,15 +340,15 @@ def integrated_gradients(model: Any, variables: Any, inputs: Mapping[str, jax.Ar
     reference = jnp.zeros_like(embeddings)
 
   shapes = jax.eval_shape(lambda: model.apply(variables, *tokens.args, train=False,
-                                              mutable=[bert.PERTURBATIONS])[1])
-  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes[bert.PERTURBATIONS])
+                                              mutable=[common.PERTURBATIONS])[1])
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes[common.PERTURBATIONS])
   first = min(k for k in zeros if k.startswith("layer_"))
 
   def target_logit(shift):
     # ``shift`` moves the embedding output from x to the path point.
-    shift = shift.astype(zeros[first][bert.LAYER_INPUT].dtype)
-    perturbations = {**zeros, first: {**zeros[first], bert.LAYER_INPUT: shift}}
-    head_logits = model.apply({**variables, bert.PERTURBATIONS: perturbations}, *tokens.args,
+    shift = shift.astype(zeros[first][common.LAYER_INPUT].dtype)
+    perturbations = {**zeros, first: {**zeros[first], common.LAYER_INPUT: shift}}
+    head_logits = model.apply({**variables, common.PERTURBATIONS: perturbations}, *tokens.args,
                               train=False)
     return jnp.sum(attribution.target_logits(head_logits, targets))
 

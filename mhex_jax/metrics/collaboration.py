@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mhex_jax.explain import mhex as mhex_explain
+from mhex_jax.models import common
 from mhex_jax.models import mhex as mhex_lib
 
 Path = tuple[str, ...]
@@ -46,11 +47,6 @@ def _check_inputs(images: jax.Array, labels: jax.Array) -> None:
   if labels.shape != images.shape[:1] or not jnp.issubdtype(labels.dtype, jnp.integer):
     raise ValueError(f"labels must be int [B] = [{images.shape[0]}] class indices, got "
                      f"{_describe(labels)}; pass labels, not one-hot vectors.")
-
-
-def _without_mhex(variables: Any) -> dict:
-  # Sown features in the input variables would be appended to, not replaced.
-  return {k: v for k, v in variables.items() if k != mhex_lib.COLLECTION}
 
 
 def _get(tree: Any, path: Path) -> Any:
@@ -80,7 +76,7 @@ def gate_kernel_paths(model: Any, variables: Any, images: jax.Array) -> tuple[li
     (paths of W_ℓ in ``params`` in depth order, e.g. ("block_00", "mhex", "gate", "kernel"),
     num_heads).
   """
-  variables = _without_mhex(variables)
+  variables = common.strip_state(variables)
   logits, state = jax.eval_shape(
       lambda v, x: model.apply(v, x, train=False, mutable=[mhex_lib.COLLECTION]), variables,
       images[:1])
@@ -145,7 +141,7 @@ def block_cosines(model: Any, variables: Any, images: jax.Array, labels: jax.Arr
   """
   images, labels = jnp.asarray(images), jnp.asarray(labels)
   _check_inputs(images, labels)
-  variables = _without_mhex(variables)
+  variables = common.strip_state(variables)
   paths, _ = gate_kernel_paths(model, variables, images)
   return jax.vmap(lambda x, y: _example_cosines(model, variables, paths, x, y,
                                                 train_mode=train_mode))(images, labels)
@@ -265,7 +261,7 @@ def occlusion_quality_map(model: Any, variables: Any, images: jax.Array, labels:
   if chunk_size is not None and (not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1):
     raise ValueError(f"chunk_size must be None or a positive Python int (static under jit), got "
                      f"{chunk_size!r}.")
-  variables = _without_mhex(variables)
+  variables = common.strip_state(variables)
   batch, height, width, _ = images.shape
   cells = jnp.asarray(grid_cells(height, width, grid))
   paths, _ = gate_kernel_paths(model, variables, images)

@@ -14,8 +14,8 @@ removed and every layer's head is returned: logits ``[L, B, K]``, prediction = `
 With ``mhex=False`` the model is the plain ``BertForSequenceClassification`` (tanh pooler on
 [CLS] + dense classifier) and returns ``logits[None]``, i.e. ``[1, B, K]``.
 
-This file also holds what every Transformer in ``mhex_jax.models`` shares (``vit.py`` imports
-it): the self-attention module, the GELU choice and the intermediate-value conventions.
+What BERT shares with ViT lives beside it: self-attention, the feed-forward block and the
+activations in ``attention.py``, the collection names and hooks in ``common.py``.
 
 Intermediate values, all keyed by layer name (``layer_00``, ``layer_01``, ... = depth order):
 
@@ -37,157 +37,16 @@ Intermediate values, all keyed by layer name (``layer_00``, ``layer_01``, ... = 
 Read them with ``model.apply(variables, ..., mutable=["attention", "hidden_states", "mhex"])``.
 """
 
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
-import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from mhex_jax.errors import ConfigError
 from mhex_jax.models import mhex as mhex_lib
-
-ATTENTION = "attention"
-HIDDEN_STATES = "hidden_states"
-PERTURBATIONS = "perturbations"
-LAYER_INPUT = "layer_input"
-ENCODER_OUTPUT = "encoder_output"
-
-# Hugging Face activation names: "gelu" is the exact (erf) GELU, the others its tanh form.
-ACTIVATIONS = {
-    "gelu": lambda x: nn.gelu(x, approximate=False),
-    "gelu_new": lambda x: nn.gelu(x, approximate=True),
-    "gelu_pytorch_tanh": lambda x: nn.gelu(x, approximate=True),
-    "relu": nn.relu,
-}
-
-
-def activation(name: str) -> Callable[[jax.Array], jax.Array]:
-  if name not in ACTIVATIONS:
-    raise ConfigError(f"Unknown hidden_act={name!r}; use one of {sorted(ACTIVATIONS)}.")
-  return ACTIVATIONS[name]
-
-
-def layer_norm(eps: float, dtype: Any, name: str) -> nn.LayerNorm:
-  # Two-pass variance, as PyTorch: the one-pass form loses digits on BERT's large activations.
-  return nn.LayerNorm(epsilon=eps, dtype=dtype, use_fast_variance=False, name=name)
-
-
-def record_layer_input(module: nn.Module, h: jax.Array) -> jax.Array:
-  """The layer-input convention of every Transformer layer: a perturbation point (for gradients
-  w.r.t. h) and a sown copy, both named ``LAYER_INPUT``."""
-  h = perturb(module, LAYER_INPUT, h)
-  module.sow(HIDDEN_STATES, LAYER_INPUT, h)
-  return h
-
-
-def feed_forward(x: jax.Array, intermediate_size: int, hidden_act: str, kernel_init,
-                 dtype: Any) -> jax.Array:
-  """Dense_{d→intermediate} → activation → Dense_{→d}, as "intermediate" and "output" of the
-  calling layer (call it from a compact method: the parameter names follow HF's layout)."""
-  y = nn.Dense(intermediate_size, kernel_init=kernel_init, dtype=dtype, name="intermediate")(x)
-  return nn.Dense(x.shape[-1], kernel_init=kernel_init, dtype=dtype, name="output")(
-      activation(hidden_act)(y))
-
-
-def perturb(module: nn.Module, name: str, value: jax.Array) -> jax.Array:
-  """``module.perturb`` outside ``init``, so initialised variables hold no batch-shaped zeros."""
-  if module.is_initializing():
-    return value
-  return module.perturb(name, value, collection=PERTURBATIONS)
-
-
-class SelfAttention(nn.Module):
-  """Multi-head self-attention: query/key/value projections, softmax, output projection.
-
-  Attributes:
-    num_heads: H; the feature size d must be divisible by it.
-    use_bias: biases on the query/key/value projections (the output projection always has one).
-    dropout_rate: dropout on the attention probabilities.
-    kernel_init: initialiser of the four projection kernels.
-    dtype: computation dtype; scores and the softmax are float32.
-  """
-  num_heads: int
-  use_bias: bool = True
-  dropout_rate: float = 0.0
-  kernel_init: Callable[..., Any] = nn.initializers.normal(0.02)
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array, mask: Optional[jax.Array] = None, *,
-               train: bool = False) -> jax.Array:
-    """Args: x [B, T, d]; mask [B, T] (1 = valid key) or None. Returns: [B, T, d]."""
-    features = x.shape[-1]
-    if features % self.num_heads:
-      raise ConfigError(f"hidden size {features} is not divisible by num_heads={self.num_heads}.")
-    head_dim = features // self.num_heads
-
-    def project(name, use_bias):
-      y = nn.Dense(features, use_bias=use_bias, kernel_init=self.kernel_init, dtype=self.dtype,
-                   name=name)(x)
-      return einops.rearrange(y, "b t (h k) -> b h t k", h=self.num_heads)
-
-    q = project("query", self.use_bias)
-    k = project("key", self.use_bias)
-    v = project("value", self.use_bias)
-    scores = jnp.einsum("bhqk,bhtk->bhqt", q, k).astype(jnp.float32) * head_dim**-0.5
-    if mask is not None:
-      # The float32 minimum instead of -inf: a fully padded row stays finite (uniform).
-      scores = jnp.where(mask[:, None, None, :].astype(bool), scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1)
-    probs = perturb(self, "probs", probs)
-    self.sow(ATTENTION, "probs", probs)
-    probs = nn.Dropout(self.dropout_rate)(probs, deterministic=not train)
-    context = jnp.einsum("bhqt,bhtk->bqhk", probs.astype(self.dtype), v)
-    context = einops.rearrange(context, "b q h k -> b q (h k)")
-    return nn.Dense(features, kernel_init=self.kernel_init, dtype=self.dtype,
-                    name="output")(context)
-
-
-def _single(node: Any, where: str) -> jax.Array:
-  """The one value sown at ``where`` (sow collects a tuple; perturbation trees hold arrays)."""
-  if not isinstance(node, tuple):
-    return node
-  if len(node) != 1:
-    raise ConfigError(f"{where} holds {len(node)} sown values; pass variables without sown "
-                      "collections (e.g. {'params': ...}) to apply().")
-  return node[0]
-
-
-def _layer_values(tree: Any, name: str) -> list[jax.Array]:
-  """The value ``name`` ("a/b" for nesting) of every ``layer_XX`` subtree, in depth order."""
-  values = []
-  for layer in sorted(k for k in tree if k.startswith("layer_")):
-    node = tree[layer]
-    for key in name.split("/"):
-      node = node[key]
-    values.append(_single(node, f"{layer}/{name}"))
-  return values
-
-
-def attention_probs(state: Any) -> list[jax.Array]:
-  """Per-layer attention probabilities f32[B, H, T, T] from the mutable state of ``apply``."""
-  if ATTENTION not in state:
-    raise ConfigError(f"No {ATTENTION!r} collection: apply the model with "
-                      f"mutable=[{ATTENTION!r}].")
-  return _layer_values(state[ATTENTION], "attention/probs")
-
-
-def hidden_states(state: Any) -> list[jax.Array]:
-  """Every layer's input, then the encoder output: L + 1 arrays [B, T, d] (HF order)."""
-  if HIDDEN_STATES not in state:
-    raise ConfigError(f"No {HIDDEN_STATES!r} collection: apply the model with "
-                      f"mutable=[{HIDDEN_STATES!r}].")
-  tree = state[HIDDEN_STATES]
-  return _layer_values(tree, LAYER_INPUT) + [_single(tree[ENCODER_OUTPUT], ENCODER_OUTPUT)]
-
-
-def layer_input_perturbations(perturbations: Any) -> list[jax.Array]:
-  """Per-layer layer-input entries of a perturbation tree (e.g. its gradient), in depth order.
-
-  Takes the ``"perturbations"`` collection or a variables dict holding it.
-  """
-  return _layer_values(perturbations.get(PERTURBATIONS, perturbations), LAYER_INPUT)
+from mhex_jax.models.attention import SelfAttention, activation, feed_forward, layer_norm
+from mhex_jax.models.common import ENCODER_OUTPUT, HIDDEN_STATES, record_layer_input
 
 
 class BertEmbeddings(nn.Module):

@@ -69,13 +69,14 @@ import jax
 import jax.numpy as jnp
 
 from mhex_jax.errors import ConfigError
+from mhex_jax.models import common
 
 GATE_INITS = ("random", "identity")
 GATE_PLACEMENTS = ("shortcut", "branch", "sum")
 SALIENCY_FEATURES = ("sum", "ungated", "gated_shortcut")
 
 # Name of the collection that carries saliency features, and of the leaf inside it.
-COLLECTION = "mhex"
+COLLECTION = common.MHEX
 FEATURES = "features"
 
 

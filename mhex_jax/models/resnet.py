@@ -7,7 +7,7 @@ serves as the plain baseline. Both variants return logits stacked over heads:
 Blocks are named ``block_00``, ``block_01``, ... in depth order, so the sown MHEX features
 sort by depth (``mhex_jax.explain.mhex`` relies on this).
 
-Feature maps for post-hoc explainers (``mhex_jax.explain.image``), as in ``bert.py``: every
+Feature maps for post-hoc explainers (``mhex_jax.explain.image``), with the conventions of ``common.py``: every
 block's input ``block_XX/block_input`` and, when a pooled classifier exists, the map it pools
 (``final_features``) are sown into ``"hidden_states"`` and are perturbation points (collection
 ``"perturbations"``, not created by ``init``). Block inputs rather than outputs: in an MHEX
@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from mhex_jax.errors import ConfigError
 from mhex_jax.models import mhex as mhex_lib
-from mhex_jax.models.bert import HIDDEN_STATES, perturb
+from mhex_jax.models.common import HIDDEN_STATES, perturb
 
 STAGE_SIZES = {
     18: (2, 2, 2, 2),

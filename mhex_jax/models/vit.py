@@ -39,7 +39,7 @@ MHEX: logits ``[L, B, K]``, prediction = ``logits[-1]``, no final LayerNorm or c
 Plain (``mhex=False``): final LayerNorm, then the class token (or the token mean without a class
 token) into a dense classifier, ``[1, B, K]``.
 
-Attention probabilities, layer inputs and their perturbations come out as in ``bert.py``
+Attention probabilities, layer inputs and their perturbations come out as ``common.py`` names them
 (collections ``"attention"``, ``"hidden_states"``, ``"perturbations"``, ``"mhex"``); the
 ``encoder_output`` is the last layer's output before the final LayerNorm, as in HF's
 ``hidden_states``.
@@ -54,8 +54,8 @@ import jax.numpy as jnp
 
 from mhex_jax.errors import ConfigError
 from mhex_jax.models import mhex as mhex_lib
-from mhex_jax.models.bert import (ENCODER_OUTPUT, HIDDEN_STATES, SelfAttention, activation,
-                                  feed_forward, layer_norm, record_layer_input)
+from mhex_jax.models.attention import SelfAttention, activation, feed_forward, layer_norm
+from mhex_jax.models.common import ENCODER_OUTPUT, HIDDEN_STATES, record_layer_input
 
 
 def _pair(size: Union[int, Sequence[int]]) -> tuple[int, int]:

@@ -40,6 +40,7 @@ import safetensors.flax
 import safetensors.numpy
 
 from mhex_jax.errors import WeightsError
+from mhex_jax.models import attention as attention_lib
 from mhex_jax.models import bert as bert_lib
 from mhex_jax.models import vit as vit_lib
 
@@ -149,9 +150,9 @@ def read_config(checkpoint_dir: str | os.PathLike, model_type: str) -> dict[str,
 
 def _model_kwargs(config: dict[str, Any], table: dict[str, tuple[str, Any]]) -> dict[str, Any]:
   kwargs = {attr: config.get(key, default) for key, (attr, default) in table.items()}
-  if kwargs["hidden_act"] not in bert_lib.ACTIVATIONS:
+  if kwargs["hidden_act"] not in attention_lib.ACTIVATIONS:
     raise WeightsError(f"hidden_act={kwargs['hidden_act']!r} is not supported; use one of "
-                       f"{sorted(bert_lib.ACTIVATIONS)}.")
+                       f"{sorted(attention_lib.ACTIVATIONS)}.")
   return kwargs
 
 
