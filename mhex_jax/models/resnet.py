@@ -7,8 +7,8 @@ serves as the plain baseline. Both variants return logits stacked over heads:
 Blocks are named ``block_00``, ``block_01``, ... in depth order, so the sown MHEX features
 sort by depth (``mhex_jax.explain.mhex`` relies on this).
 
-Feature maps for post-hoc explainers (``mhex_jax.explain.image``), with the conventions of ``common.py``: every
-block's input ``block_XX/block_input`` and, when a pooled classifier exists, the map it pools
+Feature maps for post-hoc explainers (``mhex_jax.explain.image``), named as in ``common.py``:
+every block's input ``block_XX/block_input`` and, when a pooled classifier exists, the map it pools
 (``final_features``) are sown into ``"hidden_states"`` and are perturbation points (collection
 ``"perturbations"``, not created by ``init``). Block inputs rather than outputs: in an MHEX
 ResNet the last block's output is never read (the last head reads that block's internal
