@@ -318,9 +318,8 @@ def main():
     host_allocator.keep_large_buffers()
   rows, notes = [], []
   if args.quick:
-    rows += mhex_vs_forward(["resnet18"], [112], [1, 8], rounds)
-    rows += explainers_vs_forward(["grad_cam", "layer_cam", "vanilla_gradient",
-                                   "integrated_gradients"], 112, 1, rounds,
+    rows += mhex_vs_forward(["resnet18"], [112], [1], rounds)
+    rows += explainers_vs_forward(["grad_cam", "integrated_gradients"], 112, 1, rounds,
                                   {"integrated_gradients": {"steps": 8}})
     rows += tokens_vs_forward(2, 64, rounds)
     rows += train_step_ratio("resnet18", 32, 4, rounds)
