@@ -1,6 +1,6 @@
 r"""The PyTorch side of the JAX-vs-PyTorch speed comparison (ResNet forward, Grad-CAM, IG).
 
-    python benchmarks/torch_side.py     # demo: checks, then measure(18, 8, 112, ig_steps=20)
+    python benchmarks/torch_side.py     # the light correctness checks
 
 Plain, importable functions:
   * `resnet(depth, num_classes)`: ResNet-18/34 (BasicBlock) or -50/101/152 (Bottleneck) in
@@ -14,17 +14,12 @@ Plain, importable functions:
     maps are at image resolution; IG is captum's IntegratedGradients with a zero baseline.
   * `set_threads(n)`: torch.set_num_threads(n). The thread count is global to the process, so it
     must be applied before each timing: the builders apply their `threads` and record it as
-    `fn.threads`, and a caller that times several closures calls `set_threads(fn.threads)` before
-    timing each. Time every callable at 1 thread and at torch's default (`DEFAULT_THREADS`, read
-    at import: 2 on this 2-core machine) and report the faster setting; `measure` does that.
-  * `measure(depth, batch, image_size, ...)`: interleaved rounds (each round times each
-    (method, threads) callable once, after 2 untimed warm-up calls each), medians in ms.
+    `fn.threads`. `benchmarks/run.py` (``versus_pytorch``) times every callable at 1 thread and at
+    torch's default (`DEFAULT_THREADS`) in the same rounds as the JAX side and keeps the faster.
 
-Run it in a process of its own, with no JAX work running beside it: both sides want the same cores.
+Never time it while JAX work runs: both sides want the same cores (run.py pauses between them).
 """
 
-import statistics
-import time
 from typing import Callable, Optional
 
 import torch
@@ -210,66 +205,6 @@ def check(depth: int = 18, batch: int = 2, image_size: int = 64) -> None:
   assert bool(torch.isfinite(attr).all())
 
 
-def _time_once(fn):
-  set_threads(fn.threads)
-  start = time.perf_counter()
-  fn()
-  return (time.perf_counter() - start) * 1e3
-
-
-def measure(depth: int, batch: int, image_size: int, rounds: int = 5, ig_steps: int = 50,
-            ig_rounds: Optional[int] = None, warmup: int = 2,
-            ig_warmup: Optional[int] = None) -> dict:
-  """Medians in ms of forward, Grad-CAM and IG at 1 thread and at DEFAULT_THREADS.
-
-  Rounds are interleaved: each round times every (method, threads) callable once, so load from
-  others on the shared machine falls on all of them alike; each callable first gets `warmup`
-  untimed calls. IG runs in the first `ig_rounds` rounds only (default: min(rounds, 3)); use a
-  small `ig_steps` for a quick run. On this 2-core machine, ResNet-18, batch 8, 112 px, 2 threads,
-  one IG call takes ~1.6 s at 20 steps but ~6 s at 50 (worse than linear: with
-  internal_batch_size=None all 400 images go through at once), so measure(18, 8, 112) takes
-  ~95 s at ig_steps=50 and ~30 s in the demo's quick mode, ig_steps=20. `ig_warmup` defaults to
-  `warmup`.
-
-  Returns {"config": {...}, "ms": {method: {threads: median_ms}},
-           "faster_threads": {method: threads}, "speedup": {method: slow/fast}}.
-  """
-  ig_rounds = min(rounds, 3) if ig_rounds is None else min(ig_rounds, rounds)
-  ig_warmup = warmup if ig_warmup is None else ig_warmup
-  settings = sorted({1, DEFAULT_THREADS})
-  builders = {
-      "forward": lambda t: forward(depth, batch, image_size, t),
-      "grad_cam": lambda t: captum_layer_grad_cam(depth, batch, image_size, t),
-      "integrated_gradients": lambda t: captum_integrated_gradients(depth, batch, image_size, t,
-                                                                    steps=ig_steps),
-  }
-  fns = {(m, t): build(t) for m, build in builders.items() for t in settings}
-  times = {key: [] for key in fns}
-  for (m, _), fn in fns.items():
-    for _ in range(ig_warmup if m == "integrated_gradients" else warmup):
-      _time_once(fn)
-  for r in range(rounds):
-    for (m, t), fn in fns.items():
-      if m == "integrated_gradients" and r >= ig_rounds:
-        continue
-      times[(m, t)].append(_time_once(fn))
-  set_threads(DEFAULT_THREADS)
-  ms = {m: {t: statistics.median(times[(m, t)]) for t in settings} for m in builders}
-  faster = {m: min(ms[m], key=ms[m].get) for m in builders}
-  speedup = {m: max(ms[m].values()) / min(ms[m].values()) for m in builders}
-  return {"config": {"depth": depth, "batch": batch, "image_size": image_size, "rounds": rounds,
-                     "ig_rounds": ig_rounds, "ig_steps": ig_steps, "warmup": warmup,
-                     "ig_warmup": ig_warmup,
-                     "threads": settings, "torch": torch.__version__},
-          "ms": ms, "faster_threads": faster, "speedup": speedup}
-
-
 if __name__ == "__main__":
   check()
   print("checks passed (param counts; Grad-CAM [B,1,H,W]; IG shape == input)")
-  result = measure(18, 8, 112, rounds=5, ig_steps=20)  # Quick mode: IG with 20 steps.
-  print(result["config"])
-  for method, by_threads in result["ms"].items():
-    cells = ", ".join(f"{t} thr {v:.1f} ms" for t, v in by_threads.items())
-    print(f"{method}: {cells}; faster: {result['faster_threads'][method]} thr "
-          f"({result['speedup'][method]:.2f}x)")
