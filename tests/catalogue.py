@@ -476,16 +476,19 @@ def run_cases(cases, work: pathlib.Path, parallel: int = 2, timeout: float = 180
           os.kill(pid, 9)
       time.sleep(0.05)
 
+  # The cases that do not copy the trained run start beside it.
   start(TRAINED)
-  wait_one()
-  if results[TRAINED.name]["returncode"] != 0:
-    raise RuntimeError("The tiny training run failed:\n" + results[TRAINED.name]["stderr"])
-  for case in cases:
-    if len(running) >= parallel:
+  pending = list(cases)
+  while pending or running:
+    trained = results.get(TRAINED.name)
+    if trained is not None and trained["returncode"] != 0:
+      raise RuntimeError("The tiny training run failed:\n" + trained["stderr"])
+    ready = [case for case in pending if trained is not None or not case.uses_trained]
+    if ready and len(running) < parallel:
+      pending.remove(ready[0])
+      start(ready[0])
+    else:
       wait_one()
-    start(case)
-  while running:
-    wait_one()
   return results
 
 

@@ -95,13 +95,13 @@ def _logged_step(log: str) -> int:
 
 def test_two_process_training_and_evaluation_match_one_process(tmp_path):
   """Two processes × 2 CPU devices train (stopped by SIGTERM to one of them, then resumed)
-  and evaluate; one process with 4 devices does the same: equal steps, parameters within
-  1e-5, equal accuracy and per-method metrics within 1e-5."""
+  and evaluate: the same steps and parameters within 1e-5 as one process with 4 devices
+  training, and the report of one process with 4 devices evaluating the same checkpoint
+  (accuracy and per-method metrics within 1e-5)."""
   config = _config()
   config.num_devices = 4
   single_dir = str(tmp_path / "single")
   single_train = train_lib.train_and_evaluate(config, single_dir)
-  single = eval_lib.evaluate(config, single_dir)
 
   config.num_devices = None
   (tmp_path / "config.json").write_text(config.to_json())
@@ -139,20 +139,19 @@ def test_two_process_training_and_evaluation_match_one_process(tmp_path):
           for w in (single_dir, workdir))
   jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y),
                                                        atol=1e-5), a, b)
-  assert multi["num_examples"] == single["num_examples"] == 36
-  np.testing.assert_allclose(multi["head_accuracy"], single["head_accuracy"], atol=1e-6)
-  # The same checkpoint evaluated by one process: the same report within 1e-5.
+  # The same checkpoint evaluated by one process: the same report within 1e-5. (Evaluating
+  # the one-process checkpoint as well would test nothing more: its parameters are equal
+  # within 1e-5, just checked.)
   config.num_devices = 4
-  same_checkpoint = eval_lib.evaluate(config, workdir)
-  # Against the one-process training, the ranking metrics (deletion/insertion order pixels by
-  # the map) may move a little with the ~1e-6 parameter differences.
-  for reference, atol in ((same_checkpoint, 1e-5), (single, 5e-3)):
-    assert set(multi["methods"]) == set(reference["methods"]) == {"mhex", "grad_cam"}
-    for name, results in reference["methods"].items():
-      assert multi["methods"][name]["num_examples"] == results["num_examples"] == 30
-      for metric, value in results.items():
-        np.testing.assert_allclose(multi["methods"][name][metric], value, atol=atol,
-                                   err_msg=f"{name}/{metric}")
+  reference = eval_lib.evaluate(config, workdir)
+  assert multi["num_examples"] == reference["num_examples"] == 36
+  np.testing.assert_allclose(multi["head_accuracy"], reference["head_accuracy"], atol=1e-6)
+  assert set(multi["methods"]) == set(reference["methods"]) == {"mhex", "grad_cam"}
+  for name, results in reference["methods"].items():
+    assert multi["methods"][name]["num_examples"] == results["num_examples"] == 30
+    for metric, value in results.items():
+      np.testing.assert_allclose(multi["methods"][name][metric], value, atol=1e-5,
+                                 err_msg=f"{name}/{metric}")
 
 
 @pytest.mark.parametrize("argv,message", [
