@@ -255,7 +255,8 @@ def get_datasets(config: ml_collections.ConfigDict, num_classes: int,
                       f"data.seed={config.seed!r}: {e}") from e
   elif name == "text":
     from mhex_jax.data import text  # transformers is only imported for text data.
-    train, eval_arrays, names = text.make_text_splits(config, num_classes)
+    train, eval_arrays, names = text.make_text_splits(config, num_classes,
+                                                      need_train=need_train)
     train_ds = TextDataset(train, num_classes, names) if need_train else None
     eval_ds = TextDataset(eval_arrays, num_classes, names)
     if train_ds is not None:

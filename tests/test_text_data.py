@@ -279,13 +279,33 @@ def test_make_text_splits_refuses_texts_without_tokens(tmp_path, tiny_dir):
   # drop them: the text would reach the model as [CLS] [SEP].
   train_path = _write(tmp_path, '"1","the cat","sat"\n"2","\u200b","\x07"\n"1","the","mat"\n'
                       '"2","on","mat"\n', "train.csv")
-  with pytest.raises(ValueError, match=re.escape(f"{train_path}: 1 of 4 texts have no token") +
+  with pytest.raises(ValueError, match=re.escape(f"{train_path}: 1 of 2 texts have no token") +
                      r".* at line\(s\) 2 \(e.g. '\\u200b \\x07'"):
     text.make_text_splits(_config(train_path, tiny_dir, eval_fraction=0.5))
   good = _write(tmp_path, '"1","the cat","sat"\n"2","the mat","."\n', "good.csv")
   eval_path = _write(tmp_path, '"1","cat","sat"\n"2","\u200b",""\n', "eval.csv")
   with pytest.raises(ValueError, match=r"eval.csv: 1 of 2 texts have no token.*line\(s\) 2 "):
     text.make_text_splits(_config(good, tiny_dir, eval_path=str(eval_path)))
+
+
+@pytest.mark.parametrize("held_out", [True, False])
+def test_make_text_splits_for_eval_tokenizes_only_the_eval_texts(tmp_path, tiny_dir,
+                                                                  monkeypatch, held_out):
+  rows = "".join(f'"{1 + i % 2}","the cat {i}","sat"\n' for i in range(10))
+  train_path = _write(tmp_path, rows, "train.csv")
+  eval_path = _write(tmp_path, '"2","cats","on the mat"\n"1","the","mat"\n', "eval.csv")
+  config = _config(train_path, tiny_dir, eval_fraction=0.2,
+                   eval_path="" if held_out else str(eval_path))
+  both = text.make_text_splits(config)
+  tokenized = []
+  tokenize = text.tokenize
+  monkeypatch.setattr(text, "tokenize",
+                      lambda tok, texts, max_len: tokenized.append(len(texts)) or
+                      tokenize(tok, texts, max_len))
+  train, held, names = text.make_text_splits(config, need_train=False)
+  assert train is None and tokenized == [2] and names == both.class_names
+  for key, value in both.eval.items():
+    np.testing.assert_array_equal(held[key], value, err_msg=key)
 
 
 def test_make_text_splits_names_missing_fields(tmp_path, tiny_dir):

@@ -61,7 +61,7 @@ class CsvData(NamedTuple):
 
 class TextSplits(NamedTuple):
   """What `make_text_splits` returns: tokenized train and eval arrays and the class names."""
-  train: dict[str, np.ndarray]
+  train: Optional[dict[str, np.ndarray]]
   eval: dict[str, np.ndarray]
   class_names: tuple[str, ...]
 
@@ -436,8 +436,8 @@ def _show_texts(texts) -> str:
   return repr(texts)[:100]
 
 
-def make_text_splits(config: ml_collections.ConfigDict,
-                     num_classes: Optional[int] = None) -> TextSplits:
+def make_text_splits(config: ml_collections.ConfigDict, num_classes: Optional[int] = None,
+                     *, need_train: bool = True) -> TextSplits:
   """Train and eval splits, tokenized, ready for `pipeline.batch_iterator`, and class names.
 
   Args:
@@ -446,6 +446,8 @@ def make_text_splits(config: ml_collections.ConfigDict,
       label_column, text_columns, label_base, has_header (the `load_csv` options, shared by
       both files), tokenizer_dir (a local tokenizer directory) and optionally class_names.
     num_classes: the model's number of classes, checked against the classes of the data.
+    need_train: False (evaluation) reads the training file for its classes and split but
+      tokenizes only the eval texts; ``train`` is then None.
 
   Returns:
     TextSplits(train, eval, class_names): train and eval are `tokenize`'s arrays [N, max_len]
@@ -494,15 +496,19 @@ def make_text_splits(config: ml_collections.ConfigDict,
                      "data.class_names if the training file lacks some")
     raise DataError(f"{source} ({', '.join(class_names)}) but model.num_classes="
                     f"{num_classes}; {fix}.")
-  train = _tokenize_rows(tokenizer, data.texts, config.max_len, config.path, lines,
-                         config.tokenizer_dir)
+  def tokenized(texts, path, lines, idx=None):
+    if idx is not None:
+      texts, lines = [texts[i] for i in idx], [lines[i] for i in idx]
+    return _tokenize_rows(tokenizer, texts, config.max_len, path, lines, config.tokenizer_dir)
+
   if config.eval_path:
-    eval_arrays = _tokenize_rows(tokenizer, eval_data.texts, config.max_len, config.eval_path,
-                                 eval_lines, config.tokenizer_dir)
+    eval_arrays = tokenized(eval_data.texts, config.eval_path, eval_lines)
+    train = tokenized(data.texts, config.path, lines) if need_train else None
   else:
-    train, eval_arrays = ({k: v[idx] for k, v in train.items()} for idx in (train_idx, eval_idx))
-  return TextSplits({**train, "label": train_labels}, {**eval_arrays, "label": eval_labels},
-                    class_names)
+    eval_arrays = tokenized(data.texts, config.path, lines, eval_idx)
+    train = tokenized(data.texts, config.path, lines, train_idx) if need_train else None
+  train = None if train is None else {**train, "label": train_labels}
+  return TextSplits(train, {**eval_arrays, "label": eval_labels}, class_names)
 
 
 def _tokenize_rows(tokenizer, texts, max_len, path, lines, tokenizer_dir) -> dict[str, np.ndarray]:
