@@ -459,3 +459,36 @@ def test_validation_under_jit():
   # silently clipped class.
   p = jax.jit(metrics.target_probability, static_argnums=0)(score_fn, images, np.array([1, 7]))
   assert np.isfinite(p[0]) and np.isnan(p[1])
+
+
+def test_explanation_metrics_suite_is_the_metric_functions():
+  """The eval step's suite equals each metric called on its own (EAD: the same AD, no second
+  removal pass), and marks the examples whose mask is empty."""
+  rng = np.random.default_rng(3)
+  images = jnp.asarray(rng.uniform(size=(3, H, W, 2)), jnp.float32)
+  maps = jnp.asarray(rng.uniform(size=(3, H, W)), jnp.float32)
+  targets = jnp.array([0, 2, 1])
+  masks = np.zeros((3, H, W), bool)
+  masks[0, :2, :2] = True
+  masks[2, 3, 3] = True  # Example 1's mask is empty.
+  score_fn = linear_softmax_scorer((H, W, 2))
+  out = jax.jit(functools.partial(metrics.explanation_metrics, score_fn, deletion_steps=4,
+                                  pointing_tolerance=1.0, baseline=0.5))(
+                                      images, maps, targets, masks)
+  assert set(out) == set(metrics.SUITE_METRICS) | {metrics.MASK_WEIGHT}
+  deletion, insertion = metrics.deletion_insertion_auc(score_fn, images, maps, targets, steps=4,
+                                                       baseline=0.5)
+  classic, increase = metrics.classic_average_drop_increase(score_fn, images, maps, targets)
+  expected = {
+      "avg_drop": metrics.average_drop_removal(score_fn, images, maps, targets, baseline=0.5),
+      "sad": metrics.soft_average_drop(score_fn, images, maps, targets),
+      "ead": metrics.effective_average_drop(score_fn, images, maps, targets, baseline=0.5),
+      "area": (maps > 0.2).mean(axis=(1, 2)), "classic_average_drop": classic,
+      "average_increase": increase, "deletion_auc": deletion, "insertion_auc": insertion,
+      "pointing_game": metrics.pointing_game(maps, masks, tolerance=1.0),
+      "energy_pointing_game": metrics.energy_pointing_game(maps, masks),
+      metrics.MASK_WEIGHT: [1.0, 0.0, 1.0]}
+  for name, value in expected.items():
+    np.testing.assert_allclose(out[name], value, atol=1e-6, err_msg=name)
+  without_masks = metrics.explanation_metrics(score_fn, images, maps, targets, deletion_steps=4)
+  assert set(without_masks) == set(metrics.SUITE_METRICS) - set(metrics.MASKED_METRICS)

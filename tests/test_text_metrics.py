@@ -253,3 +253,31 @@ def test_legacy_argsort_kendall_is_a_different_quantity():
   np.testing.assert_allclose(text_metrics.kendall_tau_of_argsorts(a_junk, b_junk, keep),
                              [1 / 3], atol=1e-6)
   np.testing.assert_allclose(text_metrics.kendall_tau_of_argsorts(a, 2 * a), [1.0], atol=1e-6)
+
+
+def test_explanation_metrics_suite_is_the_metric_functions():
+  """The eval step's suite: AVG Drop masks with mask_id, AOPC/LOdds per mode, by hand."""
+  ids, sal, removable, mask = _example(7)
+  types = np.zeros_like(ids)
+
+  def score(input_ids, attention_mask=mask, token_type_ids=types):
+    return _additive_score(input_ids, attention_mask, token_type_ids)
+
+  out = text_metrics.explanation_metrics(
+      score, ids, sal, removable, np.array([1, 1]), attention_mask=mask, token_type_ids=types,
+      mask_id=MASK, pad_id=PAD, replace_id=MASK, modes=("deletion", "replacement"))
+  assert set(out) == set(text_metrics.SUITE_METRICS)
+  # K = max(1, round(0.2 T)) = 1 top token: 6 (weight 0.2) and 8 (weight −0.1) become [MASK].
+  np.testing.assert_allclose(out["avg_drop"], [0.2 - 0.02, -0.1 - 0.02], atol=1e-6)
+  for key, perturbed in (("", DELETED), ("_replacement", MASKED)):
+    aopc, lodds = _expected(perturbed)
+    np.testing.assert_allclose(out["aopc" + key], aopc, atol=1e-6)
+    np.testing.assert_allclose(out["lodds" + key], lodds, atol=1e-5)
+  only_deletion = text_metrics.explanation_metrics(
+      score, ids, sal, removable, np.array([1, 1]), attention_mask=mask, token_type_ids=types,
+      mask_id=MASK, pad_id=PAD, replace_id=MASK)
+  assert set(only_deletion) == {"avg_drop", "aopc", "lodds"}
+  with pytest.raises(ValueError, match=r"AOPC modes \['masking'\]"):
+    text_metrics.explanation_metrics(
+        score, ids, sal, removable, np.array([1, 1]), attention_mask=mask,
+        token_type_ids=types, mask_id=MASK, pad_id=PAD, replace_id=MASK, modes=("masking",))

@@ -211,8 +211,12 @@ def effective_average_drop(score_fn: ScoreFn, images: jax.Array, maps: jax.Array
   """
   drop = average_drop_removal(score_fn, images, maps, targets, threshold=threshold,
                               baseline=baseline)
-  area = (jnp.asarray(maps) > area_threshold).mean(axis=(1, 2))
-  return drop * area_factor(area)
+  return drop * area_factor(map_area(maps, area_threshold))
+
+
+def map_area(maps: jax.Array, area_threshold: float = 0.2) -> jax.Array:
+  """EAD's a: the fraction of each map's pixels with S > ``area_threshold``, f32[B]."""
+  return (jnp.asarray(maps) > area_threshold).mean(axis=(1, 2))
 
 
 def classic_average_drop_increase(score_fn: ScoreFn, images: jax.Array, maps: jax.Array,
@@ -381,3 +385,39 @@ def energy_pointing_game(maps: jax.Array, masks: jax.Array) -> jax.Array:
   total = maps.sum(axis=(1, 2))
   inside = jnp.where(masks, maps, 0.0).sum(axis=(1, 2))
   return jnp.where(total > 0, inside / jnp.where(total > 0, total, 1.0), 0.0)
+
+
+# Report keys in table order; "area" is EAD's a.
+SUITE_METRICS = ("avg_drop", "sad", "ead", "area", "classic_average_drop", "average_increase",
+                 "deletion_auc", "insertion_auc", "pointing_game", "energy_pointing_game")
+# Defined only where the example's mask holds a pixel: averaged over those examples.
+MASKED_METRICS = ("pointing_game", "energy_pointing_game")
+MASK_WEIGHT = "nonempty_mask"
+
+
+def explanation_metrics(score_fn: ScoreFn, images: jax.Array, maps: jax.Array,
+                        targets: jax.Array, masks: Optional[jax.Array] = None, *,
+                        baseline: Baseline = 0.0, deletion_steps: int = 100,
+                        deletion_chunk_size: Optional[int] = None,
+                        pointing_tolerance: float = 0.0) -> dict[str, jax.Array]:
+  """Every metric of the comparison table for one batch: {name: f32[B]} (``SUITE_METRICS``).
+
+  EAD reuses the AVG Drop it reports (``effective_average_drop`` without a second removal
+  pass). With ``masks``, the pointing games and ``MASK_WEIGHT`` (1 where the mask holds a
+  pixel): average ``MASKED_METRICS`` over those examples only, as the protocol does.
+  """
+  drop = average_drop_removal(score_fn, images, maps, targets, baseline=baseline)
+  area = map_area(maps)
+  classic_drop, increase = classic_average_drop_increase(score_fn, images, maps, targets)
+  deletion, insertion = deletion_insertion_auc(
+      score_fn, images, maps, targets, steps=deletion_steps, baseline=baseline,
+      chunk_size=deletion_chunk_size)
+  out = {"avg_drop": drop, "sad": soft_average_drop(score_fn, images, maps, targets),
+         "ead": drop * area_factor(area), "area": area, "classic_average_drop": classic_drop,
+         "average_increase": increase.astype(jnp.float32), "deletion_auc": deletion,
+         "insertion_auc": insertion}
+  if masks is not None:
+    out["pointing_game"] = pointing_game(maps, masks, tolerance=pointing_tolerance)
+    out["energy_pointing_game"] = energy_pointing_game(maps, masks)
+    out[MASK_WEIGHT] = nonempty_masks(masks).astype(jnp.float32)
+  return out

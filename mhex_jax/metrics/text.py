@@ -18,7 +18,7 @@ Score functions are static arguments under jit (functions and lambdas are hashab
 """
 
 import functools
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -308,3 +308,37 @@ def kendall_tau_of_argsorts(a: jax.Array, b: jax.Array,
   positions_b = jnp.argsort(jnp.where(mask, b, jnp.inf), axis=-1, stable=True)
   first_n = jnp.arange(a.shape[1])[None, :] < jnp.sum(mask, axis=-1, keepdims=True)
   return kendall_tau(positions_a.astype(jnp.float32), positions_b.astype(jnp.float32), first_n)
+
+
+# Report keys in table order.
+SUITE_METRICS = ("avg_drop", "aopc", "lodds", "aopc_replacement", "lodds_replacement")
+AOPC_MODES = ("deletion", "replacement")
+
+
+def explanation_metrics(score_fn: SequenceScoreFn, input_ids: jax.Array, saliency: jax.Array,
+                        removable: jax.Array, targets: jax.Array, *,
+                        attention_mask: jax.Array, token_type_ids: Optional[jax.Array],
+                        mask_id: int, pad_id: int, replace_id: int,
+                        modes: Sequence[str] = ("deletion",),
+                        absolute: bool = False) -> dict[str, jax.Array]:
+  """Every metric of the text comparison table for one batch: {name: f32[B]}.
+
+  ``score_fn(input_ids, attention_mask, token_type_ids) -> probs`` (the last two default to the
+  batch's own). AVG Drop masks the top tokens with ``mask_id``; AOPC/LOdds run once per mode
+  of ``modes`` (``AOPC_MODES``): deletion (the AttCAT protocol's default, the plain keys) and
+  replacement by ``replace_id`` (keys with ``_replacement``).
+  """
+  unknown = [m for m in modes if m not in AOPC_MODES]
+  if not modes or unknown:
+    raise ValueError(f"AOPC modes {list(modes)}: use one or both of {list(AOPC_MODES)}.")
+  out = {"avg_drop": text_average_drop(score_fn, input_ids, saliency, removable, targets,
+                                       mask_id)}
+  for mode in modes:
+    aopc, lodds = aopc_lodds(
+        score_fn, input_ids, saliency, removable, targets, attention_mask=attention_mask,
+        token_type_ids=token_type_ids, mode=mode,
+        replace_id=replace_id if mode == "replacement" else None, pad_id=pad_id,
+        absolute=absolute)
+    suffix = "" if mode == "deletion" else "_replacement"
+    out["aopc" + suffix], out["lodds" + suffix] = aopc, lodds
+  return out
