@@ -27,7 +27,6 @@ from typing import Any, Optional
 
 from absl import logging
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -47,9 +46,8 @@ from mhex_jax.metrics import image as image_metrics
 from mhex_jax.metrics import text as text_metrics
 
 # Report keys in table order; lower is better for those marked in LOWER_IS_BETTER.
-IMAGE_METRICS = ("avg_drop", "sad", "ead", "area", "classic_average_drop", "average_increase",
-                 "deletion_auc", "insertion_auc", "pointing_game", "energy_pointing_game")
-TEXT_METRICS = ("avg_drop", "aopc", "lodds", "aopc_replacement", "lodds_replacement")
+IMAGE_METRICS = image_metrics.SUITE_METRICS
+TEXT_METRICS = text_metrics.SUITE_METRICS
 LOWER_IS_BETTER = ("classic_average_drop", "deletion_auc", "lodds", "lodds_replacement")
 
 
@@ -179,79 +177,67 @@ def method_explainer(config: ml_collections.ConfigDict, model, name: str):
   return registry.explainer(base, model, **method_options(config, model, name))
 
 
-def _image_step(model, explain_fn, scorer, eval_config: ml_collections.ConfigDict, mesh,
-                has_masks: bool):
-  """Jitted (variables, scorer_variables, batch) -> (per-example metrics, maps, targets)."""
+def _explain_step(model, explain_fn, eval_config: ml_collections.ConfigDict, mesh, inputs_of):
+  """Jitted (variables, batch) -> (maps, targets): one method's program."""
 
-  def step(variables, scorer_variables, batch):
-    images = batch["image"]
-    targets = registry.resolve_targets(model, variables, images, eval_config.targets,
-                                       batch["label"])
-    maps = explain_fn(variables, images, targets)
-    score_fn = lambda x: jax.nn.softmax(scorer.apply(scorer_variables, x, train=False)[-1])
-    baseline = eval_config.removal_baseline
-    drop = image_metrics.average_drop_removal(score_fn, images, maps, targets,
-                                              baseline=baseline)
-    area = (maps > 0.2).mean(axis=(1, 2))
-    classic_drop, increase = image_metrics.classic_average_drop_increase(
-        score_fn, images, maps, targets)
-    deletion, insertion = image_metrics.deletion_insertion_auc(
-        score_fn, images, maps, targets, steps=eval_config.deletion_steps, baseline=baseline,
-        chunk_size=eval_config.deletion_chunk_size)
-    out = {"avg_drop": drop,
-           "sad": image_metrics.soft_average_drop(score_fn, images, maps, targets),
-           # EAD = AD · f(area), from the AD above rather than a second removal pass.
-           "ead": drop * image_metrics.area_factor(area),
-           "area": area,  # EAD's a: the fraction of the image with S > 0.2.
-           "classic_average_drop": classic_drop,
-           "average_increase": increase.astype(jnp.float32),
-           "deletion_auc": deletion, "insertion_auc": insertion}
-    if has_masks:
-      out["pointing_game"] = image_metrics.pointing_game(
-          maps, batch["mask"], tolerance=eval_config.pointing_tolerance)
-      out["energy_pointing_game"] = image_metrics.energy_pointing_game(maps, batch["mask"])
-    return out, maps, targets
-
-  replicated = sharding_lib.replicated(mesh)
-  return jax.jit(step, in_shardings=(replicated, replicated, sharding_lib.batch_sharded(mesh)))
-
-
-def _text_step(model, explain_fn, scorer, eval_config: ml_collections.ConfigDict, mesh,
-               special: dict[str, int]):
-  """Jitted (variables, scorer_variables, batch) -> (per-example metrics, scores, targets)."""
-  modes = {"deletion": None, "replacement": special[eval_config.replacement_token]}
-  chosen = [m.strip() for m in eval_config.aopc_modes.split(",") if m.strip()]
-  if not chosen or set(chosen) - set(modes):
-    raise errors.ConfigError(f"eval.aopc_modes={eval_config.aopc_modes!r}; use 'deletion', "
-                             "'replacement' or 'deletion,replacement'.")
-  modes = {m: modes[m] for m in chosen}
-
-  def step(variables, scorer_variables, batch):
-    inputs = {k: batch[k] for k in train_lib.TEXT_INPUTS + ("special_tokens_mask",)}
-    ids, attention, types = inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"]
-    removable = (attention > 0) & ~inputs["special_tokens_mask"].astype(bool)
+  def step(variables, batch):
+    inputs = inputs_of(batch)
     targets = registry.resolve_targets(model, variables, inputs, eval_config.targets,
                                        batch["label"])
-    scores = explain_fn(variables, inputs, targets)
+    return explain_fn(variables, inputs, targets), targets
+
+  return jax.jit(step, in_shardings=(sharding_lib.replicated(mesh),
+                                     sharding_lib.batch_sharded(mesh)))
+
+
+def _metric_step(metrics_fn, mesh):
+  """Jitted (scorer_variables, batch, maps, targets) -> (per-example metrics, gallery maps):
+  the same program for every method (the maps have one shape), so it compiles once."""
+  batch_sharded = sharding_lib.batch_sharded(mesh)
+  return jax.jit(metrics_fn, in_shardings=(sharding_lib.replicated(mesh), batch_sharded,
+                                           batch_sharded, batch_sharded))
+
+
+def _image_metrics_fn(scorer, eval_config: ml_collections.ConfigDict, has_masks: bool):
+  def metrics_fn(scorer_variables, batch, maps, targets):
+    score_fn = lambda x: jax.nn.softmax(scorer.apply(scorer_variables, x, train=False)[-1])
+    out = image_metrics.explanation_metrics(
+        score_fn, batch["image"], maps, targets, batch["mask"] if has_masks else None,
+        baseline=eval_config.removal_baseline, deletion_steps=eval_config.deletion_steps,
+        deletion_chunk_size=eval_config.deletion_chunk_size,
+        pointing_tolerance=eval_config.pointing_tolerance)
+    return out, maps
+
+  return metrics_fn
+
+
+def _text_metrics_fn(scorer, eval_config: ml_collections.ConfigDict, special: dict[str, int]):
+  modes = tuple(m.strip() for m in eval_config.aopc_modes.split(",") if m.strip())
+  if not modes or set(modes) - set(text_metrics.AOPC_MODES):
+    raise errors.ConfigError(f"eval.aopc_modes={eval_config.aopc_modes!r}; use 'deletion', "
+                             "'replacement' or 'deletion,replacement'.")
+
+  def metrics_fn(scorer_variables, batch, scores, targets):
+    ids, attention, types = batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
+    removable = _removable(batch)
 
     def score_fn(input_ids, attention_mask=attention, token_type_ids=types):
       return jax.nn.softmax(scorer.apply(scorer_variables, input_ids, attention_mask,
                                          token_type_ids, train=False)[-1])
 
-    out = {"avg_drop": text_metrics.text_average_drop(score_fn, ids, scores, removable,
-                                                      targets, special["mask"])}
-    for mode, replace_id in modes.items():
-      aopc, lodds = text_metrics.aopc_lodds(
-          score_fn, ids, scores, removable, targets, attention_mask=attention,
-          token_type_ids=types, mode=mode, replace_id=replace_id, pad_id=special["pad"],
-          absolute=eval_config.aopc_absolute)
-      # Deletion, the AttCAT protocol's default, has the plain keys.
-      suffix = "" if mode == "deletion" else "_replacement"
-      out["aopc" + suffix], out["lodds" + suffix] = aopc, lodds
-    return out, mhex_explain.normalize_maps(scores, removable), targets
+    out = text_metrics.explanation_metrics(
+        score_fn, ids, scores, removable, targets, attention_mask=attention,
+        token_type_ids=types, mask_id=special["mask"], pad_id=special["pad"],
+        replace_id=special[eval_config.replacement_token], modes=modes,
+        absolute=eval_config.aopc_absolute)
+    return out, mhex_explain.normalize_maps(scores, removable)
 
-  replicated = sharding_lib.replicated(mesh)
-  return jax.jit(step, in_shardings=(replicated, replicated, sharding_lib.batch_sharded(mesh)))
+  return metrics_fn
+
+
+def _removable(batch):
+  """The tokens text metrics may remove: attended, not special."""
+  return (batch["attention_mask"] > 0) & ~batch["special_tokens_mask"].astype(bool)
 
 
 def _explained_batches(dataset, eval_config: ml_collections.ConfigDict, fields):
@@ -280,25 +266,35 @@ def _gallery_batch(dataset, eval_config: ml_collections.ConfigDict, fields, n: i
   return {k: v[keep][:n] for k, v in sharding_lib.gather_batch(batch).items()}
 
 
-def explain_method(name, step, variables, scorer_variables, dataset, eval_config, mesh, fields):
-  """Runs method ``name``'s jitted step over the explained examples.
+def explain_method(name, explain_step, metric_step, variables, scorer_variables, dataset,
+                   eval_config, mesh, fields):
+  """Runs method ``name``'s programs over the explained examples.
 
   Returns:
     (metric means + "num_examples", maps of the first ``eval.num_gallery`` examples, their
-    targets), the same on every process.
+    targets), the same on every process. Pointing games average over the examples whose mask
+    holds a pixel (None when none does).
   """
   sums: dict[str, float] = {}
+  counts: dict[str, int] = {}
   count, maps, targets = 0, None, None
   start = time.time()
   for batch, keep in _explained_batches(dataset, eval_config, fields):
-    out, batch_maps, batch_targets = step(variables, scorer_variables,
-                                          sharding_lib.shard_batch(batch, mesh))
-    for metric, values in sharding_lib.gather_batch(out).items():
-      values = values.astype(np.float64)[keep]
+    batch = sharding_lib.shard_batch(batch, mesh)
+    batch_maps, batch_targets = explain_step(variables, batch)
+    out, batch_maps = metric_step(scorer_variables, batch, batch_maps, batch_targets)
+    out = sharding_lib.gather_batch(out)
+    nonempty = out.pop(image_metrics.MASK_WEIGHT, None)
+    for metric, values in out.items():
+      counted = keep
+      if nonempty is not None and metric in image_metrics.MASKED_METRICS:
+        counted = keep & (nonempty > 0)
+      values = values.astype(np.float64)[counted]
       if not np.all(np.isfinite(values)):
         raise FloatingPointError(f"{metric} of {name} is not finite for some examples: the "
                                  "maps or the scoring model produced NaN/inf.")
       sums[metric] = sums.get(metric, 0.0) + float(values.sum())
+      counts[metric] = counts.get(metric, 0) + int(counted.sum())
     if maps is None:
       n = min(eval_config.num_gallery, int(keep.sum()))
       batch_maps, batch_targets = sharding_lib.gather_batch((batch_maps, batch_targets))
@@ -308,7 +304,8 @@ def explain_method(name, step, variables, scorer_variables, dataset, eval_config
     logging.info("%s: %d/%d examples, %.0f s, about %.0f s left.", name, count,
                  eval_config.num_explain, elapsed,
                  elapsed / count * max(eval_config.num_explain - count, 0))
-  means = {metric: total / max(count, 1) for metric, total in sums.items()}
+  means = {metric: total / counts[metric] if counts[metric] else None
+           for metric, total in sums.items()}
   means["num_examples"] = count
   return means, maps, targets
 
@@ -329,51 +326,43 @@ def _captions(config: ml_collections.ConfigDict, labels, targets) -> list[str]:
   return [f"label {names[l]} / explained {names[t]}" for l, t in zip(labels, targets)]
 
 
-def compare_images(model, variables, scorer, scorer_variables, dataset, config, mesh,
-                   methods, out_dir) -> dict[str, dict[str, float]]:
-  """Every method's image metrics; writes the gallery (one column per method)."""
-  fields = ("image", "label", "mask") if dataset.has_masks else ("image", "label")
+def compare_methods(model, variables, scorer, scorer_variables, dataset, config, mesh, methods,
+                    out_dir) -> dict[str, dict[str, float]]:
+  """Every method's metrics on the same examples; writes the gallery (images: one column per
+  method, ``gallery.png``; text: one shaded line per method and example, ``tokens.html``)."""
+  if registry.is_text_model(model):
+    from mhex_jax.data import text  # transformers is only needed for text.
+    tokenizer = text.load_tokenizer(config.data.tokenizer_dir)
+    fields = train_lib.TEXT_INPUTS + ("special_tokens_mask", "label")
+    inputs_of = lambda batch: {k: batch[k] for k in fields if k != "label"}
+    metrics_fn = _text_metrics_fn(scorer, config.eval, text.special_ids(tokenizer))
+  else:
+    fields = ("image", "label", "mask") if dataset.has_masks else ("image", "label")
+    inputs_of = lambda batch: batch["image"]
+    metrics_fn = _image_metrics_fn(scorer, config.eval, dataset.has_masks)
+  metric_step = _metric_step(metrics_fn, mesh)
   results, maps, targets = {}, {}, None
   for name in methods:
     logging.info("Explaining with %s.", name)
-    explain_fn = method_explainer(config, model, name)
-    step = _image_step(model, explain_fn, scorer, config.eval, mesh, dataset.has_masks)
-    results[name], maps[name], targets = explain_method(name, step, variables, scorer_variables,
-                                                        dataset, config.eval, mesh, fields)
+    explain_step = _explain_step(model, method_explainer(config, model, name), config.eval,
+                                 mesh, inputs_of)
+    results[name], maps[name], targets = explain_method(
+        name, explain_step, metric_step, variables, scorer_variables, dataset, config.eval,
+        mesh, fields)
   if methods:
     first = _gallery_batch(dataset, config.eval, fields, len(targets))  # On every process.
   if methods and jax.process_index() == 0:
-    plotting.save_gallery(
-        out_dir / "gallery.png",
-        plotting.to_display(first["image"], config.data.mean, config.data.std), maps,
-        _captions(config, first["label"], targets),
-        first["mask"] if dataset.has_masks else None)
-  return results
-
-
-def compare_text(model, variables, scorer, scorer_variables, dataset, config, mesh, methods,
-                 out_dir) -> dict[str, dict[str, float]]:
-  """Every method's text metrics; writes tokens.html (one line per method and example)."""
-  from mhex_jax.data import text  # transformers is only needed for text.
-  tokenizer = text.load_tokenizer(config.data.tokenizer_dir)
-  special = text.special_ids(tokenizer)
-  fields = train_lib.TEXT_INPUTS + ("special_tokens_mask", "label")
-  results, scores, targets = {}, {}, None
-  for name in methods:
-    logging.info("Explaining with %s.", name)
-    explain_fn = method_explainer(config, model, name)
-    step = _text_step(model, explain_fn, scorer, config.eval, mesh, special)
-    results[name], scores[name], targets = explain_method(name, step, variables, scorer_variables,
-                                                          dataset, config.eval, mesh, fields)
-  if methods:
-    first = _gallery_batch(dataset, config.eval, fields, len(targets))  # On every process.
-  if methods and jax.process_index() == 0:
-    lengths = first["attention_mask"].sum(-1)
-    tokens = [tokenizer.convert_ids_to_tokens(ids[:length].tolist())
-              for ids, length in zip(first["input_ids"], lengths)]
-    page = plotting.token_html(
-        tokens, scores, _captions(config, first["label"], targets))
-    (out_dir / "tokens.html").write_text(page)
+    captions = _captions(config, first["label"], targets)
+    if registry.is_text_model(model):
+      lengths = first["attention_mask"].sum(-1)
+      tokens = [tokenizer.convert_ids_to_tokens(ids[:length].tolist())
+                for ids, length in zip(first["input_ids"], lengths)]
+      (out_dir / "tokens.html").write_text(plotting.token_html(tokens, maps, captions))
+    else:
+      plotting.save_gallery(
+          out_dir / "gallery.png",
+          plotting.to_display(first["image"], config.data.mean, config.data.std), maps,
+          captions, first["mask"] if dataset.has_masks else None)
   return results
 
 
@@ -433,9 +422,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   if jax.process_index() == 0:
     out_dir.mkdir(parents=True, exist_ok=True)
   text_model = registry.is_text_model(model)
-  compare = compare_text if text_model else compare_images
-  report["methods"] = compare(model, variables, scorer, scorer_variables, eval_ds, config,
-                              mesh, methods, out_dir)
+  report["methods"] = compare_methods(model, variables, scorer, scorer_variables, eval_ds,
+                                      config, mesh, methods, out_dir)
   if config.eval.collaboration_examples:
     if text_model or not model.mhex:
       raise errors.ConfigError("eval.collaboration_examples > 0 needs an MHEX image model (the "
