@@ -1,6 +1,7 @@
 """The Transformer pieces BERT and ViT share: self-attention, the feed-forward block, layer
 norm and the activations (Hugging Face names and parameter layout)."""
 
+import dataclasses
 from typing import Any, Callable, Optional
 
 import einops
@@ -18,6 +19,34 @@ ACTIVATIONS = {
     "gelu_pytorch_tanh": lambda x: nn.gelu(x, approximate=True),
     "relu": nn.relu,
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerConfig:
+  """What every encoder layer of a BERT or ViT is built from (the model's fields of the same
+  names; ``layer_config`` copies them)."""
+  num_heads: int
+  intermediate_size: int
+  layer_norm_eps: float
+  hidden_act: str
+  hidden_dropout: float
+  attention_dropout: float
+  initializer_range: float
+  num_classes: int
+  mhex: bool
+  gate_init: str
+  saliency_features: str
+  gate_placement: str = "sum"
+  qkv_bias: bool = True
+  dtype: Any = jnp.float32
+
+
+def layer_config(model: nn.Module) -> LayerConfig:
+  """The ``LayerConfig`` of ``model``: its fields of the same names (absent ones keep the
+  defaults)."""
+  return LayerConfig(**{field.name: getattr(model, field.name)
+                        for field in dataclasses.fields(LayerConfig)
+                        if hasattr(model, field.name)})
 
 
 def activation(name: str) -> Callable[[jax.Array], jax.Array]:

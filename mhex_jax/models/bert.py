@@ -45,7 +45,8 @@ import jax.numpy as jnp
 
 from mhex_jax.errors import ConfigError
 from mhex_jax.models import mhex as mhex_lib
-from mhex_jax.models.attention import SelfAttention, activation, feed_forward, layer_norm
+from mhex_jax.models.attention import LayerConfig, SelfAttention, activation, feed_forward
+from mhex_jax.models.attention import layer_config, layer_norm
 from mhex_jax.models.common import ENCODER_OUTPUT, HIDDEN_STATES, record_layer_input
 
 
@@ -75,35 +76,26 @@ class BertEmbeddings(nn.Module):
 
 class BertLayer(nn.Module):
   """Post-LN layer; the FFN's residual + LayerNorm becomes MHEX + LayerNorm when mhex=True."""
-  num_heads: int
-  intermediate_size: int
-  layer_norm_eps: float
-  hidden_act: str
-  hidden_dropout: float
-  attention_dropout: float
-  initializer_range: float
-  num_classes: int
-  mhex: bool
-  gate_init: str
-  saliency_features: str
-  dtype: Any = jnp.float32
+  config: LayerConfig
 
   @nn.compact
   def __call__(self, h, mask, *, train=False):
+    c = self.config
     h = record_layer_input(self, h)
-    init = nn.initializers.normal(self.initializer_range)
-    dropout = lambda x: nn.Dropout(self.hidden_dropout)(x, deterministic=not train)
+    init = nn.initializers.normal(c.initializer_range)
+    dropout = lambda x: nn.Dropout(c.hidden_dropout)(x, deterministic=not train)
 
-    attended = SelfAttention(self.num_heads, dropout_rate=self.attention_dropout,
-                             kernel_init=init, dtype=self.dtype, name="attention")(
+    attended = SelfAttention(c.num_heads, dropout_rate=c.attention_dropout,
+                             kernel_init=init, dtype=c.dtype, name="attention")(
                                  h, mask, train=train)
-    u = layer_norm(self.layer_norm_eps, self.dtype, "attention_norm")(dropout(attended) + h)
-    v = feed_forward(u, self.intermediate_size, self.hidden_act, init, self.dtype)
-    output_norm = layer_norm(self.layer_norm_eps, self.dtype, "output_norm")
-    if not self.mhex:
+    u = layer_norm(c.layer_norm_eps, c.dtype, "attention_norm")(dropout(attended) + h)
+    v = feed_forward(u, c.intermediate_size, c.hidden_act, init, c.dtype)
+    output_norm = layer_norm(c.layer_norm_eps, c.dtype, "output_norm")
+    if not c.mhex:
       return output_norm(dropout(v) + u), None
-    a, logits = mhex_lib.MHEX(self.num_classes, gate_init=self.gate_init, gate_placement="sum",
-                              saliency_features=self.saliency_features, dtype=self.dtype,
+    a, logits = mhex_lib.MHEX(c.num_classes, gate_init=c.gate_init,
+                              gate_placement=c.gate_placement,
+                              saliency_features=c.saliency_features, dtype=c.dtype,
                               name="mhex")(u, v, mask=mask)
     return output_norm(dropout(a)), logits
 
@@ -175,13 +167,10 @@ class BERT(nn.Module):
                        self.type_vocab_size, self.layer_norm_eps, self.hidden_dropout,
                        self.initializer_range, self.dtype, name="embeddings")(
                            input_ids, token_type_ids, train=train)
+    layer = layer_config(self)  # gate_placement "sum" (SPEC §4).
     head_logits = []
     for i in range(self.num_layers):
-      h, logits = BertLayer(self.num_heads, self.intermediate_size, self.layer_norm_eps,
-                            self.hidden_act, self.hidden_dropout, self.attention_dropout,
-                            self.initializer_range, self.num_classes, self.mhex, self.gate_init,
-                            self.saliency_features, self.dtype, name=f"layer_{i:02d}")(
-                                h, attention_mask, train=train)
+      h, logits = BertLayer(layer, name=f"layer_{i:02d}")(h, attention_mask, train=train)
       head_logits.append(logits)
     self.sow(HIDDEN_STATES, ENCODER_OUTPUT, h)
     if self.mhex:

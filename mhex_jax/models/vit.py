@@ -54,7 +54,8 @@ import jax.numpy as jnp
 
 from mhex_jax.errors import ConfigError
 from mhex_jax.models import mhex as mhex_lib
-from mhex_jax.models.attention import SelfAttention, activation, feed_forward, layer_norm
+from mhex_jax.models.attention import LayerConfig, SelfAttention, activation, feed_forward
+from mhex_jax.models.attention import layer_config, layer_norm
 from mhex_jax.models.common import ENCODER_OUTPUT, HIDDEN_STATES, record_layer_input
 
 
@@ -75,39 +76,27 @@ def tokens_to_grid(tokens: jax.Array, grid_size: Sequence[int], class_token: boo
 
 class ViTLayer(nn.Module):
   """Pre-LN layer; the MLP residual goes through MHEX when mhex=True."""
-  num_heads: int
-  intermediate_size: int
-  layer_norm_eps: float
-  hidden_act: str
-  hidden_dropout: float
-  attention_dropout: float
-  qkv_bias: bool
-  initializer_range: float
-  num_classes: int
-  mhex: bool
-  gate_init: str
-  gate_placement: str
-  saliency_features: str
-  dtype: Any = jnp.float32
+  config: LayerConfig
 
   @nn.compact
   def __call__(self, h, token_mask, *, train=False):
+    c = self.config
     h = record_layer_input(self, h)
-    init = nn.initializers.truncated_normal(self.initializer_range)
-    dropout = lambda x: nn.Dropout(self.hidden_dropout)(x, deterministic=not train)
+    init = nn.initializers.truncated_normal(c.initializer_range)
+    dropout = lambda x: nn.Dropout(c.hidden_dropout)(x, deterministic=not train)
 
-    x = layer_norm(self.layer_norm_eps, self.dtype, "attention_norm")(h)
-    x = SelfAttention(self.num_heads, use_bias=self.qkv_bias,
-                      dropout_rate=self.attention_dropout, kernel_init=init, dtype=self.dtype,
+    x = layer_norm(c.layer_norm_eps, c.dtype, "attention_norm")(h)
+    x = SelfAttention(c.num_heads, use_bias=c.qkv_bias,
+                      dropout_rate=c.attention_dropout, kernel_init=init, dtype=c.dtype,
                       name="attention")(x, train=train)
     s = dropout(x) + h
-    r = layer_norm(self.layer_norm_eps, self.dtype, "mlp_norm")(s)
-    r = dropout(feed_forward(r, self.intermediate_size, self.hidden_act, init, self.dtype))
-    if not self.mhex:
+    r = layer_norm(c.layer_norm_eps, c.dtype, "mlp_norm")(s)
+    r = dropout(feed_forward(r, c.intermediate_size, c.hidden_act, init, c.dtype))
+    if not c.mhex:
       return r + s, None
-    return mhex_lib.MHEX(self.num_classes, gate_init=self.gate_init,
-                         gate_placement=self.gate_placement,
-                         saliency_features=self.saliency_features, dtype=self.dtype,
+    return mhex_lib.MHEX(c.num_classes, gate_init=c.gate_init,
+                         gate_placement=c.gate_placement,
+                         saliency_features=c.saliency_features, dtype=c.dtype,
                          name="mhex")(s, r, mask=token_mask)
 
 
@@ -226,13 +215,10 @@ class ViT(nn.Module):
     token_mask = None
     if self.class_token:
       token_mask = jnp.ones((batch, 1 + num_patches), bool).at[:, 0].set(False)
+    layer = layer_config(self)
     head_logits = []
     for i in range(self.num_layers):
-      x, logits = ViTLayer(self.num_heads, self.intermediate_size, self.layer_norm_eps,
-                           self.hidden_act, self.hidden_dropout, self.attention_dropout,
-                           self.qkv_bias, self.initializer_range, self.num_classes, self.mhex,
-                           self.gate_init, self.gate_placement, self.saliency_features,
-                           self.dtype, name=f"layer_{i:02d}")(x, token_mask, train=train)
+      x, logits = ViTLayer(layer, name=f"layer_{i:02d}")(x, token_mask, train=train)
       head_logits.append(logits)
     self.sow(HIDDEN_STATES, ENCODER_OUTPUT, x)
     if self.mhex:
