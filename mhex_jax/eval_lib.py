@@ -14,7 +14,7 @@
   map as ``quality_map.png``.
 
 MHEX maps take their options from ``config.eval.mhex`` (unset fields keep the defaults of the
-map's kind, ``mhex_jax.explain.mhex``); a variant overrides some of them. Every method explains
+map's kind, ``mhex_jax.explain.equivalent_matrix``); a variant overrides some of them. Every method explains
 the same examples and the same targets (``eval.targets``: the explained
 model's predictions or the labels). Metrics are scored by the explained model, or by the model
 of ``config.eval.scorer_workdir`` (a separately trained classifier, as the reference protocol
@@ -40,8 +40,8 @@ from mhex_jax import models
 from mhex_jax import plotting
 from mhex_jax import sharding as sharding_lib
 from mhex_jax import train_lib
-from mhex_jax.explain import mhex as mhex_explain
 from mhex_jax.explain import registry
+from mhex_jax.explain.maps import normalize_maps
 from mhex_jax.metrics import collaboration
 from mhex_jax.metrics import image as image_metrics
 from mhex_jax.metrics import text as text_metrics
@@ -143,7 +143,7 @@ _TOKEN_ONLY_OPTIONS = ("layers", "route", "feature_norm", "contrastive")
 def mhex_options(config: ml_collections.ConfigDict, model,
                  variant: Optional[str] = None) -> dict[str, Any]:
   """The MHEX map options set in ``eval.mhex`` (and ``eval.variants.<variant>``); unset ones
-  are left to the map's own defaults (``mhex_jax.explain.mhex``)."""
+  are left to the map's own defaults (``mhex_jax.explain.equivalent_matrix``)."""
   options = {k: v for k, v in config.eval.mhex.to_dict().items() if v is not None}
   if variant is not None:
     chosen = config.eval.variants[variant].to_dict()
@@ -173,21 +173,32 @@ def method_options(config: ml_collections.ConfigDict, model, name: str) -> dict[
   return dict(config.eval.explainer_options.get(name, {}))
 
 
+def _base_method(config: ml_collections.ConfigDict, name: str) -> str:
+  return registry.MHEX if name in config.eval.get("variants", {}) else name
+
+
 def method_explainer(config: ml_collections.ConfigDict, model, name: str):
   """``registry.explainer`` of method ``name`` (an MHEX variant runs MHEX with its options)."""
-  base = registry.MHEX if name in config.eval.get("variants", {}) else name
-  return registry.explainer(base, model, **method_options(config, model, name))
+  return registry.explainer(_base_method(config, name), model,
+                            **method_options(config, model, name))
 
 
-def _image_step(model, explain_fn, scorer, eval_config: ml_collections.ConfigDict, mesh,
+def targeted_method_explainer(config: ml_collections.ConfigDict, model, name: str):
+  """``(variables, inputs, labels) -> (maps, targets)`` of method ``name`` for the targets of
+  ``eval.targets`` (``registry.targeted_explainer``: MHEX explains its predictions from the
+  forward pass that makes them)."""
+  return registry.targeted_explainer(_base_method(config, name), model, config.eval.targets,
+                                     **method_options(config, model, name))
+
+
+def _image_step(explain_fn, scorer, eval_config: ml_collections.ConfigDict, mesh,
                 has_masks: bool):
-  """Jitted (variables, scorer_variables, batch) -> (per-example metrics, maps, targets)."""
+  """Jitted (variables, scorer_variables, batch) -> (per-example metrics, maps, targets);
+  ``explain_fn`` is a ``targeted_method_explainer``."""
 
   def step(variables, scorer_variables, batch):
     images = batch["image"]
-    targets = registry.resolve_targets(model, variables, images, eval_config.targets,
-                                       batch["label"])
-    maps = explain_fn(variables, images, targets)
+    maps, targets = explain_fn(variables, images, batch["label"])
     score_fn = lambda x: jax.nn.softmax(scorer.apply(scorer_variables, x, train=False)[-1])
     baseline = eval_config.removal_baseline
     drop = image_metrics.average_drop_removal(score_fn, images, maps, targets,
@@ -216,9 +227,10 @@ def _image_step(model, explain_fn, scorer, eval_config: ml_collections.ConfigDic
   return jax.jit(step, in_shardings=(replicated, replicated, sharding_lib.batch_sharded(mesh)))
 
 
-def _text_step(model, explain_fn, scorer, eval_config: ml_collections.ConfigDict, mesh,
+def _text_step(explain_fn, scorer, eval_config: ml_collections.ConfigDict, mesh,
                special: dict[str, int]):
-  """Jitted (variables, scorer_variables, batch) -> (per-example metrics, scores, targets)."""
+  """Jitted (variables, scorer_variables, batch) -> (per-example metrics, scores, targets);
+  ``explain_fn`` is a ``targeted_method_explainer``."""
   modes = {"deletion": None, "replacement": special[eval_config.replacement_token]}
   chosen = [m.strip() for m in eval_config.aopc_modes.split(",") if m.strip()]
   if not chosen or set(chosen) - set(modes):
@@ -230,9 +242,7 @@ def _text_step(model, explain_fn, scorer, eval_config: ml_collections.ConfigDict
     inputs = {k: batch[k] for k in train_lib.TEXT_INPUTS + ("special_tokens_mask",)}
     ids, attention, types = inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"]
     removable = (attention > 0) & ~inputs["special_tokens_mask"].astype(bool)
-    targets = registry.resolve_targets(model, variables, inputs, eval_config.targets,
-                                       batch["label"])
-    scores = explain_fn(variables, inputs, targets)
+    scores, targets = explain_fn(variables, inputs, batch["label"])
 
     def score_fn(input_ids, attention_mask=attention, token_type_ids=types):
       return jax.nn.softmax(scorer.apply(scorer_variables, input_ids, attention_mask,
@@ -248,7 +258,7 @@ def _text_step(model, explain_fn, scorer, eval_config: ml_collections.ConfigDict
       # Deletion, the AttCAT protocol's default, has the plain keys.
       suffix = "" if mode == "deletion" else "_replacement"
       out["aopc" + suffix], out["lodds" + suffix] = aopc, lodds
-    return out, mhex_explain.normalize_maps(scores, removable), targets
+    return out, normalize_maps(scores, removable), targets
 
   replicated = sharding_lib.replicated(mesh)
   return jax.jit(step, in_shardings=(replicated, replicated, sharding_lib.batch_sharded(mesh)))
@@ -336,8 +346,8 @@ def compare_images(model, variables, scorer, scorer_variables, dataset, config, 
   results, maps, targets = {}, {}, None
   for name in methods:
     logging.info("Explaining with %s.", name)
-    explain_fn = method_explainer(config, model, name)
-    step = _image_step(model, explain_fn, scorer, config.eval, mesh, dataset.has_masks)
+    explain_fn = targeted_method_explainer(config, model, name)
+    step = _image_step(explain_fn, scorer, config.eval, mesh, dataset.has_masks)
     results[name], maps[name], targets = explain_method(name, step, variables, scorer_variables,
                                                         dataset, config.eval, mesh, fields)
   if methods:
@@ -361,8 +371,8 @@ def compare_text(model, variables, scorer, scorer_variables, dataset, config, me
   results, scores, targets = {}, {}, None
   for name in methods:
     logging.info("Explaining with %s.", name)
-    explain_fn = method_explainer(config, model, name)
-    step = _text_step(model, explain_fn, scorer, config.eval, mesh, special)
+    explain_fn = targeted_method_explainer(config, model, name)
+    step = _text_step(explain_fn, scorer, config.eval, mesh, special)
     results[name], scores[name], targets = explain_method(name, step, variables, scorer_variables,
                                                           dataset, config.eval, mesh, fields)
   if methods:
