@@ -14,9 +14,10 @@
   map as ``quality_map.png``.
 
 MHEX maps take their options from ``config.eval.mhex`` (unset fields keep the defaults of the
-map's kind, ``mhex_jax.explain.equivalent_matrix``); a variant overrides some of them. Every method explains
-the same examples and the same targets (``eval.targets``: the explained
-model's predictions or the labels). Metrics are scored by the explained model, or by the model
+map's kind, ``mhex_jax.explain.equivalent_matrix``); a variant overrides some of them. Every
+method explains the same examples and the same targets (``eval.targets``: the explained
+model's predictions, which MHEX takes from the forward pass that makes its maps, or the
+labels). Metrics are scored by the explained model, or by the model
 of ``config.eval.scorer_workdir`` (a separately trained classifier, as the reference protocol
 does); its architecture comes from that workdir's ``config.json``.
 """

@@ -20,6 +20,14 @@ of ``mhex_token_saliency`` and ``mhex_patch_saliency`` (chosen on validation dat
 ``route="none"`` gives SPEC §4 as written, and ``token_saliency`` keeps the reference's
 defaults. Options beside it: the layer set, per-position feature normalisation and
 class-contrastive weights (all measured in the README).
+
+The explainers take the convention of every method (``explain.registry``),
+``f(model, variables, inputs, targets, **options)``, inputs the images [B, H, W, C] or a text
+model's inputs dict: ``mhex_saliency`` (CNN), ``mhex_patch_saliency`` (ViT) and
+``mhex_token_saliency`` (text) return the map with its per-layer CAMs, logits and targets;
+``explanation`` picks one by model kind and ``mhex_maps`` returns its map alone. Their
+``targets=None`` explains the final head's prediction from the same forward pass. The MHEX
+blocks (W, P, A) come from ``models.mhex.collect_blocks``.
 """
 
 import functools
