@@ -14,7 +14,8 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 
-from mhex_jax.explain import mhex as mhex_explain
+from mhex_jax.explain import equivalent_matrix
+from mhex_jax.models import mhex as mhex_lib
 from mhex_jax.models import resnet
 
 flags.DEFINE_integer("batch", 64, "Batch size.")
@@ -35,7 +36,7 @@ def _best_time(fn, *args):
 
 
 def per_layer_integration(cams, out_size, alpha=0.9):
-  weights = mhex_explain.depth_weights(len(cams), alpha)
+  weights = equivalent_matrix.depth_weights(len(cams), alpha)
   return sum(w * jax.image.resize(c, (c.shape[0], *out_size), "bilinear", antialias=False)
              for w, c in zip(weights, cams))
 
@@ -49,15 +50,15 @@ def main(_):
   targets = jnp.arange(b) % 10
 
   _, state = model.apply(variables, images, mutable=["mhex"])
-  blocks = mhex_explain.collect_blocks(variables["params"], state["mhex"])
-  cams = mhex_explain.layer_cams(blocks, targets)
-  grouped = jax.jit(lambda c: mhex_explain.integrate_cams(c, (s, s)))
+  blocks = mhex_lib.collect_blocks(variables["params"], state["mhex"])
+  cams = equivalent_matrix.layer_cams(blocks, targets)
+  grouped = jax.jit(lambda c: equivalent_matrix.integrate_cams(c, (s, s)))
   naive = jax.jit(lambda c: per_layer_integration(c, (s, s)))
   t_grouped, t_naive = _best_time(grouped, cams), _best_time(naive, cams)
   print(f"integration, {len(cams)} blocks: per-layer/grouped = {t_naive / t_grouped:.2f}x "
         f"({t_naive * 1e3:.1f} ms vs {t_grouped * 1e3:.1f} ms)")
 
-  fused = jax.jit(lambda v, x, t: mhex_explain.mhex_saliency(model.apply, v, x, t).saliency)
+  fused = jax.jit(lambda v, x, t: equivalent_matrix.mhex_saliency(model, v, x, t).saliency)
   def loop(v, x, t):
     return jnp.concatenate([fused(v, x[i:i + 1], t[i:i + 1]) for i in range(x.shape[0])])
   t_fused, t_loop = _best_time(fused, variables, images, targets), _best_time(

@@ -216,7 +216,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval.num_explain = 512  # Examples that get saliency maps and metrics,
   config.eval.first_example = 0  # from this eval example on (e.g. a validation range).
   config.eval.num_gallery = 8
-  # MHEX map options (SPEC §3, §4; mhex_jax.explain.mhex). None takes the default of the
+  # MHEX map options (SPEC §3, §4; explain.equivalent_matrix). None takes the default of the
   # map's kind: CNN images keep positive evidence over all blocks (SPEC §3); Transformer token
   # and patch maps are signed, LayerNorm-normalised and routed through the attention (text:
   # first layer, ViT: last layer). layers: indices summed with weight 1, or () for the
@@ -275,7 +275,7 @@ def transformer_variants(num_classes: int, spec_layers: tuple,
                          default_layers: tuple) -> ml_collections.ConfigDict:
   """MHEX token-map variants scored beside the default map by ``--config.eval.methods=all``.
 
-  The default map (``mhex_jax.explain.mhex.mhex_token_saliency`` / ``mhex_patch_saliency``) is
+  The default map (``explain.equivalent_matrix.mhex_token_saliency`` / ``mhex_patch_saliency``) is
   routed through the attention, signed and LayerNorm-normalised. ``mhex_spec*`` are SPEC §4 as
   written (no routing, raw features, layers ``spec_layers``: () = the α-decay): signed, with
   positive weights only, and with the reference's quantitative weighting (β⁻ = −1,

@@ -14,9 +14,10 @@
   map as ``quality_map.png``.
 
 MHEX maps take their options from ``config.eval.mhex`` (unset fields keep the defaults of the
-map's kind, ``mhex_jax.explain.mhex``); a variant overrides some of them. Every method explains
-the same examples and the same targets (``eval.targets``: the explained
-model's predictions or the labels). Metrics are scored by the explained model, or by the model
+map's kind, ``mhex_jax.explain.equivalent_matrix``); a variant overrides some of them. Every
+method explains the same examples and the same targets (``eval.targets``: the explained
+model's predictions, which MHEX takes from the forward pass that makes its maps, or the
+labels). Metrics are scored by the explained model, or by the model
 of ``config.eval.scorer_workdir`` (a separately trained classifier, as the reference protocol
 does); its architecture comes from that workdir's ``config.json``.
 """
@@ -39,8 +40,8 @@ from mhex_jax import models
 from mhex_jax import plotting
 from mhex_jax import sharding as sharding_lib
 from mhex_jax import train_lib
-from mhex_jax.explain import mhex as mhex_explain
 from mhex_jax.explain import registry
+from mhex_jax.explain.maps import normalize_maps
 from mhex_jax.metrics import collaboration
 from mhex_jax.metrics import image as image_metrics
 from mhex_jax.metrics import text as text_metrics
@@ -141,7 +142,7 @@ _TOKEN_ONLY_OPTIONS = ("layers", "route", "feature_norm", "contrastive")
 def mhex_options(config: ml_collections.ConfigDict, model,
                  variant: Optional[str] = None) -> dict[str, Any]:
   """The MHEX map options set in ``eval.mhex`` (and ``eval.variants.<variant>``); unset ones
-  are left to the map's own defaults (``mhex_jax.explain.mhex``)."""
+  are left to the map's own defaults (``mhex_jax.explain.equivalent_matrix``)."""
   options = {k: v for k, v in config.eval.mhex.to_dict().items() if v is not None}
   if variant is not None:
     chosen = config.eval.variants[variant].to_dict()
@@ -171,20 +172,30 @@ def method_options(config: ml_collections.ConfigDict, model, name: str) -> dict[
   return dict(config.eval.explainer_options.get(name, {}))
 
 
+def _base_method(config: ml_collections.ConfigDict, name: str) -> str:
+  return registry.MHEX if name in config.eval.get("variants", {}) else name
+
+
 def method_explainer(config: ml_collections.ConfigDict, model, name: str):
   """``registry.explainer`` of method ``name`` (an MHEX variant runs MHEX with its options)."""
-  base = registry.MHEX if name in config.eval.get("variants", {}) else name
-  return registry.explainer(base, model, **method_options(config, model, name))
+  return registry.explainer(_base_method(config, name), model,
+                            **method_options(config, model, name))
 
 
-def _explain_step(model, explain_fn, eval_config: ml_collections.ConfigDict, mesh, inputs_of):
-  """Jitted (variables, batch) -> (maps, targets): one method's program."""
+def targeted_method_explainer(config: ml_collections.ConfigDict, model, name: str):
+  """``(variables, inputs, labels) -> (maps, targets)`` of method ``name`` for the targets of
+  ``eval.targets`` (``registry.targeted_explainer``: MHEX explains its predictions from the
+  forward pass that makes them)."""
+  return registry.targeted_explainer(_base_method(config, name), model, config.eval.targets,
+                                     **method_options(config, model, name))
+
+
+def _explain_step(explain_fn, mesh, inputs_of):
+  """Jitted (variables, batch) -> (maps, targets): one method's program; ``explain_fn`` is a
+  ``targeted_method_explainer``."""
 
   def step(variables, batch):
-    inputs = inputs_of(batch)
-    targets = registry.resolve_targets(model, variables, inputs, eval_config.targets,
-                                       batch["label"])
-    return explain_fn(variables, inputs, targets), targets
+    return explain_fn(variables, inputs_of(batch), batch["label"])
 
   return jax.jit(step, in_shardings=(sharding_lib.replicated(mesh),
                                      sharding_lib.batch_sharded(mesh)))
@@ -230,7 +241,7 @@ def _text_metrics_fn(scorer, eval_config: ml_collections.ConfigDict, special: di
         token_type_ids=types, mask_id=special["mask"], pad_id=special["pad"],
         replace_id=special[eval_config.replacement_token], modes=modes,
         absolute=eval_config.aopc_absolute)
-    return out, mhex_explain.normalize_maps(scores, removable)
+    return out, normalize_maps(scores, removable)
 
   return metrics_fn
 
@@ -344,8 +355,8 @@ def compare_methods(model, variables, scorer, scorer_variables, dataset, config,
   results, maps, targets = {}, {}, None
   for name in methods:
     logging.info("Explaining with %s.", name)
-    explain_step = _explain_step(model, method_explainer(config, model, name), config.eval,
-                                 mesh, inputs_of)
+    explain_step = _explain_step(targeted_method_explainer(config, model, name), mesh,
+                                 inputs_of)
     results[name], maps[name], targets = explain_method(
         name, explain_step, metric_step, variables, scorer_variables, dataset, config.eval,
         mesh, fields)

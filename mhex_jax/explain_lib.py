@@ -36,8 +36,8 @@ from mhex_jax import sharding as sharding_lib
 from mhex_jax.data import imagenet
 from mhex_jax.data import pipeline
 from mhex_jax.errors import UserError
-from mhex_jax.explain import mhex as mhex_explain
 from mhex_jax.explain import registry
+from mhex_jax.explain.maps import normalize_maps
 
 # Without MHEX heads: the methods that led the README's side-by-side tables for each kind
 # (energy pointing game on the ViT, AOPC on AG News; Grad-CAM is the CNN standard).
@@ -245,7 +245,7 @@ class Run:
     probabilities = self._predict(inputs)
     targets = self._targets(probabilities, target)
     removable = (arrays["attention_mask"] > 0) & ~arrays["special_tokens_mask"]
-    maps = {m: np.asarray(mhex_explain.normalize_maps(
+    maps = {m: np.asarray(normalize_maps(
         self._compiled_fn(m)(self.variables, inputs, jnp.asarray(targets)),
         jnp.asarray(removable))) for m in methods}
     lengths = arrays["attention_mask"].sum(-1)

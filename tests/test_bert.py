@@ -14,9 +14,10 @@ from conftest import max_abs_diffs, randomise_torch_model
 from mhex_jax import config_lib
 from mhex_jax import models
 from mhex_jax import weights
-from mhex_jax.explain import mhex as mhex_explain
+from mhex_jax.explain import equivalent_matrix
 from mhex_jax.models import bert
 from mhex_jax.models import common
+from mhex_jax.models import mhex as mhex_lib
 
 TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
             intermediate_size=37, max_position_embeddings=40, type_vocab_size=2)
@@ -109,10 +110,10 @@ def test_mhex_bert_heads_and_features(classifier_dir):
   logits, state = model.apply(variables, jnp.asarray(ids, jnp.int32), jnp.asarray(mask),
                               mutable=["mhex"])
   assert logits.shape == (2, 3, 4)
-  blocks = mhex_explain.collect_blocks(variables["params"], state["mhex"])
+  blocks = mhex_lib.collect_blocks(variables["params"], state["mhex"])
   assert [b.name for b in blocks] == ["layer_00/mhex", "layer_01/mhex"]
   assert all(b.features.shape == (3, 11, 32) for b in blocks)
-  cams = mhex_explain.layer_cams(blocks, jnp.argmax(logits[-1], -1))
+  cams = equivalent_matrix.layer_cams(blocks, jnp.argmax(logits[-1], -1))
   assert all(c.shape == (3, 11) for c in cams)
   assert "pooler" not in variables["params"] and "classifier" not in variables["params"]
 
@@ -250,7 +251,7 @@ def _intercept_mhex_inputs(model, variables, *args):
 
   with nn.intercept_methods(record):
     logits, state = model.apply(variables, *args, mutable=["mhex"])
-  blocks = mhex_explain.collect_blocks(variables["params"], state["mhex"])
+  blocks = mhex_lib.collect_blocks(variables["params"], state["mhex"])
   return calls, blocks, logits
 
 

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from conftest import bilinear_resize, random_variables
+from mhex_jax.explain import equivalent_matrix
 from mhex_jax.explain import image
-from mhex_jax.explain import mhex as mhex_explain
 from mhex_jax.explain import registry
+from mhex_jax.explain.maps import normalize_maps
 from mhex_jax.models import mhex as mhex_lib
 
 NUM_CLASSES = 3
@@ -241,7 +242,7 @@ def _expected_mhex_saliency(model, variables, targets, alpha=0.9):
 def test_mhex_saliency_of_a_user_cnn_matches_the_equivalent_matrix_by_hand():
   model, variables = _setup(MHEXCNN())
   targets = jnp.array([2, 0, 1])
-  sal = jax.jit(lambda v, x, t: mhex_explain.mhex_saliency(model.apply, v, x, t))(
+  sal = jax.jit(lambda v, x, t: equivalent_matrix.mhex_saliency(model, v, x, t))(
       variables, IMAGES, targets)
   expected, cams = _expected_mhex_saliency(model, variables, targets)
   assert [c.shape for c in sal.layer_maps] == [(3, 16, 16), (3, 8, 8), (3, 8, 8), (3, 4, 4)]
@@ -250,10 +251,10 @@ def test_mhex_saliency_of_a_user_cnn_matches_the_equivalent_matrix_by_hand():
   np.testing.assert_allclose(sal.saliency, expected, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(sal.logits, model.apply(variables, IMAGES)[-1], rtol=1e-5, atol=1e-6)
   # A user model returning only its last head gives the same saliency.
-  last_head = mhex_explain.mhex_saliency(MHEXCNN(all_heads=False).apply, variables, IMAGES,
-                                         targets)
+  last_head = equivalent_matrix.mhex_saliency(MHEXCNN(all_heads=False), variables, IMAGES,
+                                              targets)
   np.testing.assert_allclose(last_head.saliency, sal.saliency, atol=1e-6)
-  predicted = mhex_explain.mhex_saliency(model.apply, variables, IMAGES)
+  predicted = equivalent_matrix.mhex_saliency(model, variables, IMAGES)
   np.testing.assert_array_equal(predicted.targets, jnp.argmax(sal.logits, axis=-1))
 
 
@@ -262,7 +263,7 @@ def test_mhex_blocks_sort_numbers_as_numbers():
   names = ["Block_10", "Block_2", "Block_0"]
   params = {name: {"MHEX_0": kernels} for name in names}
   state = {name: {"MHEX_0": {mhex_lib.FEATURES: (jnp.zeros((1, 2, 2, 2)),)}} for name in names}
-  blocks = mhex_explain.collect_blocks(params, state)
+  blocks = mhex_lib.collect_blocks(params, state)
   assert [b.name for b in blocks] == ["Block_0/MHEX_0", "Block_2/MHEX_0", "Block_10/MHEX_0"]
 
 
@@ -270,7 +271,7 @@ def test_registry_takes_a_user_model():
   model, variables = _setup(PlainCNN())
   assert registry.available(model) == tuple(registry.IMAGE_METHODS)
   maps = registry.explainer("grad_cam", model, layer="Conv_1")(variables, IMAGES, TARGETS)
-  np.testing.assert_allclose(maps, mhex_explain.normalize_maps(
+  np.testing.assert_allclose(maps, normalize_maps(
       image.grad_cam(model, variables, IMAGES, TARGETS, layer="Conv_1")), atol=1e-6)
   with pytest.raises(ValueError, match=r"'mhex' for PlainCNN\(mhex=False\).*'grad_cam'"):
     registry.explainer("mhex", model)
@@ -280,7 +281,7 @@ def test_registry_takes_a_user_model():
   assert registry.available(mhex_model)[0] == "mhex"
   maps = registry.explainer("mhex", mhex_model)(variables, IMAGES, TARGETS)
   np.testing.assert_allclose(
-      maps, mhex_explain.mhex_saliency(mhex_model.apply, variables, IMAGES, TARGETS).saliency,
+      maps, equivalent_matrix.mhex_saliency(mhex_model, variables, IMAGES, TARGETS).saliency,
       atol=1e-6)
   cam = registry.explainer("layer_cam", mhex_model, layer="ResidualBlock_3/Conv_1")(
       variables, IMAGES, TARGETS)

@@ -286,5 +286,5 @@ def test_bad_inputs_are_named():
   model, variables = OneConv(), _one_conv_variables()
   with pytest.raises(ValueError, match="weighting='softmax'"):
     image.score_cam(model, variables, images, targets, weighting="softmax")
-  with pytest.raises(ValueError, match="chunk_size must be >= 1"):
+  with pytest.raises(ValueError, match="chunk_size must be None or a positive"):
     image.smoothgrad(model, variables, images, targets, chunk_size=0)

@@ -7,9 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mhex_jax.explain import mhex as mhex_explain
+from mhex_jax.explain import equivalent_matrix
+from mhex_jax.explain.maps import normalize_maps
 from mhex_jax.models import bert
 from mhex_jax.models import common
+from mhex_jax.models import mhex as mhex_lib
 from mhex_jax.models import resnet
 
 
@@ -37,7 +39,7 @@ def test_equivalent_matrix_equals_gate_then_head_per_pixel():
   w = rng.normal(size=(c, c)).astype(np.float32)
   p = rng.normal(size=(c, k)).astype(np.float32)
   features = rng.normal(size=(2, 5, 7, c)).astype(np.float32)
-  e = mhex_explain.equivalent_matrix(jnp.asarray(w), jnp.asarray(p))
+  e = equivalent_matrix.equivalent_matrix(jnp.asarray(w), jnp.asarray(p))
   assert e.shape == (k, c)
   collapsed = jnp.einsum("bhwc,kc->bhwk", features, e)
   two_step = (features @ w) @ p
@@ -49,31 +51,31 @@ def test_class_weights_sign_and_sharpness_by_hand():
                  [2.0, -3.0, 0.0, 1.0]])  # K=2, C=4
   targets = jnp.array([0, 1])
   # Default: positive evidence only.
-  np.testing.assert_allclose(mhex_explain.class_weights(e, targets),
+  np.testing.assert_allclose(equivalent_matrix.class_weights(e, targets),
                              [[2, 0, 1, 0], [2, 0, 0, 1]])
   # Signed map keeps negative weights.
-  np.testing.assert_allclose(mhex_explain.class_weights(e, targets, beta_neg=-1.0),
+  np.testing.assert_allclose(equivalent_matrix.class_weights(e, targets, beta_neg=-1.0),
                              [[2, -1, 1, -3], [2, -3, 0, 1]])
   # Sharpness: channel 0's positive mass is shared 50/50, so tau_pos=0.6 drops it for both
   # classes; channel 1's negative mass is 1/4 for class 0 and 3/4 for class 1.
-  w = mhex_explain.class_weights(e, targets, tau_pos=0.6, tau_neg=0.5, beta_neg=-1.0)
+  w = equivalent_matrix.class_weights(e, targets, tau_pos=0.6, tau_neg=0.5, beta_neg=-1.0)
   np.testing.assert_allclose(w, [[0, 0, 1, -3], [0, -3, 0, 1]])
 
 
 def test_target_rows_equal_rows_of_the_equivalent_matrix():
   rng = np.random.default_rng(3)
   c, k = 5, 7
-  block = mhex_explain.MHEXBlock("b", jnp.asarray(rng.normal(size=(c, c)), jnp.float32),
+  block = mhex_lib.MHEXBlock("b", jnp.asarray(rng.normal(size=(c, c)), jnp.float32),
                                  jnp.asarray(rng.normal(size=(c, k)), jnp.float32), None)
   targets = jnp.array([6, 0, 6, 3])
-  e = mhex_explain.equivalent_matrix(block.gate_kernel, block.head_kernel)
+  e = equivalent_matrix.equivalent_matrix(block.gate_kernel, block.head_kernel)
   np.testing.assert_allclose(
-      mhex_explain.target_rows(block.gate_kernel, block.head_kernel, targets), e[targets],
+      equivalent_matrix.target_rows(block.gate_kernel, block.head_kernel, targets), e[targets],
       rtol=1e-5, atol=1e-6)
   for options in ({}, {"beta_neg": -1.0}, {"beta_pos": 0.5, "beta_neg": 2.0},
                   {"contrastive": True}, {"tau_pos": 0.3, "tau_neg": 0.2, "beta_neg": -1.0}):
-    np.testing.assert_allclose(mhex_explain.block_weights(block, targets, **options),
-                               mhex_explain.class_weights(e, targets, **options),
+    np.testing.assert_allclose(equivalent_matrix.block_weights(block, targets, **options),
+                               equivalent_matrix.class_weights(e, targets, **options),
                                rtol=1e-5, atol=1e-6, err_msg=str(options))
 
 
@@ -82,18 +84,18 @@ def test_integration_weights_on_hand_built_case():
   c1 = jnp.full((b, 8, 8), 1.0)
   c2 = jnp.full((b, 8, 8), 10.0)
   c3 = jnp.full((b, 4, 4), 100.0)
-  out = mhex_explain.integrate_cams([c1, c2, c3], (8, 8), alpha=0.5)
+  out = equivalent_matrix.integrate_cams([c1, c2, c3], (8, 8), alpha=0.5)
   # α^(L−ℓ): 0.25, 0.5, 1 for ℓ = 1, 2, 3.
   np.testing.assert_allclose(out, np.full((b, 8, 8), 0.25 * 1 + 0.5 * 10 + 100.0), rtol=1e-6)
-  assert mhex_explain.depth_weights(3, 0.9) == pytest.approx([0.81, 0.9, 1.0])
+  assert equivalent_matrix.depth_weights(3, 0.9) == pytest.approx([0.81, 0.9, 1.0])
 
 
 def test_grouped_resize_equals_resizing_each_layer():
   rng = np.random.default_rng(1)
   cams = [jnp.asarray(rng.normal(size=(2,) + s), jnp.float32)
           for s in [(8, 8), (8, 8), (4, 4), (4, 4), (2, 2)]]
-  grouped = mhex_explain.integrate_cams(cams, (16, 16), alpha=0.8)
-  weights = mhex_explain.depth_weights(len(cams), 0.8)
+  grouped = equivalent_matrix.integrate_cams(cams, (16, 16), alpha=0.8)
+  weights = equivalent_matrix.depth_weights(len(cams), 0.8)
   ungrouped = sum(w * jax.image.resize(c, (2, 16, 16), "bilinear", antialias=False)
                   for w, c in zip(weights, cams))
   np.testing.assert_allclose(grouped, ungrouped, rtol=1e-5, atol=1e-5)
@@ -107,20 +109,20 @@ def test_grouped_resize_equals_resizing_each_layer():
 def test_fused_resize_equals_jax_image_resize(shapes, out_size):
   rng = np.random.default_rng(2)
   cams = [jnp.asarray(rng.normal(size=(3,) + s), jnp.float32) for s in shapes]
-  fused = mhex_explain.integrate_cams(cams, out_size, alpha=0.7)
-  weights = mhex_explain.depth_weights(len(cams), 0.7)
+  fused = equivalent_matrix.integrate_cams(cams, out_size, alpha=0.7)
+  weights = equivalent_matrix.depth_weights(len(cams), 0.7)
   expected = sum(w * jax.image.resize(c, (3, *out_size), "bilinear", antialias=False)
                  for w, c in zip(weights, cams))
   np.testing.assert_allclose(fused, expected, rtol=1e-5, atol=1e-5)
   # The 1-D matrices are the resize itself: rows sum to 1 (a convex combination of inputs).
-  matrix = mhex_explain.bilinear_matrix(7, 10)
+  matrix = equivalent_matrix.bilinear_matrix(7, 10)
   assert matrix.shape == (10, 7)
   np.testing.assert_allclose(matrix.sum(axis=1), 1.0, rtol=1e-6)
 
 
 def test_normalize_constant_map_is_zero_not_nan():
   maps = jnp.stack([jnp.full((4, 4), 3.0), jnp.arange(16.0).reshape(4, 4)])
-  out = mhex_explain.normalize_maps(maps)
+  out = normalize_maps(maps)
   assert not np.isnan(np.asarray(out)).any()
   np.testing.assert_array_equal(out[0], np.zeros((4, 4)))
   assert float(out[1].min()) == 0.0 and float(out[1].max()) == 1.0
@@ -132,9 +134,9 @@ def test_layer_cams_match_a_per_example_loop():
   images = jax.random.normal(jax.random.key(2), (4, 16, 16, 3))
   targets = jnp.array([0, 2, 1, 2])
   _, state = model.apply(variables, images, mutable=["mhex"])
-  blocks = mhex_explain.collect_blocks(variables["params"], state["mhex"])
+  blocks = mhex_lib.collect_blocks(variables["params"], state["mhex"])
   assert [b.name for b in blocks] == [f"block_{i:02d}/mhex" for i in range(8)]
-  cams = mhex_explain.layer_cams(blocks, targets)
+  cams = equivalent_matrix.layer_cams(blocks, targets)
   for block, cam in zip(blocks, cams):
     w_k, p_k = np.asarray(block.gate_kernel), np.asarray(block.head_kernel)
     for i in range(4):
@@ -146,7 +148,7 @@ def test_layer_cams_match_a_per_example_loop():
 def test_saliency_shapes_targets_and_range():
   model, variables = _trained_like_variables()
   images = jax.random.normal(jax.random.key(3), (5, 16, 16, 3))
-  sal = mhex_explain.mhex_saliency(model.apply, variables, images)
+  sal = equivalent_matrix.mhex_saliency(model, variables, images)
   assert sal.saliency.shape == (5, 16, 16)
   assert len(sal.layer_maps) == 8
   assert [m.shape[1:] for m in sal.layer_maps] == [(16, 16)] * 2 + [(8, 8)] * 2 + [(4, 4)] * 2 + [(2, 2)] * 2
@@ -156,14 +158,14 @@ def test_saliency_shapes_targets_and_range():
   # Given labels are used as targets.
   labels = jnp.array([1, 1, 0, 2, 0])
   np.testing.assert_array_equal(
-      mhex_explain.mhex_saliency(model.apply, variables, images, labels).targets, labels)
+      equivalent_matrix.mhex_saliency(model, variables, images, labels).targets, labels)
 
 
 def test_jit_equals_eager_and_batch_invariance():
   model, variables = _trained_like_variables()
   images = jax.random.normal(jax.random.key(4), (6, 16, 16, 3))
   targets = jnp.array([0, 1, 2, 0, 1, 2])
-  fn = functools.partial(mhex_explain.mhex_saliency, model.apply, alpha=0.9)
+  fn = functools.partial(equivalent_matrix.mhex_saliency, model, alpha=0.9)
   eager = fn(variables, images, targets).saliency
   jitted = jax.jit(fn)(variables, images, targets).saliency
   np.testing.assert_allclose(jitted, eager, rtol=1e-5, atol=1e-5)
@@ -183,9 +185,9 @@ def test_saliency_points_at_a_planted_feature():
   head = np.zeros((c, k), np.float32)
   head[1, 0] = 1.0
   head[2, 1] = 1.0
-  block = mhex_explain.MHEXBlock("b", jnp.asarray(gate), jnp.asarray(head), jnp.asarray(features))
-  cam = mhex_explain.layer_cams([block], jnp.array([0]))[0]
-  s = np.asarray(mhex_explain.normalize_maps(mhex_explain.integrate_cams([cam], (8, 8))))
+  block = mhex_lib.MHEXBlock("b", jnp.asarray(gate), jnp.asarray(head), jnp.asarray(features))
+  cam = equivalent_matrix.layer_cams([block], jnp.array([0]))[0]
+  s = np.asarray(normalize_maps(equivalent_matrix.integrate_cams([cam], (8, 8))))
   assert s[0, 2:4, 5:7].min() == 1.0
   assert s[0].sum() == pytest.approx(4.0)
 
@@ -193,17 +195,17 @@ def test_saliency_points_at_a_planted_feature():
 def test_bad_inputs_raise_named_errors():
   model, variables = _trained_like_variables()
   with pytest.raises(ValueError, match=r"\[B, H, W, C\]"):
-    mhex_explain.mhex_saliency(model.apply, variables, jnp.zeros((16, 16, 3)))
+    equivalent_matrix.mhex_saliency(model, variables, jnp.zeros((16, 16, 3)))
   plain = _tiny_model(mhex=False)
   plain_vars = plain.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
   with pytest.raises(ValueError, match="mhex=True"):
-    mhex_explain.mhex_saliency(plain.apply, plain_vars, jnp.zeros((1, 16, 16, 3)))
+    equivalent_matrix.mhex_saliency(plain, plain_vars, jnp.zeros((1, 16, 16, 3)))
 
 
 def test_masked_normalisation_ignores_masked_positions():
   maps = jnp.array([[5.0, 1.0, 3.0, -100.0], [2.0, 2.0, 7.0, 9.0]])
   mask = jnp.array([[True, True, True, False], [True, True, False, False]])
-  out = np.asarray(mhex_explain.normalize_maps(maps, mask))
+  out = np.asarray(normalize_maps(maps, mask))
   np.testing.assert_allclose(out[0], [1.0, 0.0, 0.5, 0.0])
   np.testing.assert_array_equal(out[1], [0.0, 0.0, 0.0, 0.0])  # Constant over the mask.
 
@@ -211,14 +213,14 @@ def test_masked_normalisation_ignores_masked_positions():
 def test_token_saliency_layer_choice_masking_and_padding_invariance():
   rng = np.random.default_rng(3)
   c, k, t = 5, 3, 6
-  blocks = [mhex_explain.MHEXBlock(f"layer_{i:02d}", jnp.asarray(rng.normal(size=(c, c)), jnp.float32),
+  blocks = [mhex_lib.MHEXBlock(f"layer_{i:02d}", jnp.asarray(rng.normal(size=(c, c)), jnp.float32),
                                    jnp.asarray(rng.normal(size=(c, k)), jnp.float32),
                                    jnp.asarray(rng.normal(size=(2, t, c)), jnp.float32))
             for i in range(4)]
   targets = jnp.array([1, 2])
   mask = jnp.array([[False, True, True, True, False, False],
                     [False, True, True, True, True, False]])
-  sal, cams = mhex_explain.token_saliency(blocks, targets, mask, layers=(0, 1, 2))
+  sal, cams = equivalent_matrix.token_saliency(blocks, targets, mask, layers=(0, 1, 2))
   expected = np.asarray(cams[0] + cams[1] + cams[2])
   for b in range(2):
     m = np.asarray(mask[b])
@@ -226,17 +228,17 @@ def test_token_saliency_layer_choice_masking_and_padding_invariance():
     np.testing.assert_allclose(np.asarray(sal)[b, m], (v - v.min()) / (v.max() - v.min()),
                                rtol=1e-5, atol=1e-6)
     assert (np.asarray(sal)[b, ~m] == 0).all()
-  decay, _ = mhex_explain.token_saliency(blocks, targets, mask, layers=None, alpha=0.5)
+  decay, _ = equivalent_matrix.token_saliency(blocks, targets, mask, layers=None, alpha=0.5)
   weighted = sum(w * np.asarray(c_) for w, c_ in zip([0.125, 0.25, 0.5, 1.0], cams))
   v = weighted[0, np.asarray(mask[0])]
   np.testing.assert_allclose(np.asarray(decay)[0, np.asarray(mask[0])],
                              (v - v.min()) / (v.max() - v.min()), rtol=1e-5, atol=1e-6)
   # Huge values on masked-out tokens do not move the normalisation.
   poisoned = [b._replace(features=b.features.at[:, 0].set(1e6).at[:, -1].set(-1e6)) for b in blocks]
-  sal2, _ = mhex_explain.token_saliency(poisoned, targets, mask)
+  sal2, _ = equivalent_matrix.token_saliency(poisoned, targets, mask)
   np.testing.assert_allclose(sal2, sal, rtol=1e-5, atol=1e-6)
   with pytest.raises(ValueError, match="out of range"):
-    mhex_explain.token_saliency(blocks, targets, mask, layers=(7,))
+    equivalent_matrix.token_saliency(blocks, targets, mask, layers=(7,))
 
 
 def test_vit_patch_saliency_matches_manual_grid_and_is_batch_invariant():
@@ -248,19 +250,19 @@ def test_vit_patch_saliency_matches_manual_grid_and_is_batch_invariant():
   variables = {"params": variables["params"]}
   targets = jnp.array([0, 2, 1])
   spec = dict(route="none", layers=(), feature_norm="none", beta_neg=0.0)  # SPEC §4.
-  sal = mhex_explain.mhex_patch_saliency(model.apply, variables, images, targets,
-                                         patch_size=(4, 4), alpha=0.5, **spec)
+  sal = equivalent_matrix.mhex_patch_saliency(model, variables, images, targets, alpha=0.5,
+                                              **spec)
   assert sal.saliency.shape == (3, 16, 16)
   assert [m.shape for m in sal.layer_maps] == [(3, 4, 4)] * 2
   _, state = model.apply(variables, images, mutable=["mhex"])
-  blocks = mhex_explain.collect_blocks(variables["params"], state["mhex"])
-  cams = mhex_explain.layer_cams(blocks, targets)
+  blocks = mhex_lib.collect_blocks(variables["params"], state["mhex"])
+  cams = equivalent_matrix.layer_cams(blocks, targets)
   grid = [np.asarray(c)[:, 1:].reshape(3, 4, 4) for c in cams]  # Token 0 is the class token.
   total = 0.5 * grid[0] + grid[1]
   expected = jax.image.resize(total, (3, 16, 16), "bilinear", antialias=False)
-  np.testing.assert_allclose(sal.saliency, mhex_explain.normalize_maps(expected), atol=1e-5)
-  alone = mhex_explain.mhex_patch_saliency(model.apply, variables, images[1:2], targets[1:2],
-                                           patch_size=(4, 4), alpha=0.5, **spec)
+  np.testing.assert_allclose(sal.saliency, normalize_maps(expected), atol=1e-5)
+  alone = equivalent_matrix.mhex_patch_saliency(model, variables, images[1:2], targets[1:2],
+                                                alpha=0.5, **spec)
   np.testing.assert_allclose(alone.saliency[0], sal.saliency[1], atol=1e-5)
 
 
@@ -268,17 +270,16 @@ def test_vit_patch_saliency_matches_manual_grid_and_is_batch_invariant():
 def test_signed_ungated_token_cam_decomposes_the_head_logit(placement):
   # o_c = E_c · ReLU(mean_t s + mean_t r). With positive features no channel is clipped, so
   # the head is linear and the mean over valid tokens of the signed CAM of A = s + r is o_c.
-  from mhex_jax.models import mhex as mhex_lib
   rng = np.random.default_rng(7)
   s, r = (jnp.asarray(rng.uniform(0.1, 1.0, size=(2, 6, 5)), jnp.float32) for _ in range(2))
   mask = jnp.array([[True] * 6, [True, True, True, False, False, True]])
   module = mhex_lib.MHEX(num_classes=3, gate_placement=placement, saliency_features="ungated")
   params = module.init(jax.random.key(0), s, r, mask)["params"]
   (_, logits), state = module.apply({"params": params}, s, r, mask, mutable=["mhex"])
-  block = mhex_explain.collect_blocks({"m": params}, {"m": state["mhex"]})[0]
+  block = mhex_lib.collect_blocks({"m": params}, {"m": state["mhex"]})[0]
   m = mask.astype(jnp.float32)
   for c in range(3):
-    cam = mhex_explain.layer_cams([block], jnp.full((2,), c), beta_neg=-1.0)[0]
+    cam = equivalent_matrix.layer_cams([block], jnp.full((2,), c), beta_neg=-1.0)[0]
     np.testing.assert_allclose((cam * m).sum(1) / m.sum(1), logits[:, c], rtol=1e-5, atol=1e-5)
 
 
@@ -286,16 +287,16 @@ def test_contrastive_weights_and_feature_norms_by_hand():
   e = jnp.array([[3.0, 0.0], [1.0, 2.0]])
   # Mean row (2, 1): class 0 → (1, −1), class 1 → (−1, 1).
   np.testing.assert_allclose(
-      mhex_explain.class_weights(e, jnp.array([0, 1]), contrastive=True, beta_neg=-1.0),
+      equivalent_matrix.class_weights(e, jnp.array([0, 1]), contrastive=True, beta_neg=-1.0),
       [[1, -1], [-1, 1]])
-  np.testing.assert_allclose(mhex_explain.class_weights(e, jnp.array([0]), contrastive=True),
+  np.testing.assert_allclose(equivalent_matrix.class_weights(e, jnp.array([0]), contrastive=True),
                              [[1, 0]])
   a = jnp.array([[[1.0, 2.0, 6.0]]])
-  np.testing.assert_allclose(mhex_explain.normalize_features(a, "centre"), [[[-2, -1, 3]]])
-  scaled = mhex_explain.normalize_features(a, "layer_norm")
+  np.testing.assert_allclose(equivalent_matrix.normalize_features(a, "centre"), [[[-2, -1, 3]]])
+  scaled = equivalent_matrix.normalize_features(a, "layer_norm")
   np.testing.assert_allclose(scaled, np.array([[[-2, -1, 3]]]) / np.sqrt(14 / 3), rtol=1e-5)
   with pytest.raises(ValueError, match="feature_norm='bad'"):
-    mhex_explain.normalize_features(a, "bad")
+    equivalent_matrix.normalize_features(a, "bad")
 
 
 def test_routing_by_hand_identity_attention_and_mass():
@@ -303,23 +304,23 @@ def test_routing_by_hand_identity_attention_and_mass():
   source = jnp.array([[False, True, True]])
   eye = jnp.eye(3)[None, None]
   # Identity attention: M = rownorm(I + I) = I, so routing only drops non-source tokens.
-  routed = mhex_explain.route_cams(cams, [eye, eye], source)
+  routed = equivalent_matrix.route_cams(cams, [eye, eye], source)
   np.testing.assert_allclose(routed[0], [[0, 2, 4]])
   np.testing.assert_allclose(routed[1], [[0, -1, 3]])
   # Layer 1 attends token 2 → token 0 (one head), layer 2 is the identity:
   # M_1 = rownorm(α + I) has row 2 = (½, 0, ½), so token 2's evidence is split with token 0.
   to_0 = jnp.zeros((1, 1, 3, 3)).at[0, 0, 2, 0].set(1.0).at[0, 0, 0, 0].set(1.0).at[
       0, 0, 1, 1].set(1.0)
-  routed = mhex_explain.route_cams(cams, [to_0, eye], source)
+  routed = equivalent_matrix.route_cams(cams, [to_0, eye], source)
   np.testing.assert_allclose(routed[0], [[2, 2, 2]])
   np.testing.assert_allclose(routed[1], [[1.5, -1, 1.5]])
   # Random attention: each layer's evidence is redistributed, never created.
   rng = np.random.default_rng(0)
   probs = [jax.nn.softmax(jnp.asarray(rng.normal(size=(1, 2, 3, 3))), -1) for _ in range(2)]
-  for cam, out in zip(cams, mhex_explain.route_cams(cams, probs, source)):
+  for cam, out in zip(cams, equivalent_matrix.route_cams(cams, probs, source)):
     np.testing.assert_allclose(out.sum(), (cam * source).sum(), rtol=1e-5)
   with pytest.raises(ValueError, match="one attention map per MHEX layer"):
-    mhex_explain.route_cams(cams, probs[:1], source)
+    equivalent_matrix.route_cams(cams, probs[:1], source)
 
 
 @pytest.mark.parametrize("options", [
@@ -334,8 +335,8 @@ def test_vit_patch_variants_are_batch_invariant_and_route_like_rollout(options):
   images = jax.random.normal(jax.random.key(0), (3, 16, 16, 3))
   variables = {"params": model.init(jax.random.key(1), images[:1])["params"]}
   targets = jnp.array([0, 2, 1])
-  explain = jax.jit(functools.partial(mhex_explain.mhex_patch_saliency, model.apply,
-                                      patch_size=(4, 4), **options))
+  explain = jax.jit(functools.partial(equivalent_matrix.mhex_patch_saliency, model,
+                                      **options))
   sal = explain(variables, images, targets)
   assert sal.saliency.shape == (3, 16, 16) and bool(jnp.all(jnp.isfinite(sal.saliency)))
   alone = explain(variables, images[1:2], targets[1:2])
@@ -343,9 +344,9 @@ def test_vit_patch_variants_are_batch_invariant_and_route_like_rollout(options):
   if options.get("route") == "attention":
     # The routed last-layer map is the unrouted CAM pushed through the rollout matrix.
     _, state = model.apply(variables, images, mutable=["mhex", "attention"])
-    blocks = mhex_explain.collect_blocks(variables["params"], state["mhex"])
+    blocks = mhex_lib.collect_blocks(variables["params"], state["mhex"])
     joint = tx.rollout_matrix(common.attention_probs(state))
-    cams = mhex_explain.layer_cams(blocks, targets, beta_neg=options.get("beta_neg", -1.0),
+    cams = equivalent_matrix.layer_cams(blocks, targets, beta_neg=options.get("beta_neg", -1.0),
                                    feature_norm="layer_norm")
     expected = jnp.einsum("bi,bij->bj", cams[-1][:, 1:], joint[:, 1:, 1:])
     np.testing.assert_allclose(sal.layer_maps[-1].reshape(3, -1), expected, rtol=1e-4,
@@ -371,9 +372,10 @@ def test_text_token_variants_ignore_batch_composition_and_padding(options):
       "params"]}
 
   def explain(ids, mask, special, targets):
-    return mhex_explain.mhex_token_saliency(
-        model.apply, variables, jnp.asarray(ids), jnp.asarray(mask), None,
-        jnp.asarray(mask > 0) & ~jnp.asarray(special), jnp.asarray(targets), **options)
+    inputs = {"input_ids": jnp.asarray(ids), "attention_mask": jnp.asarray(mask),
+              "special_tokens_mask": jnp.asarray(special)}
+    return equivalent_matrix.mhex_token_saliency(model, variables, inputs, jnp.asarray(targets),
+                                                 **options)
 
   batched = explain(ids, mask, special, [0, 2, 1]).saliency
   # Row 1 alone, padded to 20 tokens.

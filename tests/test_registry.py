@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 
 from conftest import random_variables
+from mhex_jax.explain import equivalent_matrix
 from mhex_jax.explain import image
-from mhex_jax.explain import mhex as mhex_explain
 from mhex_jax.explain import registry
 from mhex_jax.explain import transformer
+from mhex_jax.explain.maps import normalize_maps
 from mhex_jax.models import bert, resnet, vit
 
 IMAGES = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
@@ -43,7 +44,7 @@ def test_image_methods_are_normalised_raw_maps():
   model, variables = _vit()
   maps = jax.jit(registry.explainer("grad_cam", model))(variables, IMAGES, TARGETS)
   raw = image.grad_cam(model, variables, IMAGES, TARGETS)
-  np.testing.assert_allclose(maps, mhex_explain.normalize_maps(raw), atol=1e-6)
+  np.testing.assert_allclose(maps, normalize_maps(raw), atol=1e-6)
   assert maps.shape == (2, 16, 16) and float(maps.min()) == 0.0
 
 
@@ -53,14 +54,13 @@ def test_token_methods_on_a_vit_go_to_the_patch_grid_then_the_image():
   tokens = transformer.attcat(model, variables, {"image": IMAGES}, TARGETS)  # [B, 1 + 16]
   grid = np.asarray(tokens)[:, 1:].reshape(2, 4, 4)  # Class token dropped, row-major patches.
   expected = jax.image.resize(jnp.asarray(grid), (2, 16, 16), "bilinear")
-  np.testing.assert_allclose(maps, mhex_explain.normalize_maps(expected), atol=1e-6)
+  np.testing.assert_allclose(maps, normalize_maps(expected), atol=1e-6)
 
 
 def test_mhex_entry_matches_the_patch_saliency():
   model, variables = _vit()
   maps = registry.explainer("mhex", model, alpha=0.5)(variables, IMAGES, TARGETS)
-  direct = mhex_explain.mhex_patch_saliency(model.apply, variables, IMAGES, TARGETS,
-                                            patch_size=(4, 4), alpha=0.5)
+  direct = equivalent_matrix.mhex_patch_saliency(model, variables, IMAGES, TARGETS, alpha=0.5)
   np.testing.assert_allclose(maps, direct.saliency, atol=1e-6)
 
 
@@ -74,3 +74,55 @@ def test_resolve_targets():
       registry.resolve_targets(model, variables, IMAGES, "labels", TARGETS), TARGETS)
   with pytest.raises(ValueError, match="'predicted' or 'labels'"):
     registry.resolve_targets(model, variables, IMAGES, "argmax", TARGETS)
+
+
+def _text_model_and_inputs():
+  model = bert.BERT(num_classes=3, vocab_size=20, hidden_size=16, num_layers=3, num_heads=2,
+                    intermediate_size=24, max_positions=16, gate_init="random")
+  ids = jnp.array([[1, 5, 7, 9, 2, 0, 0], [1, 4, 4, 8, 6, 3, 2]])
+  mask = (ids > 0).astype(jnp.int32)
+  inputs = {"input_ids": ids, "attention_mask": mask, "token_type_ids": jnp.zeros_like(ids),
+            "special_tokens_mask": (ids <= 2)}
+  variables = {"params": model.init(jax.random.key(0), ids[:1], mask[:1])["params"]}
+  return model, variables, inputs
+
+
+def _models_and_inputs():
+  cnn = resnet.ResNet(num_classes=3, width=4, stem="small", mhex=True)
+  vit_model, vit_variables = _vit()
+  return [(cnn, random_variables(cnn, IMAGES[:1]), IMAGES),
+          (vit_model, vit_variables, IMAGES), _text_model_and_inputs()]
+
+
+@pytest.mark.parametrize("kind", [0, 1, 2], ids=["cnn", "vit", "text"])
+def test_mhex_predicted_targets_from_one_forward_equal_the_two_pass_result(kind):
+  model, variables, inputs = _models_and_inputs()[kind]
+  labels = jnp.array([1, 1])
+  two_pass_targets = registry.resolve_targets(model, variables, inputs, "predicted", labels)
+  two_pass = registry.explainer("mhex", model)(variables, inputs, two_pass_targets)
+  explain = jax.jit(registry.targeted_explainer("mhex", model, "predicted"))
+  maps, targets = explain(variables, inputs, labels)
+  np.testing.assert_array_equal(targets, two_pass_targets)
+  np.testing.assert_allclose(maps, two_pass, rtol=1e-6, atol=1e-6)
+  # targets=None in the plain explainer is the same prediction.
+  np.testing.assert_allclose(registry.explainer("mhex", model)(variables, inputs, None),
+                             two_pass, rtol=1e-6, atol=1e-6)
+  maps, targets = registry.targeted_explainer("mhex", model, "labels")(variables, inputs,
+                                                                       labels)
+  np.testing.assert_array_equal(targets, labels)
+  np.testing.assert_allclose(maps, registry.explainer("mhex", model)(variables, inputs, labels),
+                             rtol=1e-6, atol=1e-6)
+
+
+def test_targeted_explainer_of_a_post_hoc_method_resolves_the_prediction():
+  model, variables = _vit()
+  maps, targets = registry.targeted_explainer("grad_cam", model, "predicted")(
+      variables, IMAGES, TARGETS)
+  predicted = registry.resolve_targets(model, variables, IMAGES, "predicted", TARGETS)
+  np.testing.assert_array_equal(targets, predicted)
+  np.testing.assert_allclose(maps, registry.explainer("grad_cam", model)(variables, IMAGES,
+                                                                         predicted), atol=1e-6)
+  np.testing.assert_allclose(registry.explainer("grad_cam", model)(variables, IMAGES, None),
+                             maps, atol=1e-6)
+  with pytest.raises(ValueError, match="'predicted' or 'labels'"):
+    registry.targeted_explainer("grad_cam", model, "argmax")

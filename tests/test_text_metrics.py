@@ -206,6 +206,30 @@ def test_aopc_lodds_rejects_inconsistent_options():
     _aopc_lodds(mode="insertion")
 
 
+def test_out_of_range_targets_raise_on_the_host_and_are_nan_under_jit():
+  # Both text metrics follow the image metrics: a concrete target outside [0, K) is an error,
+  # a traced one scores NaN (never a silently clipped class).
+  ids, sal, removable, mask = _example(7)
+  bad = np.array([1, 2])  # K = 2
+  score = lambda i: _additive_score(i, mask, None)
+  with pytest.raises(ValueError, match=r"targets must lie in \[0, 2\).*\[2\]"):
+    text_metrics.text_average_drop(score, ids, sal, removable, bad, MASK)
+  with pytest.raises(ValueError, match=r"targets must lie in \[0, 2\).*\[2\]"):
+    text_metrics.aopc_lodds(_additive_score, ids, sal, removable, bad, attention_mask=mask)
+  with pytest.raises(ValueError, match=r"targets must lie in \[0, 2\).*\[-1\]"):
+    text_metrics.aopc_lodds(_additive_score, ids, sal, removable, np.array([-1, 0]),
+                            attention_mask=mask)
+  drop = jax.jit(lambda t: text_metrics.text_average_drop(score, ids, sal, removable, t,
+                                                          MASK))(bad)
+  assert np.isfinite(drop[0]) and np.isnan(drop[1])
+  aopc, lodds = jax.jit(lambda t: text_metrics.aopc_lodds(
+      _additive_score, ids, sal, removable, t, attention_mask=mask))(bad)
+  assert np.isfinite(aopc[0]) and np.isfinite(lodds[0])
+  assert np.isnan(aopc[1]) and np.isnan(lodds[1])
+  with pytest.raises(ValueError, match=r"targets must be int \[B\] = \[2\]"):
+    text_metrics.text_average_drop(score, ids, sal, removable, np.array([1]), MASK)
+
+
 # ---------------------------------------------------------------------------------------------
 # Kendall τ.
 

@@ -13,7 +13,7 @@ import transformers
 
 from conftest import max_abs_diffs, randomise_torch_model
 from mhex_jax import weights
-from mhex_jax.explain import mhex as mhex_explain
+from mhex_jax.explain import equivalent_matrix
 from mhex_jax.models import bert
 from mhex_jax.models import common
 from mhex_jax.models import mhex as mhex_lib
@@ -77,12 +77,12 @@ def test_mhex_vit_heads_features_and_patch_grid(classifier_dir):
   assert (model.gate_placement, model.gate_init) == ("branch", "random")
   logits, state = model.apply(variables, _images(), mutable=["mhex"])
   assert logits.shape == (2, 2, 4)
-  blocks = mhex_explain.collect_blocks(variables["params"], state["mhex"])
+  blocks = mhex_lib.collect_blocks(variables["params"], state["mhex"])
   assert [b.features.shape for b in blocks] == [(2, 17, 32)] * 2
   grids = [b._replace(features=vit.tokens_to_grid(b.features, model.grid_size)) for b in blocks]
   assert grids[0].features.shape == (2, 4, 4, 32)
-  cams = mhex_explain.layer_cams(grids, jnp.argmax(logits[-1], -1))
-  saliency = mhex_explain.integrate_cams(cams, (16, 16))
+  cams = equivalent_matrix.layer_cams(grids, jnp.argmax(logits[-1], -1))
+  saliency = equivalent_matrix.integrate_cams(cams, (16, 16))
   assert saliency.shape == (2, 16, 16)
   assert "final_norm" not in variables["params"] and "classifier" not in variables["params"]
 
@@ -186,7 +186,7 @@ def test_conv_stem_receptive_field_is_centred_where_maps_draw_the_token(patch_si
   field_centre = ((rows.min() + rows.max()) / 2, (cols.min() + cols.max()) / 2)
 
   one_hot = jnp.zeros((1, *grid)).at[0, row, col].set(1.0)
-  drawn = np.asarray(mhex_explain.integrate_cams([one_hot], (size, size), alpha=1.0))[0]
+  drawn = np.asarray(equivalent_matrix.integrate_cams([one_hot], (size, size), alpha=1.0))[0]
   ys, xs = np.mgrid[:size, :size]
   drawn_centre = ((drawn * ys).sum() / drawn.sum(), (drawn * xs).sum() / drawn.sum())
   patch_centre = (row * patch_size + (patch_size - 1) / 2, col * patch_size + (patch_size - 1) / 2)

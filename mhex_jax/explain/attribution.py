@@ -19,6 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mhex_jax.explain.maps import map_in_chunks
+
 PERTURBATIONS = "perturbations"
 
 
@@ -109,11 +111,8 @@ def path_integral(grad_fn: Callable[[jax.Array], jax.Array], inputs: jax.Array,
   """
   if steps < 1:
     raise ValueError(f"steps must be >= 1, got {steps}.")
-  if chunk_size is not None and chunk_size < 1:
-    raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}.")
   baseline = jnp.broadcast_to(baseline, inputs.shape).astype(inputs.dtype)
   delta = inputs - baseline
   alphas = (jnp.arange(steps, dtype=inputs.dtype) + 0.5) / steps
-  grads = jax.lax.map(lambda a: grad_fn(baseline + a * delta), alphas,
-                      batch_size=min(chunk_size or steps, steps))
+  grads = map_in_chunks(lambda a: grad_fn(baseline + a * delta), alphas, chunk_size)
   return delta * jnp.mean(grads, axis=0)

@@ -1,7 +1,7 @@
 """Post-hoc image explainers (SPEC §7, "Image baselines"): the CAM family and input gradients.
 
 Every explainer is ``f(model, variables, images, targets, **options) -> f32[B, H, W]``: a raw,
-non-negative map at the input resolution, not normalised (``mhex.normalize_maps`` does that).
+non-negative map at the input resolution, not normalised (``maps.normalize_maps`` does that).
 ``images`` are the normalised model inputs f32[B, H, W, C], ``targets`` int[B] the explained
 classes, and the score explained is the target logit of the final head (``logits[-1]``). All of
 them are pure and batched and run under ``jax.jit`` (``model`` and string/int options static).
@@ -58,7 +58,10 @@ import jax
 import jax.numpy as jnp
 
 from mhex_jax.explain import attribution
-from mhex_jax.explain.mhex import normalize_maps
+from mhex_jax.explain.maps import check_chunk_size
+from mhex_jax.explain.maps import describe
+from mhex_jax.explain.maps import map_in_chunks
+from mhex_jax.explain.maps import normalize_maps
 from mhex_jax.models import vit as vit_lib
 from mhex_jax.models import common
 from mhex_jax.models.common import HIDDEN_STATES, LAYER_INPUT, PERTURBATIONS
@@ -70,7 +73,7 @@ SCORE_CAM_WEIGHTINGS = ("channel_softmax", "probability")
 def _check_images(images: jax.Array):
   if images.ndim != 4 or not jnp.issubdtype(images.dtype, jnp.floating):
     raise ValueError(f"images must be float [B, H, W, C] (normalised model inputs), got "
-                     f"{images.dtype}{list(images.shape)}.")
+                     f"{describe(images)}.")
 
 
 def _check_inputs(images: jax.Array, targets: jax.Array) -> jax.Array:
@@ -78,18 +81,9 @@ def _check_inputs(images: jax.Array, targets: jax.Array) -> jax.Array:
   targets = jnp.asarray(targets)
   if targets.shape != images.shape[:1] or not jnp.issubdtype(targets.dtype, jnp.integer):
     raise ValueError(f"targets must be int[B] with B = {images.shape[0]}, got "
-                     f"{targets.dtype}{list(targets.shape)}; resolve 'predicted' with an argmax "
+                     f"{describe(targets)}; resolve 'predicted' with an argmax "
                      "of the logits first.")
   return targets
-
-
-def _check_chunk_size(chunk_size: Optional[int]):
-  if chunk_size is not None and chunk_size < 1:
-    raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}.")
-
-
-def _map_batch_size(chunk_size: Optional[int], length: int) -> int:
-  return min(chunk_size or length, length)
 
 
 # --- Calling any classifier -----------------------------------------------------------------
@@ -345,7 +339,7 @@ def score_cam_weights(model, variables: Any, images: jax.Array, targets: jax.Arr
   """
   if weighting not in SCORE_CAM_WEIGHTINGS:
     raise ValueError(f"Unknown weighting={weighting!r}; use one of {SCORE_CAM_WEIGHTINGS}.")
-  _check_chunk_size(chunk_size)
+  check_chunk_size(chunk_size)
   targets = _check_inputs(images, targets)
   variables = common.strip_state(variables)
   acts = layer_activations(model, variables, images, layer=layer)
@@ -357,11 +351,9 @@ def score_cam_weights(model, variables: Any, images: jax.Array, targets: jax.Arr
     logits = _logits(model, variables, images * masks[..., None].astype(images.dtype))
     if weighting == "probability":
       logits = jax.nn.softmax(logits, axis=-1)
-    return jnp.take_along_axis(logits, targets[:, None].astype(jnp.int32), axis=-1)[:, 0]
+    return attribution.target_logits(logits, targets)
 
-  channels = jnp.moveaxis(acts, -1, 0)
-  scores = jax.lax.map(channel_score, channels,
-                       batch_size=_map_batch_size(chunk_size, channels.shape[0])).T  # [B, C]
+  scores = map_in_chunks(channel_score, jnp.moveaxis(acts, -1, 0), chunk_size).T  # [B, C]
   informative = jnp.max(acts, axis=(1, 2)) > jnp.min(acts, axis=(1, 2))
   if weighting == "channel_softmax":
     scores = jax.nn.softmax(jnp.where(informative, scores, -jnp.inf), axis=-1)
@@ -443,15 +435,15 @@ def smoothgrad(model, variables: Any, images: jax.Array, targets: jax.Array, *,
   """
   if num_samples < 1:
     raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
-  _check_chunk_size(chunk_size)
+  check_chunk_size(chunk_size)
   _check_inputs(images, targets)
   rng = jax.random.key(0) if rng is None else rng
   spread = (jnp.max(images, axis=(1, 2, 3), keepdims=True)
             - jnp.min(images, axis=(1, 2, 3), keepdims=True))
   noise = jax.random.normal(rng, (num_samples, *images.shape[1:]), images.dtype)
   gradient = functools.partial(input_gradients, model, variables, targets=targets)
-  grads = jax.lax.map(lambda eps: gradient(images + noise_level * spread * eps[None]), noise,
-                      batch_size=_map_batch_size(chunk_size, num_samples))
+  grads = map_in_chunks(lambda eps: gradient(images + noise_level * spread * eps[None]), noise,
+                        chunk_size)
   return _max_abs_over_channels(jnp.mean(grads, axis=0))
 
 
@@ -468,7 +460,6 @@ def integrated_gradients_attributions(model, variables: Any, images: jax.Array,
       of the normalisation statistics).
     chunk_size: path points whose gradients run together (memory ∝ chunk_size · B); None = all.
   """
-  _check_chunk_size(chunk_size)
   _check_inputs(images, targets)
   baseline = jnp.zeros_like(images) if baseline is None else jnp.asarray(baseline, images.dtype)
   gradient = functools.partial(input_gradients, model, variables, targets=targets)

@@ -1,17 +1,22 @@
-"""Every explainer by name, with one calling convention per input kind.
+"""Every explainer by name, all with one convention.
 
-``explainer(name, model, **options)`` returns a pure, jit-able
-``explain(variables, inputs, targets) -> maps``:
+Every method is ``f(model, variables, inputs, targets, **options) -> maps`` (``explain.image``,
+``explain.transformer``, ``explain.equivalent_matrix.mhex_maps``), and
+``explainer(name, model, **options)`` returns the pure, jit-able
+``explain(variables, inputs, targets) -> maps`` of one of them:
 
 * image models (``ResNet``, ``ViT``): ``inputs`` f32[B, H, W, C] → maps f32[B, H, W] in [0, 1]
   (min-max normalised per example, the scale the image metrics of SPEC §5 take);
 * text models (``BERT``): ``inputs`` = {"input_ids", "attention_mask", "token_type_ids",
   "special_tokens_mask"} [B, T] → token scores f32[B, T], signed as the method defines them
-  and 0 on padding (text metrics only rank them).
+  and 0 on padding (text metrics only rank them; MHEX's are in [0, 1], 0 on special tokens).
 
 Image models take every image method; a ViT also takes the Transformer methods, whose token
 maps are put on the patch grid (class token dropped) and resized to the image as MHEX's patch
-maps are. ``targets`` is int[B]: the caller decides between labels and predictions.
+maps are. ``targets`` is int[B], or None for the final head's prediction; MHEX takes it from
+its own forward pass, the others from one more. ``targeted_explainer`` also returns the targets
+it explained, so a caller that explains predictions (``eval.targets = "predicted"``) runs MHEX's
+forward pass once.
 
 Any other ``flax.linen`` module is treated as an image classifier (see ``explain.image``:
 logits [B, K] or [L, B, K], ``layer`` a module path such as ``"Conv_1"``), e.g.
@@ -27,9 +32,10 @@ import jax.numpy as jnp
 
 from mhex_jax.errors import ConfigError
 from mhex_jax.explain import attribution
+from mhex_jax.explain import equivalent_matrix
 from mhex_jax.explain import image as image_explain
-from mhex_jax.explain import mhex as mhex_explain
 from mhex_jax.explain import transformer as transformer_explain
+from mhex_jax.explain.maps import normalize_maps
 from mhex_jax.models import bert as bert_lib
 from mhex_jax.models import vit as vit_lib
 
@@ -80,28 +86,6 @@ def available(model) -> tuple[str, ...]:
   return tuple(names)
 
 
-def _pair(size):
-  return (size, size) if isinstance(size, int) else tuple(size)
-
-
-def _text_mhex(model, variables, inputs, targets, **options):
-  token_mask = (inputs["attention_mask"] > 0) & ~inputs["special_tokens_mask"].astype(bool)
-  sal = mhex_explain.mhex_token_saliency(
-      model.apply, variables, inputs["input_ids"], inputs["attention_mask"],
-      inputs.get("token_type_ids"), token_mask, targets, **options)
-  # Normalised over the token mask: 0 on padding and special tokens, as the metrics need.
-  return sal.saliency
-
-
-def _image_mhex(model, variables, images, targets, **options):
-  if isinstance(model, vit_lib.ViT):
-    return mhex_explain.mhex_patch_saliency(
-        model.apply, variables, images, targets, patch_size=_pair(model.patch_size),
-        class_token=model.class_token, **options).saliency
-  return mhex_explain.mhex_saliency(model.apply, variables, images, targets,
-                                    **options).saliency
-
-
 def _tokens_to_image(model, token_maps: jax.Array, image_shape) -> jax.Array:
   """ViT token maps [B, 1 + gh·gw] → image maps [B, H, W] (class token dropped)."""
   grid = vit_lib.tokens_to_grid(token_maps[..., None], model.grid_size,
@@ -109,7 +93,28 @@ def _tokens_to_image(model, token_maps: jax.Array, image_shape) -> jax.Array:
   return jax.image.resize(grid, (grid.shape[0], *image_shape), "bilinear")
 
 
-def explainer(name: str, model, **options) -> Callable[[Any, Any, jax.Array], jax.Array]:
+def _check_name(name: str, model):
+  names = available(model)
+  if name not in names:
+    raise ConfigError(f"Unknown or inapplicable explainer {name!r} for {type(model).__name__}"
+                      f"(mhex={is_mhex_model(model)}); use one of {list(names)}.")
+
+
+def _explain(name: str, model, variables, inputs, targets, **options) -> jax.Array:
+  """Method ``name``'s maps on the registry's scale (see the module docstring)."""
+  if name == MHEX:
+    return equivalent_matrix.mhex_maps(model, variables, inputs, targets, **options)
+  if targets is None:
+    targets = predictions(model, variables, inputs)
+  if is_text_model(model):
+    return TOKEN_METHODS[name](model, variables, inputs, targets, **options)
+  if name in IMAGE_METHODS:
+    return normalize_maps(IMAGE_METHODS[name](model, variables, inputs, targets, **options))
+  tokens = TOKEN_METHODS[name](model, variables, {"image": inputs}, targets, **options)
+  return normalize_maps(_tokens_to_image(model, tokens, inputs.shape[1:3]))
+
+
+def explainer(name: str, model, **options) -> Callable[[Any, Any, Any], jax.Array]:
   """The pure function ``(variables, inputs, targets) -> maps`` of method ``name``.
 
   Args:
@@ -117,36 +122,47 @@ def explainer(name: str, model, **options) -> Callable[[Any, Any, jax.Array], ja
     model: the Flax module being explained.
     **options: the method's keyword options (see its docstring).
   """
-  names = available(model)
-  if name not in names:
-    raise ConfigError(f"Unknown or inapplicable explainer {name!r} for {type(model).__name__}"
-                      f"(mhex={is_mhex_model(model)}); use one of {list(names)}.")
-  if is_text_model(model):
-    fn = _text_mhex if name == MHEX else TOKEN_METHODS[name]
-    return functools.partial(fn, model, **options)
+  _check_name(name, model)
+  return functools.partial(_explain, name, model, **options)
 
-  def explain(variables, images, targets):
-    if name == MHEX:
-      return _image_mhex(model, variables, images, targets, **options)
-    if name in IMAGE_METHODS:
-      maps = IMAGE_METHODS[name](model, variables, images, targets, **options)
-    else:
-      tokens = TOKEN_METHODS[name](model, variables, {"image": images}, targets, **options)
-      maps = _tokens_to_image(model, tokens, images.shape[1:3])
-    return mhex_explain.normalize_maps(maps)
+
+def targeted_explainer(name: str, model, targets_mode: str,
+                       **options) -> Callable[[Any, Any, jax.Array], tuple[jax.Array, jax.Array]]:
+  """``(variables, inputs, labels) -> (maps, targets int32[B])`` of method ``name``, explaining
+  the ``labels`` or the final head's predictions (``targets_mode`` "labels" / "predicted", see
+  ``resolve_targets``). MHEX explains its predictions from the forward pass that gives them.
+  """
+  _check_name(name, model)
+  _check_targets_mode(targets_mode)
+
+  def explain(variables, inputs, labels):
+    if name == MHEX and targets_mode == "predicted":
+      out = equivalent_matrix.explanation(model, variables, inputs, None, **options)
+      return out.saliency, out.targets
+    targets = resolve_targets(model, variables, inputs, targets_mode, labels)
+    return _explain(name, model, variables, inputs, targets, **options), targets
 
   return explain
 
 
-def resolve_targets(model, variables, inputs, targets_mode: str, labels: jax.Array) -> jax.Array:
-  """int32[B]: ``labels`` or the final head's prediction (``targets_mode`` "predicted")."""
-  if targets_mode == "labels":
-    return jnp.asarray(labels, jnp.int32)
-  if targets_mode != "predicted":
+def _check_targets_mode(targets_mode: str):
+  if targets_mode not in ("labels", "predicted"):
     raise ConfigError(f"Unknown eval.targets={targets_mode!r}; use 'predicted' or 'labels'.")
+
+
+def predictions(model, variables, inputs) -> jax.Array:
+  """int32[B]: the final head's prediction, from one eval-mode forward pass."""
   if is_text_model(model):
     logits = model.apply(variables, inputs["input_ids"], inputs["attention_mask"],
                          inputs.get("token_type_ids"), train=False)
   else:
     logits = model.apply(variables, inputs, **attribution.eval_mode_kwargs(model.apply))
   return jnp.argmax(attribution.final_logits(logits), axis=-1).astype(jnp.int32)
+
+
+def resolve_targets(model, variables, inputs, targets_mode: str, labels: jax.Array) -> jax.Array:
+  """int32[B]: ``labels`` or the final head's prediction (``targets_mode`` "predicted")."""
+  _check_targets_mode(targets_mode)
+  if targets_mode == "labels":
+    return jnp.asarray(labels, jnp.int32)
+  return predictions(model, variables, inputs)

@@ -11,7 +11,7 @@ and is pure, batched and jit-able (close over ``model`` and the options):
   the attention-only methods ignore them).
 * Result: a raw token map f32[B, T] over the model's tokens, [CLS] / the class token in row 0,
   exactly 0 on padding, signed where the method is, not normalised (the caller normalises with
-  ``mhex.normalize_maps`` and, for ViT, maps patch tokens to the image).
+  ``maps.normalize_maps`` and, for ViT, maps patch tokens to the image).
 
 **[CLS] row.** Raw attention, rollout and the Chefer relevance read the row of the class token:
 BERT's [CLS] and ViT's class token. A ViT built with ``class_token=False`` has no such row and

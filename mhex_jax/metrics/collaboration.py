@@ -7,7 +7,7 @@ every later head (through the gate). For one example with label y:
     s_ℓ    = ⟨G_self, G_next⟩_F / (‖G_self‖_F ‖G_next‖_F + 1e-8)   ∈ [−1, 1],  ℓ = 1..L−1
 
 s_ℓ > 0: the block's own head and the next head pull W_ℓ the same way. Here L counts the MHEX
-blocks (located in ``params`` exactly as ``explain.mhex.collect_blocks`` does) and "next" is the
+blocks (located in ``params`` exactly as ``models.mhex.collect_blocks`` does) and "next" is the
 next MHEX block's head. Heads are the model's output ``[num_heads, B, K]``: the first L belong
 to the MHEX blocks in depth order; a trailing head without a gate (the pooled classifier of a
 ResNet whose last stage has no MHEX) takes no part. With ``mhex_stages`` that skip a stage,
@@ -29,24 +29,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mhex_jax.explain import mhex as mhex_explain
+from mhex_jax.explain.maps import check_chunk_size
+from mhex_jax.explain.maps import describe
+from mhex_jax.explain.maps import map_flat_index
 from mhex_jax.models import common
 from mhex_jax.models import mhex as mhex_lib
 
 Path = tuple[str, ...]
 
 
-def _describe(x) -> str:
-  return f"{jnp.dtype(x.dtype).name}{list(x.shape)}"
-
-
 def _check_inputs(images: jax.Array, labels: jax.Array) -> None:
   if images.ndim != 4 or not jnp.issubdtype(images.dtype, jnp.floating):
-    raise ValueError(f"images must be float [B, H, W, C], got {_describe(images)}; add a channel "
+    raise ValueError(f"images must be float [B, H, W, C], got {describe(images)}; add a channel "
                      "axis to grey images (images[..., None]) and cast to float32.")
   if labels.shape != images.shape[:1] or not jnp.issubdtype(labels.dtype, jnp.integer):
     raise ValueError(f"labels must be int [B] = [{images.shape[0]}] class indices, got "
-                     f"{_describe(labels)}; pass labels, not one-hot vectors.")
+                     f"{describe(labels)}; pass labels, not one-hot vectors.")
 
 
 def _get(tree: Any, path: Path) -> Any:
@@ -80,8 +78,8 @@ def gate_kernel_paths(model: Any, variables: Any, images: jax.Array) -> tuple[li
   logits, state = jax.eval_shape(
       lambda v, x: model.apply(v, x, train=False, mutable=[mhex_lib.COLLECTION]), variables,
       images[:1])
-  blocks = mhex_explain.collect_blocks(variables["params"], state.get(mhex_lib.COLLECTION, {}))
-  paths = [tuple(b.name.split("/")) + ("gate", "kernel") for b in blocks]
+  blocks = mhex_lib.collect_blocks(variables["params"], state.get(mhex_lib.COLLECTION, {}))
+  paths = [tuple(b.name.split("/")) + mhex_lib.GATE_KERNEL for b in blocks]
   num_heads = logits.shape[0]
   if len(paths) < 2:
     raise ValueError(f"Collaboration needs at least two MHEX blocks, the model has {len(paths)}; "
@@ -258,28 +256,22 @@ def occlusion_quality_map(model: Any, variables: Any, images: jax.Array, labels:
   """
   images, labels = jnp.asarray(images), jnp.asarray(labels)
   _check_inputs(images, labels)
-  if chunk_size is not None and (not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1):
-    raise ValueError(f"chunk_size must be None or a positive Python int (static under jit), got "
-                     f"{chunk_size!r}.")
+  chunk_size = check_chunk_size(chunk_size)
   variables = common.strip_state(variables)
   batch, height, width, _ = images.shape
   cells = jnp.asarray(grid_cells(height, width, grid))
   paths, _ = gate_kernel_paths(model, variables, images)
   mean_colour = images.mean(axis=(1, 2), keepdims=True)  # [B, 1, 1, C]
 
-  # Item j = cell · B + example.
-  num_items = grid * grid * batch
-  chunk = batch if chunk_size is None else min(int(chunk_size), num_items)
-  num_chunks = -(-num_items // chunk)
   cosines = jax.vmap(lambda x, y: _example_cosines(model, variables, paths, x, y,
                                                    train_mode=train_mode))
 
-  def chunk_totals(start):
-    item = jnp.minimum(start + jnp.arange(chunk), num_items - 1)
+  def chunk_totals(item):  # Item j = cell · B + example.
     example = item % batch
     occluded = jnp.where(cells[item // batch][..., None], mean_colour[example], images[example])
     return jnp.sum(cosines(occluded, labels[example]), axis=-1)
 
-  totals = jax.lax.map(chunk_totals, jnp.arange(num_chunks) * chunk)
-  totals = totals.reshape(-1)[:num_items].reshape(grid, grid, batch)
+  totals = map_flat_index(chunk_totals, grid * grid * batch,
+                          batch if chunk_size is None else chunk_size)
+  totals = totals.reshape(grid, grid, batch)
   return jnp.transpose(totals, (2, 0, 1))

@@ -26,12 +26,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mhex_jax.explain.maps import check_chunk_size
+from mhex_jax.explain.maps import check_targets_in_range
+from mhex_jax.explain.maps import describe
+from mhex_jax.explain.maps import gather_target
+from mhex_jax.explain.maps import map_flat_index
+
 ScoreFn = Callable[[jax.Array], jax.Array]
 Baseline = Union[float, jax.Array]
-
-
-def _describe(x) -> str:
-  return f"{jnp.dtype(x.dtype).name}{list(x.shape)}"
 
 
 def _validate(*, images=None, maps=None, targets=None, masks=None) -> None:
@@ -39,12 +41,12 @@ def _validate(*, images=None, maps=None, targets=None, masks=None) -> None:
   batch = spatial = None
   if images is not None:
     if images.ndim != 4 or not jnp.issubdtype(images.dtype, jnp.floating):
-      raise ValueError(f"images must be float [B, H, W, C], got {_describe(images)}; add a channel "
+      raise ValueError(f"images must be float [B, H, W, C], got {describe(images)}; add a channel "
                        "axis to grey images (images[..., None]) and cast to float32.")
     batch, spatial = images.shape[0], images.shape[1:3]
   if maps is not None:
     if maps.ndim != 3 or not jnp.issubdtype(maps.dtype, jnp.floating):
-      raise ValueError(f"maps must be float [B, H, W], got {_describe(maps)}; resize the "
+      raise ValueError(f"maps must be float [B, H, W], got {describe(maps)}; resize the "
                        "saliency to the input resolution and drop any channel axis.")
     if batch is not None and maps.shape != (batch, *spatial):
       raise ValueError(f"maps must be [B, H, W] = {[batch, *spatial]} to match images "
@@ -53,30 +55,18 @@ def _validate(*, images=None, maps=None, targets=None, masks=None) -> None:
     batch, spatial = maps.shape[0], maps.shape[1:3]
   if masks is not None:
     if masks.ndim != 3 or masks.dtype != jnp.bool_:
-      raise ValueError(f"masks must be bool [B, H, W], got {_describe(masks)}; binarise them "
+      raise ValueError(f"masks must be bool [B, H, W], got {describe(masks)}; binarise them "
                        "first, e.g. masks > 0.5.")
     if batch is not None and masks.shape != (batch, *spatial):
       raise ValueError(f"masks must be [B, H, W] = {[batch, *spatial]} to match the maps, got "
                        f"{list(masks.shape)}.")
   if targets is not None:
     if targets.ndim != 1 or not jnp.issubdtype(targets.dtype, jnp.integer):
-      raise ValueError(f"targets must be int [B] class indices, got {_describe(targets)}; pass "
+      raise ValueError(f"targets must be int [B] class indices, got {describe(targets)}; pass "
                        "labels, not one-hot vectors.")
     if batch is not None and targets.shape[0] != batch:
       raise ValueError(f"targets must be [B] = [{batch}] to match the images, got "
                        f"{list(targets.shape)}.")
-
-
-def _check_targets_in_range(targets: jax.Array, num_classes: int) -> None:
-  """Range-checks concrete targets; traced ones cannot be inspected (see module docstring)."""
-  try:
-    values = np.asarray(targets)
-  except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-    return
-  bad = values[(values < 0) | (values >= num_classes)]
-  if bad.size:
-    raise ValueError(f"targets must lie in [0, {num_classes}) for a scoring model with "
-                     f"{num_classes} classes, got {bad.tolist()}; check the label mapping.")
 
 
 def _check_probs(probs, batch: int) -> None:
@@ -84,12 +74,6 @@ def _check_probs(probs, batch: int) -> None:
   if len(probs.shape) != 2 or probs.shape[0] != batch:
     raise ValueError(f"score_fn must map [B, H, W, C] images to probs [B, K] = [{batch}, K], got "
                      f"{list(probs.shape)}; apply softmax to the logits inside score_fn.")
-
-
-def _gather_target(probs: jax.Array, targets: jax.Array) -> jax.Array:
-  """probs [N, K], targets [N] -> [N]; NaN for out-of-range targets instead of clipping."""
-  return jnp.take_along_axis(probs, targets[:, None], axis=1, mode="fill",
-                             fill_value=jnp.nan)[:, 0]
 
 
 def _broadcast_baseline(baseline: Baseline, images: jax.Array) -> jax.Array:
@@ -123,8 +107,8 @@ def target_probability(score_fn: ScoreFn, images: jax.Array, targets: jax.Array)
   _validate(images=images, targets=targets)
   probs = score_fn(images)
   _check_probs(probs, images.shape[0])
-  _check_targets_in_range(targets, probs.shape[1])
-  return _gather_target(probs, targets)
+  check_targets_in_range(targets, probs.shape[1])
+  return gather_target(probs, targets)
 
 
 def average_drop_removal(score_fn: ScoreFn, images: jax.Array, maps: jax.Array,
@@ -163,16 +147,8 @@ def soft_average_drop(score_fn: ScoreFn, images: jax.Array, maps: jax.Array,
       x_soft = x ⊙ (1 − S) + μ ⊙ S,  μ = per-example per-channel spatial mean of x [B, 1, 1, C]
       SAD = max(0, (p(x) − p(x_soft)) / p(x))
 
-  Higher is better. SAD = 0 when p(x) = 0.
-
-  Args:
-    score_fn: images [B, H, W, C] -> probs [B, K].
-    images: [B, H, W, C].
-    maps: [B, H, W] in [0, 1].
-    targets: int [B].
-
-  Returns:
-    [B] drops in [0, 1].
+  Higher is better. SAD = 0 when p(x) = 0. Arguments and result as ``average_drop_removal``
+  (no threshold: every pixel moves towards μ by its saliency; no baseline: μ is the target).
   """
   images, maps, targets = jnp.asarray(images), jnp.asarray(maps), jnp.asarray(targets)
   _validate(images=images, maps=maps, targets=targets)
@@ -278,15 +254,13 @@ def deletion_insertion_auc(score_fn: ScoreFn, images: jax.Array, maps: jax.Array
   _validate(images=images, maps=maps, targets=targets)
   if not isinstance(steps, (int, np.integer)) or steps < 1:
     raise ValueError(f"steps must be a positive Python int (static under jit), got {steps!r}.")
-  if chunk_size is not None and (not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1):
-    raise ValueError(f"chunk_size must be None or a positive Python int (static under jit), got "
-                     f"{chunk_size!r}.")
+  chunk_size = check_chunk_size(chunk_size)
   probs_struct = jax.eval_shape(score_fn, images)
   _check_probs(probs_struct, images.shape[0])
-  _check_targets_in_range(targets, probs_struct.shape[1])
+  check_targets_in_range(targets, probs_struct.shape[1])
   curves = _deletion_insertion_curves(score_fn, images, maps, targets,
                                       _broadcast_baseline(baseline, images), steps=int(steps),
-                                      chunk_size=None if chunk_size is None else int(chunk_size))
+                                      chunk_size=chunk_size)
   auc = curves.mean(axis=1)
   return auc[0], auc[1]
 
@@ -308,12 +282,8 @@ def _deletion_insertion_curves(score_fn: ScoreFn, images: jax.Array, maps: jax.A
 
   # Item j = ((curve · (steps + 1)) + k) · B + example, curve 0 = deletion, 1 = insertion.
   per_curve = (steps + 1) * batch
-  num_items = 2 * per_curve
-  chunk = num_items if chunk_size is None else min(chunk_size, num_items)
-  num_chunks = -(-num_items // chunk)
 
-  def score_chunk(start):
-    item = jnp.minimum(start + jnp.arange(chunk), num_items - 1)
+  def score_chunk(item):
     insertion = item >= per_curve
     k = (item % per_curve) // batch
     example = item % batch
@@ -322,11 +292,11 @@ def _deletion_insertion_curves(score_fn: ScoreFn, images: jax.Array, maps: jax.A
     show_image = changed == insertion[:, None, None]
     perturbed = jnp.where(show_image[..., None], images[example], baseline[example])
     probs = score_fn(perturbed)
-    _check_probs(probs, chunk)
-    return _gather_target(probs, targets[example])
+    _check_probs(probs, item.shape[0])
+    return gather_target(probs, targets[example])
 
-  p = jax.lax.map(score_chunk, jnp.arange(num_chunks) * chunk)
-  return p.reshape(-1)[:num_items].reshape(2, steps + 1, batch)
+  p = map_flat_index(score_chunk, 2 * per_curve, chunk_size)
+  return p.reshape(2, steps + 1, batch)
 
 
 def nonempty_masks(masks: jax.Array) -> jax.Array:

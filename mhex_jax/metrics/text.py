@@ -15,6 +15,10 @@ Two score-function signatures, both returning softmax probabilities f32[N, K]:
                    ``lambda i, m, t: jax.nn.softmax(model.apply(v, i, m, t, train=False)[-1])``.
 
 Score functions are static arguments under jit (functions and lambdas are hashable).
+
+Targets, int[B], are range-checked against the score function's K classes when they are
+concrete; under jit an out-of-range target scores NaN (``explain.maps.gather_target``) rather
+than a silently clipped class, as in the image metrics.
 """
 
 import functools
@@ -24,14 +28,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mhex_jax.explain.maps import check_chunk_size
+from mhex_jax.explain.maps import check_targets_in_range
+from mhex_jax.explain.maps import describe
+from mhex_jax.explain.maps import gather_target
+from mhex_jax.explain.maps import map_flat_index
+
 TokenScoreFn = Callable[[jax.Array], jax.Array]
 SequenceScoreFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
 MODES = ("deletion", "replacement")
-
-
-def _describe(x) -> str:
-  return f"{jnp.dtype(x.dtype).name}{list(x.shape)}"
 
 
 def _check_token_arrays(**arrays) -> None:
@@ -43,10 +49,16 @@ def _check_token_arrays(**arrays) -> None:
                      "sequence (x[None]).")
 
 
-def _gather_target(probs: jax.Array, targets: jax.Array) -> jax.Array:
-  """probs [N, K], targets [N] -> [N]; NaN for out-of-range targets instead of clipping."""
-  return jnp.take_along_axis(probs, targets[:, None], axis=1, mode="fill",
-                             fill_value=jnp.nan)[:, 0]
+def _check_targets(targets: jax.Array, probs: jax.ShapeDtypeStruct, batch: int) -> None:
+  """int[B] targets within the score function's K classes (``probs`` [B, K]); the range is
+  checked when the targets are concrete, and under jit an out-of-range target scores NaN."""
+  if targets.shape != (batch,) or not jnp.issubdtype(targets.dtype, jnp.integer):
+    raise ValueError(f"targets must be int [B] = [{batch}] class indices, got "
+                     f"{describe(targets)}.")
+  if len(probs.shape) != 2 or probs.shape[0] != batch:
+    raise ValueError(f"score_fn must map [B, T] token arrays to probs [B, K] = [{batch}, K], "
+                     f"got {list(probs.shape)}; apply softmax to the logits inside score_fn.")
+  check_targets_in_range(targets, probs.shape[1])
 
 
 def top_k_count(num_removable: jax.Array, *, fraction: float = 0.2,
@@ -78,16 +90,16 @@ def text_average_drop(score_fn: TokenScoreFn, input_ids: jax.Array, saliency: ja
   """p(x) − p(x_masked) per example, with the top-K salient tokens replaced by [MASK].
 
   Returns f32[B]; positive when masking the salient tokens lowers the target probability.
+  Out-of-range targets raise when concrete and give NaN under jit (module docstring).
   """
-  if input_ids.shape != saliency.shape or input_ids.shape != removable.shape:
-    raise ValueError(f"input_ids {input_ids.shape}, saliency {saliency.shape} and removable "
-                     f"{removable.shape} must share the shape [B, T].")
+  input_ids, saliency, removable = map(jnp.asarray, (input_ids, saliency, removable))
+  targets = jnp.asarray(targets)
+  _check_token_arrays(input_ids=input_ids, saliency=saliency, removable=removable)
+  probs = score_fn(input_ids)
+  _check_targets(targets, probs, input_ids.shape[0])
   k = top_k_count(jnp.sum(removable, axis=-1), fraction=fraction, max_tokens=max_tokens)
   masked = jnp.where(top_tokens(saliency, removable, k), mask_id, input_ids)
-  rows = jnp.arange(input_ids.shape[0])
-  p = score_fn(input_ids)[rows, targets]
-  p_masked = score_fn(masked)[rows, targets]
-  return p - p_masked
+  return gather_target(probs, targets) - gather_target(score_fn(masked), targets)
 
 
 def fraction_counts(num_removable: jax.Array, num_fractions: int = 9) -> jax.Array:
@@ -184,9 +196,7 @@ def aopc_lodds(score_fn: SequenceScoreFn, input_ids: jax.Array, saliency: jax.Ar
   if not isinstance(num_fractions, (int, np.integer)) or num_fractions < 1:
     raise ValueError(f"num_fractions must be a positive Python int (static under jit), got "
                      f"{num_fractions!r}.")
-  if chunk_size is not None and (not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1):
-    raise ValueError(f"chunk_size must be None or a positive Python int (static under jit), got "
-                     f"{chunk_size!r}.")
+  chunk_size = check_chunk_size(chunk_size)
   input_ids, saliency, removable = map(jnp.asarray, (input_ids, saliency, removable))
   attention_mask, targets = jnp.asarray(attention_mask), jnp.asarray(targets)
   if token_type_ids is None:
@@ -194,16 +204,15 @@ def aopc_lodds(score_fn: SequenceScoreFn, input_ids: jax.Array, saliency: jax.Ar
   token_type_ids = jnp.asarray(token_type_ids)
   _check_token_arrays(input_ids=input_ids, saliency=saliency, removable=removable,
                       attention_mask=attention_mask, token_type_ids=token_type_ids)
-  if targets.shape != input_ids.shape[:1] or not jnp.issubdtype(targets.dtype, jnp.integer):
-    raise ValueError(f"targets must be int [B] = [{input_ids.shape[0]}] class indices, got "
-                     f"{_describe(targets)}.")
   if removable.dtype != jnp.bool_:
-    raise ValueError(f"removable must be bool [B, T], got {_describe(removable)}; e.g. "
+    raise ValueError(f"removable must be bool [B, T], got {describe(removable)}; e.g. "
                      "(attention_mask > 0) & ~special_tokens_mask.")
+  _check_targets(targets, jax.eval_shape(score_fn, input_ids, attention_mask, token_type_ids),
+                 input_ids.shape[0])
   return _aopc_lodds(score_fn, input_ids, saliency, removable, targets, attention_mask,
                      token_type_ids, mode=mode, replace_id=replace_id, pad_id=int(pad_id),
                      num_fractions=int(num_fractions), absolute=bool(absolute),
-                     eps=float(eps), chunk_size=None if chunk_size is None else int(chunk_size))
+                     eps=float(eps), chunk_size=chunk_size)
 
 
 # Jitted so that eager calls reuse the compiled scan for the same score_fn (a fresh lax.map
@@ -217,15 +226,10 @@ def _aopc_lodds(score_fn, input_ids, saliency, removable, targets, attention_mas
   removable = removable & (attention_mask > 0)
   rank = saliency_rank(saliency, removable)
   counts = fraction_counts(jnp.sum(removable, axis=-1), num_fractions)  # [B, k]
-  p = _gather_target(score_fn(input_ids, attention_mask, token_type_ids), targets)
+  p = gather_target(score_fn(input_ids, attention_mask, token_type_ids), targets)
 
   # Item j = k · B + example, k = 0 .. num_fractions − 1 (fraction g_{k+1}).
-  num_items = num_fractions * batch
-  chunk = num_items if chunk_size is None else min(chunk_size, num_items)
-  num_chunks = -(-num_items // chunk)
-
-  def score_chunk(start):
-    item = jnp.minimum(start + jnp.arange(chunk), num_items - 1)
+  def score_chunk(item):
     example = item % batch
     remove = rank[example] < counts[example, item // batch][:, None]
     ids, mask, types = input_ids[example], attention_mask[example], token_type_ids[example]
@@ -233,10 +237,10 @@ def _aopc_lodds(score_fn, input_ids, saliency, removable, targets, attention_mas
       ids, mask, types = delete_tokens(ids, mask, types, remove, pad_id=pad_id)
     else:
       ids = jnp.where(remove, jnp.asarray(replace_id, ids.dtype), ids)
-    return _gather_target(score_fn(ids, mask, types), targets[example])
+    return gather_target(score_fn(ids, mask, types), targets[example])
 
-  p_perturbed = jax.lax.map(score_chunk, jnp.arange(num_chunks) * chunk)
-  p_perturbed = p_perturbed.reshape(-1)[:num_items].reshape(num_fractions, batch)
+  p_perturbed = map_flat_index(score_chunk, num_fractions * batch, chunk_size)
+  p_perturbed = p_perturbed.reshape(num_fractions, batch)
   drop = p[None] - p_perturbed
   aopc = jnp.mean(jnp.abs(drop) if absolute else drop, axis=0)
   lodds = jnp.mean(jnp.log(jnp.maximum(p_perturbed, eps)) - jnp.log(jnp.maximum(p, eps))[None],

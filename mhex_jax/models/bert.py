@@ -32,7 +32,7 @@ Intermediate values, all keyed by layer name (``layer_00``, ``layer_01``, ... = 
   ``{"params": params, **p}`` to the function you differentiate. Flax requires every
   perturbation of the model to be present once the collection is passed.
 * ``"mhex"`` collection, ``layer_XX/mhex/features``: the saliency features A [B, T, d]
-  (``mhex_jax.explain.mhex.collect_blocks`` pairs them with the gate and head kernels).
+  (``models.mhex.collect_blocks`` pairs them with the gate and head kernels).
 
 Read them with ``model.apply(variables, ..., mutable=["attention", "hidden_states", "mhex"])``.
 """

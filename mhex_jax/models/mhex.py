@@ -14,7 +14,8 @@ returns the gated sum (the block's pre-activation output) and the head logits ``
 the saliency features ``A`` into the ``"mhex"`` collection for the explainers: the gated sum
 (CNN, SPEC §3), the ungated s + r (Transformers, SPEC §4: the sum the head's z averages, so
 mean_t E·A_t decomposes the head logit when the ReLU is inactive) or the gated shortcut.
-The product ``W @ P`` is the Equivalent Matrix (see ``mhex_jax.explain.mhex``).
+The product ``W @ P`` is the Equivalent Matrix (see ``mhex_jax.explain.equivalent_matrix``);
+``collect_blocks`` reads every module's W, P and A back from a forward pass.
 
 **In your own Flax model** (as ``resnet.py`` does), call the module once per block and use its
 output as the block's pre-activation sum; return every head's logits stacked:
@@ -45,7 +46,7 @@ output as the block's pre-activation sum; return every head's logits stacked:
           heads.append(logits)
         return jnp.stack(heads)                          # [L, B, K]; heads[-1] predicts
 
-    saliency = explain.mhex.mhex_saliency(model.apply, variables, images, targets).saliency
+    saliency = explain.equivalent_matrix.mhex_saliency(model, variables, images, targets).saliency
 
 That is all ``mhex_saliency`` needs (one forward pass, no gradients): each MHEX module sows
 its A under its module path and keeps W and P in ``params`` at the same path. Rules:
@@ -62,7 +63,8 @@ its A under its module path and keeps W and P in ``params`` at the same path. Ru
   need their eval value as default.
 """
 
-from typing import Any, Optional
+import re
+from typing import Any, NamedTuple, Optional
 
 import flax.linen as nn
 import jax
@@ -78,6 +80,11 @@ SALIENCY_FEATURES = ("sum", "ungated", "gated_shortcut")
 # Name of the collection that carries saliency features, and of the leaf inside it.
 COLLECTION = common.MHEX
 FEATURES = "features"
+# Names of the gate W and head P inside an MHEX module's params, and the paths of their kernels.
+GATE = "gate"
+HEAD = "head"
+GATE_KERNEL = (GATE, "kernel")
+HEAD_KERNEL = (HEAD, "kernel")
 
 
 def check_options(gate_init: str, gate_placement: str, saliency_features: str):
@@ -141,8 +148,8 @@ class MHEX(nn.Module):
                 masked_mean(residual.astype(jnp.float32), mask))
     kernel_init = (nn.initializers.zeros if self.gate_init == "identity"
                    else nn.initializers.lecun_normal())
-    a = nn.Dense(channels, use_bias=False, kernel_init=kernel_init, name="gate")(z)
-    logits = nn.Dense(self.num_classes, use_bias=False, name="head")(a)
+    a = nn.Dense(channels, use_bias=False, kernel_init=kernel_init, name=GATE)(z)
+    logits = nn.Dense(self.num_classes, use_bias=False, name=HEAD)(a)
     gate = nn.sigmoid(a)
     if self.gate_init == "identity":
       gate = 2.0 * gate
@@ -161,3 +168,56 @@ class MHEX(nn.Module):
     features = {"sum": out, "gated_shortcut": s, "ungated": ungated}[self.saliency_features]
     self.sow(COLLECTION, FEATURES, features)
     return out, logits
+
+
+class MHEXBlock(NamedTuple):
+  """One MHEX-equipped block: its gate and head kernels and its saliency features."""
+  name: str
+  gate_kernel: jax.Array  # W, [C, C] (in, out)
+  head_kernel: jax.Array  # P, [C, K] (in, out)
+  features: jax.Array  # A, [B, *spatial, C]
+
+
+def depth_order(name: str) -> list:
+  """Sort key of module paths with numbers compared as numbers: "Block_2/MHEX_0" comes before
+  "Block_10/MHEX_0" (flax's automatic names), and zero-padded names sort as strings do."""
+  return [int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", name))]
+
+
+def _at(tree: Any, path: tuple[str, ...]) -> Any:
+  for key in path:
+    tree = tree[key]
+  return tree
+
+
+def collect_blocks(params: Any, mhex_state: Any) -> list[MHEXBlock]:
+  """Pairs every sown MHEX feature map with its module's kernels, in depth order.
+
+  Args:
+    params: the model's ``params`` collection.
+    mhex_state: the ``"mhex"`` collection returned by ``apply(..., mutable=["mhex"])``.
+
+  Returns:
+    MHEX blocks sorted by module path, numbers compared as numbers (``depth_order``): the
+    mhex_jax backbones, and user models with flax's automatic names, name blocks so this is
+    depth order.
+  """
+  blocks = []
+
+  def visit(state, prm, path):
+    for key in state:
+      if key == FEATURES:
+        features = state[key]
+        if len(features) != 1:
+          raise ValueError(f"MHEX module {'/'.join(path)} sowed {len(features)} feature maps; "
+                           "pass variables without an 'mhex' collection to apply().")
+        blocks.append(MHEXBlock("/".join(path), _at(prm, GATE_KERNEL), _at(prm, HEAD_KERNEL),
+                                features[0]))
+      else:
+        visit(state[key], prm[key], path + (key,))
+
+  visit(mhex_state, params, ())
+  if not blocks:
+    raise ValueError("The model sowed no MHEX features: build an mhex_jax backbone with "
+                     "mhex=True, or call models.mhex.MHEX in the blocks of your own model.")
+  return sorted(blocks, key=lambda b: depth_order(b.name))

@@ -5,7 +5,7 @@ serves as the plain baseline. Both variants return logits stacked over heads:
 ``[num_heads, B, K]``; the prediction is always the last head (``logits[-1]``).
 
 Blocks are named ``block_00``, ``block_01``, ... in depth order, so the sown MHEX features
-sort by depth (``mhex_jax.explain.mhex`` relies on this).
+sort by depth (``models.mhex.collect_blocks`` relies on this).
 
 Feature maps for post-hoc explainers (``mhex_jax.explain.image``), named as in ``common.py``:
 every block's input ``block_XX/block_input`` and, when a pooled classifier exists, the map it pools

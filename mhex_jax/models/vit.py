@@ -11,7 +11,8 @@ averages); ``saliency_features="sum"`` sows the gated layer output instead. The 
 skip the class token (``mask`` is 0 there); the gate, a per-channel vector, still multiplies
 every token, class token included, so the stream stays one array. The sown saliency features
 keep the class token in row 0; ``tokens_to_grid`` drops it and reshapes patch tokens to the
-patch grid, where ``mhex_jax.explain.mhex.layer_cams`` and ``integrate_cams`` apply unchanged.
+patch grid, where ``explain.equivalent_matrix.layer_cams`` and ``integrate_cams`` apply
+unchanged.
 
 **Default gate: placement "branch", init "random"** (measured; options stay open). A gate on
 the shortcut or the sum multiplies the residual stream itself by σ(a) ≈ 0.5 in every layer;

@@ -20,11 +20,19 @@ of ``mhex_token_saliency`` and ``mhex_patch_saliency`` (chosen on validation dat
 ``route="none"`` gives SPEC §4 as written, and ``token_saliency`` keeps the reference's
 defaults. Options beside it: the layer set, per-position feature normalisation and
 class-contrastive weights (all measured in the README).
+
+The explainers take the convention of every method (``explain.registry``),
+``f(model, variables, inputs, targets, **options)``, inputs the images [B, H, W, C] or a text
+model's inputs dict: ``mhex_saliency`` (CNN), ``mhex_patch_saliency`` (ViT) and
+``mhex_token_saliency`` (text) return the map with its per-layer CAMs, logits and targets;
+``explanation`` picks one by model kind and ``mhex_maps`` returns its map alone. Their
+``targets=None`` explains the final head's prediction from the same forward pass. The MHEX
+blocks (W, P, A) come from ``models.mhex.collect_blocks``.
 """
 
 import functools
-import re
-from typing import Any, Callable, NamedTuple, Optional, Sequence
+from collections.abc import Mapping
+from typing import Any, NamedTuple, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -33,58 +41,14 @@ import numpy as np
 from mhex_jax.errors import ConfigError
 from mhex_jax.explain import attribution
 from mhex_jax.explain import transformer
+from mhex_jax.explain.maps import normalize_maps
 from mhex_jax.models import common
 from mhex_jax.models import mhex as mhex_lib
+from mhex_jax.models import vit as vit_lib
+from mhex_jax.models.mhex import MHEXBlock
 
 FEATURE_NORMS = ("none", "centre", "layer_norm")
 ROUTES = ("none", "attention")
-
-
-class MHEXBlock(NamedTuple):
-  """One MHEX-equipped block: its gate and head kernels and its saliency features."""
-  name: str
-  gate_kernel: jax.Array  # W, [C, C] (in, out)
-  head_kernel: jax.Array  # P, [C, K] (in, out)
-  features: jax.Array  # A, [B, *spatial, C]
-
-
-def depth_order(name: str) -> list:
-  """Sort key of module paths with numbers compared as numbers: "Block_2/MHEX_0" comes before
-  "Block_10/MHEX_0" (flax's automatic names), and zero-padded names sort as strings do."""
-  return [int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", name))]
-
-
-def collect_blocks(params: Any, mhex_state: Any) -> list[MHEXBlock]:
-  """Pairs every sown MHEX feature map with its module's kernels, in depth order.
-
-  Args:
-    params: the model's ``params`` collection.
-    mhex_state: the ``"mhex"`` collection returned by ``apply(..., mutable=["mhex"])``.
-
-  Returns:
-    MHEX blocks sorted by module path, numbers compared as numbers (``depth_order``): the
-    mhex_jax backbones, and user models with flax's automatic names, name blocks so this is
-    depth order.
-  """
-  blocks = []
-
-  def visit(state, prm, path):
-    for key in state:
-      if key == mhex_lib.FEATURES:
-        features = state[key]
-        if len(features) != 1:
-          raise ValueError(f"MHEX module {'/'.join(path)} sowed {len(features)} feature maps; "
-                           "pass variables without an 'mhex' collection to apply().")
-        blocks.append(MHEXBlock("/".join(path), prm["gate"]["kernel"], prm["head"]["kernel"],
-                                features[0]))
-      else:
-        visit(state[key], prm[key], path + (key,))
-
-  visit(mhex_state, params, ())
-  if not blocks:
-    raise ValueError("The model sowed no MHEX features: build an mhex_jax backbone with "
-                     "mhex=True, or call models.mhex.MHEX in the blocks of your own model.")
-  return sorted(blocks, key=lambda b: depth_order(b.name))
 
 
 def equivalent_matrix(gate_kernel: jax.Array, head_kernel: jax.Array) -> jax.Array:
@@ -135,7 +99,7 @@ def target_rows(gate_kernel: jax.Array, head_kernel: jax.Array,
   return (gate_kernel.astype(jnp.float32) @ head_columns).T
 
 
-def block_weights(block: "MHEXBlock", targets: jax.Array, *, contrastive: bool = False,
+def block_weights(block: MHEXBlock, targets: jax.Array, *, contrastive: bool = False,
                   tau_pos: float = 0.0, tau_neg: float = 0.0, beta_pos: float = 1.0,
                   beta_neg: float = 0.0) -> jax.Array:
   """``class_weights`` of one block's Equivalent Matrix. The contrast and the sharpness filter
@@ -250,22 +214,6 @@ def integrate_cams(cams: Sequence[jax.Array], out_size: Sequence[int],
   return jnp.einsum("bHv,Wv->bHW", jnp.concatenate(rows, axis=-1), columns, precision=highest)
 
 
-def normalize_maps(maps: jax.Array, mask: Optional[jax.Array] = None) -> jax.Array:
-  """Per-example min–max normalisation of [B, ...] maps; constant maps become zeros.
-
-  With a boolean ``mask`` (same shape), the min and max are taken over masked-in positions
-  only and masked-out positions are 0 (padding and special tokens).
-  """
-  axes = tuple(range(1, maps.ndim))
-  if mask is None:
-    mask = jnp.ones(maps.shape, bool)
-  low = jnp.min(jnp.where(mask, maps, jnp.inf), axis=axes, keepdims=True)
-  high = jnp.max(jnp.where(mask, maps, -jnp.inf), axis=axes, keepdims=True)
-  span = high - low
-  ok = mask & (span > 0)
-  return jnp.where(ok, (maps - jnp.where(ok, low, 0.0)) / jnp.where(ok, span, 1.0), 0.0)
-
-
 def layer_weights(num_layers: int, layers: Optional[Sequence[int]],
                   alpha: float) -> list[float]:
   """Weights of per-layer token maps: 1 on ``layers`` (e.g. the first 3); None or () is the
@@ -339,25 +287,32 @@ class Forward(NamedTuple):
   attentions: Optional[list[jax.Array]]  # per-layer f32[B, H, T, T] when asked for
 
 
-def forward_blocks(apply_fn: Callable[..., Any], variables: Any, inputs: Sequence[jax.Array],
+def forward_blocks(model: Any, variables: Any, inputs: Sequence[jax.Array],
                    targets: Optional[jax.Array], *, attention: bool = False) -> Forward:
-  """One eval-mode forward pass; ``targets=None`` explains the predicted class, and
-  ``attention=True`` also returns the attention probabilities of a Transformer.
+  """One eval-mode forward pass of ``model.apply(variables, *inputs)``; ``targets=None``
+  explains the final head's prediction, and ``attention=True`` also returns the attention
+  probabilities of a Transformer.
 
-  ``apply_fn`` is called with ``train=False`` unless it is the ``apply`` of a module whose
-  ``__call__`` takes no ``train``; it may return per-head logits [L, B, K] or logits [B, K]
-  (``attribution.eval_mode_kwargs``, ``attribution.final_logits``).
+  The model is called with ``train=False`` unless its ``__call__`` takes no ``train``; it may
+  return per-head logits [L, B, K] or logits [B, K] (``attribution.eval_mode_kwargs``,
+  ``attribution.final_logits``).
   """
   collections = [mhex_lib.COLLECTION] + ([common.ATTENTION] if attention else [])
   variables = common.strip_state(variables)
-  head_logits, state = apply_fn(variables, *inputs, **attribution.eval_mode_kwargs(apply_fn),
-                                mutable=collections)
+  head_logits, state = model.apply(variables, *inputs,
+                                   **attribution.eval_mode_kwargs(model.apply),
+                                   mutable=collections)
   logits = attribution.final_logits(head_logits)
   if targets is None:
     targets = jnp.argmax(logits, axis=-1)
-  blocks = collect_blocks(variables["params"], state.get(mhex_lib.COLLECTION, {}))
+  blocks = mhex_lib.collect_blocks(variables["params"], state.get(mhex_lib.COLLECTION, {}))
   attentions = common.attention_probs(state) if attention else None
   return Forward(blocks, logits, jnp.asarray(targets, jnp.int32), attentions)
+
+
+def _check_images(images: jax.Array):
+  if images.ndim != 4:
+    raise ValueError(f"images must be [B, H, W, C], got shape {images.shape}.")
 
 
 class Saliency(NamedTuple):
@@ -367,27 +322,26 @@ class Saliency(NamedTuple):
   targets: jax.Array  # int32[B]
 
 
-def mhex_saliency(apply_fn: Callable[..., Any], variables: Any, images: jax.Array,
+def mhex_saliency(model: Any, variables: Any, images: jax.Array,
                   targets: Optional[jax.Array] = None, *, alpha: float = 0.9,
                   tau_pos: float = 0.0, tau_neg: float = 0.0, beta_pos: float = 1.0,
                   beta_neg: float = 0.0) -> Saliency:
   """MHEX image saliency of a CNN from one forward pass (no gradients).
 
   Args:
-    apply_fn: the model's ``apply`` (e.g. ``ResNet(...).apply``, or that of your own model
-      whose blocks call ``models.mhex.MHEX``, see its docstring); called in eval mode.
+    model: the Flax module (e.g. ``ResNet(mhex=True)``, or your own model whose blocks call
+      ``models.mhex.MHEX``, see its docstring); called in eval mode.
     variables: {"params", maybe "batch_stats"} of an MHEX model.
     images: f32[B, H, W, C] normalised inputs.
-    targets: int[B] classes to explain; None explains the predicted class.
+    targets: int[B] classes to explain; None explains the final head's prediction.
     alpha, tau_pos, tau_neg, beta_pos, beta_neg: SPEC §3 options (see ``class_weights``);
       the image default keeps positive evidence only.
 
   Returns:
     ``Saliency`` with the integrated map [B, H, W], per-block maps, logits and targets.
   """
-  if images.ndim != 4:
-    raise ValueError(f"images must be [B, H, W, C], got shape {images.shape}.")
-  forward = forward_blocks(apply_fn, variables, (images,), targets)
+  _check_images(images)
+  forward = forward_blocks(model, variables, (images,), targets)
   cams = layer_cams(forward.blocks, forward.targets, tau_pos=tau_pos, tau_neg=tau_neg,
                     beta_pos=beta_pos, beta_neg=beta_neg)
   saliency = normalize_maps(integrate_cams(cams, images.shape[1:3], alpha))
@@ -401,10 +355,9 @@ class TokenSaliency(NamedTuple):
   targets: jax.Array  # int32[B]
 
 
-def mhex_token_saliency(apply_fn: Callable[..., Any], variables: Any, input_ids: jax.Array,
-                        attention_mask: jax.Array, token_type_ids: Optional[jax.Array],
-                        token_mask: jax.Array, targets: Optional[jax.Array] = None, *,
-                        route: str = "attention", layers: Optional[Sequence[int]] = (0,),
+def mhex_token_saliency(model: Any, variables: Any, inputs: Mapping[str, jax.Array],
+                        targets: Optional[jax.Array] = None, *, route: str = "attention",
+                        layers: Optional[Sequence[int]] = (0,),
                         feature_norm: str = "layer_norm", beta_neg: float = -1.0,
                         **options) -> TokenSaliency:
   """MHEX token saliency of a text Transformer from one forward pass (SPEC §4).
@@ -415,12 +368,12 @@ def mhex_token_saliency(apply_fn: Callable[..., Any], variables: Any, input_ids:
   ``route="none", layers=(0, 1, 2), feature_norm="none"`` (signed row of E, ungated u + v).
 
   Args:
-    apply_fn: the model's ``apply``; called as ``apply_fn(v, input_ids, attention_mask,
-      token_type_ids, train=False)``.
-    variables: an MHEX model's variables.
-    input_ids, attention_mask, token_type_ids: int[B, T] model inputs.
-    token_mask: bool[B, T], True on tokens that may get saliency (not padding or special).
-    targets: int[B] or None for the predicted class.
+    model: an MHEX text model (``BERT(mhex=True)``), called as ``model.apply(v, input_ids,
+      attention_mask, token_type_ids, train=False)``.
+    variables: its variables.
+    inputs: {"input_ids", "attention_mask", "special_tokens_mask", maybe "token_type_ids"},
+      [B, T] each. Saliency goes to the attended tokens that are not special (the token mask).
+    targets: int[B] or None for the final head's prediction.
     route: "attention": every valid token's CAM, special tokens included, is carried back to
       the input tokens through the attention (``route_cams``); "none": SPEC §4.
     layers: layers summed with weight 1; None or () is the α-decay over all layers.
@@ -428,8 +381,19 @@ def mhex_token_saliency(apply_fn: Callable[..., Any], variables: Any, input_ids:
     beta_neg: −1 is the signed row of E (SPEC §4); 0 keeps positive evidence only.
     **options: alpha and the ``class_weights`` options (contrastive, tau_pos, tau_neg,
       beta_pos).
+
+  Returns:
+    ``TokenSaliency``: the map normalised over the token mask (0 elsewhere), the raw
+    per-layer maps, logits and targets.
   """
-  forward = forward_blocks(apply_fn, variables, (input_ids, attention_mask, token_type_ids),
+  missing = {"input_ids", "attention_mask", "special_tokens_mask"} - set(inputs)
+  if missing:
+    raise ValueError(f"MHEX token saliency needs inputs {sorted(missing)} as well; got keys "
+                     f"{sorted(inputs)}.")
+  attention_mask = inputs["attention_mask"]
+  token_mask = (attention_mask > 0) & ~inputs["special_tokens_mask"].astype(bool)
+  forward = forward_blocks(model, variables, (inputs["input_ids"], attention_mask,
+                                              inputs.get("token_type_ids")),
                            targets, attention=route != "none")
   saliency, cams = token_saliency(forward.blocks, forward.targets, token_mask, route=route,
                                   attentions=forward.attentions,
@@ -438,12 +402,11 @@ def mhex_token_saliency(apply_fn: Callable[..., Any], variables: Any, input_ids:
   return TokenSaliency(saliency, cams, forward.logits, forward.targets)
 
 
-def mhex_patch_saliency(apply_fn: Callable[..., Any], variables: Any, images: jax.Array,
-                        targets: Optional[jax.Array] = None, *, patch_size: Sequence[int],
-                        class_token: bool = True, layers: Optional[Sequence[int]] = (-1,),
-                        alpha: float = 0.9, route: str = "attention",
-                        feature_norm: str = "layer_norm", beta_neg: float = -1.0,
-                        **options) -> Saliency:
+def mhex_patch_saliency(model: Any, variables: Any, images: jax.Array,
+                        targets: Optional[jax.Array] = None, *,
+                        layers: Optional[Sequence[int]] = (-1,), alpha: float = 0.9,
+                        route: str = "attention", feature_norm: str = "layer_norm",
+                        beta_neg: float = -1.0, **options) -> Saliency:
   """MHEX image saliency of a ViT: patch-token maps on the patch grid, resized to the image.
 
   The defaults were chosen on held-out validation images (README, "MHEX on Transformers"): the
@@ -455,12 +418,11 @@ def mhex_patch_saliency(apply_fn: Callable[..., Any], variables: Any, images: ja
   often the background.
 
   Args:
-    apply_fn, variables: an MHEX ViT's ``apply`` and variables.
+    model: an MHEX ``ViT``; its ``grid_size`` is the patch grid and, with ``class_token``,
+      token 0 gets no saliency and (the heads averaging patch tokens only) is not routed.
+    variables: its variables.
     images: f32[B, H, W, C].
-    targets: int[B] or None for the predicted class.
-    patch_size: (ph, pw) of the model; the grid is (H / ph, W / pw).
-    class_token: whether token 0 is a class token (it gets no saliency and, the heads
-      averaging patch tokens only, is not routed).
+    targets: int[B] or None for the final head's prediction.
     layers: layers summed with weight 1; None or () is the α-decay over all layers.
     route: "attention" (``route_cams``) or "none" (SPEC §4).
     feature_norm: see ``normalize_features``.
@@ -470,9 +432,9 @@ def mhex_patch_saliency(apply_fn: Callable[..., Any], variables: Any, images: ja
   Returns:
     ``Saliency`` with the image map [B, H, W] and raw per-layer grid maps [B, gh, gw].
   """
-  if images.ndim != 4:
-    raise ValueError(f"images must be [B, H, W, C], got shape {images.shape}.")
-  forward = forward_blocks(apply_fn, variables, (images,), targets, attention=route != "none")
+  _check_images(images)
+  class_token = bool(model.class_token)
+  forward = forward_blocks(model, variables, (images,), targets, attention=route != "none")
   patches = jnp.ones(forward.blocks[0].features.shape[:2], bool)
   if class_token:
     patches = patches.at[:, 0].set(False)
@@ -481,10 +443,30 @@ def mhex_patch_saliency(apply_fn: Callable[..., Any], variables: Any, images: ja
                     feature_norm=feature_norm, beta_neg=beta_neg, **options)
   if class_token:
     cams = [c[:, 1:] for c in cams]
-  grid = (images.shape[1] // patch_size[0], images.shape[2] // patch_size[1])
-  cams = [c.reshape(c.shape[0], *grid) for c in cams]
+  cams = [c.reshape(c.shape[0], *model.grid_size) for c in cams]
   weights = layer_weights(len(cams), layers, alpha)
   total = sum(w * c for w, c in zip(weights, cams))
   # One resize: every layer of a ViT shares the patch grid.
   saliency = normalize_maps(integrate_cams([total], images.shape[1:3], alpha=1.0))
   return Saliency(saliency, cams, forward.logits, forward.targets)
+
+
+def explanation(model: Any, variables: Any, inputs: Union[jax.Array, Mapping[str, jax.Array]],
+                targets: Optional[jax.Array] = None,
+                **options) -> Union[Saliency, TokenSaliency]:
+  """The MHEX explanation of any MHEX model: ``mhex_token_saliency`` of a text model (inputs
+  the dict), ``mhex_patch_saliency`` of a ViT, ``mhex_saliency`` of a CNN (inputs the
+  images). ``targets=None`` explains the prediction of the same forward pass, and the result's
+  ``targets`` says which classes those were."""
+  if isinstance(inputs, Mapping):
+    return mhex_token_saliency(model, variables, inputs, targets, **options)
+  if isinstance(model, vit_lib.ViT):
+    return mhex_patch_saliency(model, variables, inputs, targets, **options)
+  return mhex_saliency(model, variables, inputs, targets, **options)
+
+
+def mhex_maps(model: Any, variables: Any, inputs: Union[jax.Array, Mapping[str, jax.Array]],
+              targets: Optional[jax.Array] = None, **options) -> jax.Array:
+  """The explainer convention, ``(model, variables, inputs, targets, **options) -> maps``:
+  the ``saliency`` of ``explanation``, images f32[B, H, W] or tokens f32[B, T] in [0, 1]."""
+  return explanation(model, variables, inputs, targets, **options).saliency
