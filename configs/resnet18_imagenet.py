@@ -18,7 +18,8 @@ from mhex_jax import config_lib
 def get_config(arg=None):
   config_lib.check_arg(arg, ("quick",))
   config = config_lib.base_config()
-  config.model.name = "resnet18"
+  config.model_name = "resnet18"
+  config.model = config_lib.resnet_model()
   config.model.stem = "imagenet"
   config.model.last_stage_stride = 1
   config.model.dtype = "bfloat16"

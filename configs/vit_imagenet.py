@@ -1,5 +1,5 @@
 r"""MHEX-ViT-B/16 on ImageNet (tfds ``imagenet2012`` as array_record), optionally from a local
-Hugging Face ViT checkpoint (``--config.model.hf_checkpoint=DIR``, e.g. google/vit-base-patch16-224
+Hugging Face ViT checkpoint (``--config.model_init=DIR``, e.g. google/vit-base-patch16-224
 saved with ``save_pretrained``).
 
     python train.py --config=configs/vit_imagenet.py --config.data.data_dir=DIR \
@@ -25,20 +25,10 @@ from mhex_jax import config_lib
 def get_config(arg=None):
   config_lib.check_arg(arg, ("quick",))
   config = config_lib.base_config()
-  config.model.name = "vit"
-  config.model.hf_checkpoint = ""
-  config.model.new_head = True
-  config.model.input_channels = 3
-  config.model.image_size = 224
-  config.model.patch_size = 16
-  config.model.hidden_size = 768
-  config.model.num_layers = 12
-  config.model.num_heads = 12
-  config.model.intermediate_size = 3072
-  config.model.class_token = True
-  config.model.patch_stem = "linear"
-  config.model.hidden_dropout = 0.0
-  config.model.attention_dropout = 0.0
+  config.model_name = "vit"
+  config.model = config_lib.vit_model()  # ViT-B/16 at 224 px, linear patch stem, no dropout.
+  config.model_init = ""
+  config.model_load.new_head = True
   # A gate on the MLP branch, starting at exactly 1: the residual stream is never shrunk.
   config.model.gate_placement = "branch"
   config.model.gate_init = "identity"
