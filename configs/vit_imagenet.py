@@ -7,7 +7,8 @@ saved with ``save_pretrained``).
 
 Hardware: TPU v3-8 or 8 GPUs; not run by this project (no accelerator here).
 
-``:quick`` is a tiny MHEX-ViT (convolutional patch stem to a 4-pixel patch grid, 4 layers,
+``:quick``, as in every config, is a small model on the built-in synthetic shapes that trains
+on a CPU to a measured result: here a tiny MHEX-ViT (convolutional patch stem to a 4-pixel patch grid, 4 layers,
 width 64) on 16,000 built-in synthetic shapes (flips and crops), 3,000 steps of batch 64:
 
     python train.py --config=configs/vit_imagenet.py:quick --workdir=runs/vit_quick
