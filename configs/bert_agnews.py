@@ -6,7 +6,7 @@ r"""MHEX-BERT fine-tuned on AG News (default weights: all-MiniLM-L6-v2 from its 
         --config.data.path=../shared/data/agnews/agnews.csv --workdir=runs/agnews_mhex
 
 ``:plain`` trains the plain classifier (pooler + dense) with the same recipe. Any local BERT
-checkpoint (config.json + model.safetensors + vocab) via ``--config.model.hf_checkpoint=DIR``
+checkpoint (config.json + model.safetensors + vocab) via ``--config.model_init=DIR``
 (and ``--config.data.tokenizer_dir=DIR``). Without ``data.eval_path`` the CSV is split 80/20,
 stratified by class, deterministically from ``data.split_seed``.
 
@@ -34,14 +34,15 @@ def get_config(arg=None):
   from mhex_jax.weights import hf_import  # Locates the MiniLM package directory.
   minilm = str(hf_import.minilm_checkpoint_dir())
   config = config_lib.base_config()
-  config.model.name = "bert"
-  config.model.hf_checkpoint = minilm
+  config.model_name = "bert"
+  config.model = config_lib.bert_model()  # Architecture: model_init's config.json.
+  config.model_init = minilm
+  config.model_load.new_head = True  # MiniLM has no classifier: the plain model gets a new one.
   config.model.num_classes = 4
   config.model.mhex = arg != "plain"
-  # The gate starts at exactly 1 so the pretrained layers are unchanged at step 0.
+  # The gate (always on the sum u + v in BERT) starts at exactly 1 so the pretrained layers are
+  # unchanged at step 0.
   config.model.gate_init = "identity"
-  config.model.gate_placement = "sum"
-  config.model.new_head = True  # MiniLM has no classifier: the plain model gets a new one.
   config.model.hidden_dropout = 0.1
   config.model.attention_dropout = 0.1
 

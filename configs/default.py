@@ -17,7 +17,8 @@ from mhex_jax import config_lib
 def get_config(arg=None):
   config_lib.check_arg(arg, ())
   config = config_lib.base_config()
-  config.model.name = "resnet18"
+  config.model_name = "resnet18"
+  config.model = config_lib.resnet_model()
   config.model.num_classes = 4
   config.model.width = 16
   config.model.stem = "small"

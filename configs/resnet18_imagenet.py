@@ -9,7 +9,13 @@ ImageNet tarballs and TensorFlow for that one step). ``last_stage_stride=1`` giv
 
 Hardware: a TPU v3-8 or 8 GPUs (batch 1024, 90 epochs). Expected result: MHEX-ResNet-18 ≈ 70.6%
 top-1 as reported by the reference implementation (SPEC §8); not measured by this project, which
-has no accelerator. ``:quick`` shrinks everything so one step runs on a CPU against tfds mock data.
+has no accelerator.
+
+``:quick``, as in every config, is a small model on the built-in synthetic shapes that trains on
+a CPU to a measured result: here the run of ``configs/default.py`` (MHEX-ResNet-18 width 16,
+small-image stem, 32 px, 1,000 steps of batch 64; 2-core CPU, 4–9 min, test accuracy 0.996):
+
+    python train.py --config=configs/resnet18_imagenet.py:quick --workdir=runs/resnet18_quick
 """
 
 from mhex_jax import config_lib
@@ -18,7 +24,8 @@ from mhex_jax import config_lib
 def get_config(arg=None):
   config_lib.check_arg(arg, ("quick",))
   config = config_lib.base_config()
-  config.model.name = "resnet18"
+  config.model_name = "resnet18"
+  config.model = config_lib.resnet_model()
   config.model.stem = "imagenet"
   config.model.last_stage_stride = 1
   config.model.dtype = "bfloat16"
@@ -29,11 +36,31 @@ def get_config(arg=None):
   config.train.weight_decay = 1e-4
   config.train.label_smoothing = 0.1
   if arg == "quick":
-    config.model.width = 8
+    # The CPU-sized run of configs/default.py: ResNet-18 width 16, small-image stem, on the
+    # built-in synthetic shapes at 32 px.
+    config.model.num_classes = 4
+    config.model.width = 16
+    config.model.stem = "small"
+    config.model.last_stage_stride = 2
     config.model.dtype = "float32"
-    config.data.image_size = 64
-    config.train.batch_size = 8
-    config.train.num_epochs = 1
-    config.eval.batch_size = 8
-    config.eval.num_explain = 8
+    config.data.name = "synthetic"
+    config.data.image_size = 32
+    config.data.num_train = 8000
+    config.data.num_eval = 1000
+    config.data.eval_split = "test"  # "val": another held-out stream, for choosing options.
+    config.data.train_split = "train"
+    config.data.mean = (0.5, 0.5, 0.5)
+    config.data.std = (0.25, 0.25, 0.25)
+    config.train.batch_size = 64
+    config.train.num_epochs = 8
+    config.train.learning_rate = 0.05
+    config.train.warmup_epochs = 1.0
+    config.train.weight_decay = 5e-4
+    config.train.label_smoothing = 0.0
+    config.train.log_every_steps = 25
+    config.train.checkpoint_every_steps = 250
+    config.eval.batch_size = 256
+    config.eval.num_explain = 1000
+    config.eval.deletion_steps = 20
+    config.eval.pointing_tolerance = 1
   return config

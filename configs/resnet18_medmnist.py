@@ -21,7 +21,8 @@ from mhex_jax import config_lib
 def get_config(arg=None):
   config_lib.check_arg(arg, ("plain",))
   config = config_lib.base_config()
-  config.model.name = "resnet18"
+  config.model_name = "resnet18"
+  config.model = config_lib.resnet_model()
   config.model.num_classes = 2
   config.model.input_channels = 1
   # Half the standard width (32 → 256 channels): 4× fewer FLOPs, so a run fits a 2-core CPU.

@@ -1,5 +1,5 @@
 r"""MHEX-ViT-B/16 on ImageNet (tfds ``imagenet2012`` as array_record), optionally from a local
-Hugging Face ViT checkpoint (``--config.model.hf_checkpoint=DIR``, e.g. google/vit-base-patch16-224
+Hugging Face ViT checkpoint (``--config.model_init=DIR``, e.g. google/vit-base-patch16-224
 saved with ``save_pretrained``).
 
     python train.py --config=configs/vit_imagenet.py --config.data.data_dir=DIR \
@@ -7,7 +7,8 @@ saved with ``save_pretrained``).
 
 Hardware: TPU v3-8 or 8 GPUs; not run by this project (no accelerator here).
 
-``:quick`` is a tiny MHEX-ViT (convolutional patch stem to a 4-pixel patch grid, 4 layers,
+``:quick``, as in every config, is a small model on the built-in synthetic shapes that trains
+on a CPU to a measured result: here a tiny MHEX-ViT (convolutional patch stem to a 4-pixel patch grid, 4 layers,
 width 64) on 16,000 built-in synthetic shapes (flips and crops), 3,000 steps of batch 64:
 
     python train.py --config=configs/vit_imagenet.py:quick --workdir=runs/vit_quick
@@ -25,20 +26,10 @@ from mhex_jax import config_lib
 def get_config(arg=None):
   config_lib.check_arg(arg, ("quick",))
   config = config_lib.base_config()
-  config.model.name = "vit"
-  config.model.hf_checkpoint = ""
-  config.model.new_head = True
-  config.model.input_channels = 3
-  config.model.image_size = 224
-  config.model.patch_size = 16
-  config.model.hidden_size = 768
-  config.model.num_layers = 12
-  config.model.num_heads = 12
-  config.model.intermediate_size = 3072
-  config.model.class_token = True
-  config.model.patch_stem = "linear"
-  config.model.hidden_dropout = 0.0
-  config.model.attention_dropout = 0.0
+  config.model_name = "vit"
+  config.model = config_lib.vit_model()  # ViT-B/16 at 224 px, linear patch stem, no dropout.
+  config.model_init = ""
+  config.model_load.new_head = True
   # A gate on the MLP branch, starting at exactly 1: the residual stream is never shrunk.
   config.model.gate_placement = "branch"
   config.model.gate_init = "identity"

@@ -27,13 +27,14 @@ def check_arg(arg, allowed: tuple) -> None:
 _POSITIVE_INTS = ("train.batch_size", "train.num_epochs", "train.log_every_steps",
                   "train.checkpoint_every_steps", "train.keep_checkpoints", "eval.batch_size",
                   "eval.num_explain", "eval.deletion_steps", "eval.deletion_chunk_size",
-                  "model.num_classes", "model.input_channels")
+                  "model.num_classes", "model.input_channels", "model.num_channels")
 _NON_NEGATIVE = ("train.warmup_epochs", "train.weight_decay", "train.momentum",
                  "eval.first_example", "eval.num_gallery", "eval.collaboration_examples",
                  "eval.pointing_tolerance", "data.num_train", "data.num_eval")
 _UNIT_INTERVAL = ("eval.mhex.alpha", "train.label_smoothing")
 # Fields with a fixed set of values (the modules that read them accept the same).
-_CHOICES = {"train.optimizer": ("sgd", "adamw"), "train.schedule": ("cosine", "constant"),
+_CHOICES = {"model_name": ("resnet18", "resnet34", "resnet50", "bert", "vit"),
+            "train.optimizer": ("sgd", "adamw"), "train.schedule": ("cosine", "constant"),
             "train.resume": ("check", "force"), "eval.targets": ("predicted", "labels"),
             "eval.replacement_token": ("pad", "mask"),
             "data.name": ("synthetic", "medmnist", "imagenet", "text"),
@@ -158,21 +159,15 @@ def base_config() -> ml_collections.ConfigDict:
   config.seed = 0
   config.num_devices = placeholder(int)  # None: all devices.
 
+  # The model: config.model_name's class built with config.model as its constructor arguments
+  # (``mhex_jax.models.create_model``); each config sets both, from ``resnet_model``,
+  # ``bert_model`` or ``vit_model``. model_init: a Hugging Face checkpoint directory (BERT, ViT)
+  # whose config.json gives the architecture and whose weights replace the fresh ones;
+  # model_load: options of that import (new_head: a fresh classifier for a plain model).
+  config.model_name = ""
   config.model = ml_collections.ConfigDict()
-  config.model.name = "resnet18"
-  config.model.num_classes = 2
-  config.model.input_channels = 3
-  config.model.width = 64
-  config.model.stem = "imagenet"
-  config.model.last_stage_stride = 2
-  config.model.mhex = True
-  config.model.mhex_stages = placeholder(tuple)  # None: all.
-  config.model.gate_init = "random"
-  config.model.gate_placement = "shortcut"
-  # None: the model's own default, the gated sum for a CNN (SPEC §3), the ungated sum for a
-  # Transformer (SPEC §4).
-  config.model.saliency_features = placeholder(str)
-  config.model.dtype = "float32"
+  config.model_init = ""
+  config.model_load = ml_collections.ConfigDict({"new_head": False})
 
   config.data = ml_collections.ConfigDict()
   config.data.name = "synthetic"
@@ -252,6 +247,37 @@ def base_config() -> ml_collections.ConfigDict:
       "embedding_integrated_gradients": {"steps": 32, "chunk_size": 16},
   })
   return config
+
+
+def resnet_model() -> ml_collections.ConfigDict:
+  """``ResNet`` constructor arguments (``models/resnet.py``) at their defaults, for model_name
+  "resnet18", "resnet34" or "resnet50" (the name gives the depth)."""
+  return ml_collections.ConfigDict({
+      "num_classes": 2, "input_channels": 3, "width": 64, "stem": "imagenet",
+      "last_stage_stride": 2, "mhex": True,
+      "mhex_stages": placeholder(tuple),  # None: all.
+      "gate_init": "random", "gate_placement": "shortcut", "saliency_features": "sum",
+      "dtype": "float32"})
+
+
+def bert_model() -> ml_collections.ConfigDict:
+  """``BERT`` constructor arguments (``models/bert.py``) other than the architecture and the
+  dropout rates, which are BERT-base's unless set here or read from ``config.model_init``'s
+  config.json."""
+  return ml_collections.ConfigDict({
+      "num_classes": 2, "mhex": True, "gate_init": "random", "saliency_features": "ungated",
+      "dtype": "float32"})
+
+
+def vit_model() -> ml_collections.ConfigDict:
+  """``ViT`` constructor arguments (``models/vit.py``): ViT-B/16 at 224 px. With
+  ``config.model_init`` set, the architecture fields must match its config.json."""
+  return ml_collections.ConfigDict({
+      "num_classes": 2, "image_size": 224, "patch_size": 16, "num_channels": 3,
+      "hidden_size": 768, "num_layers": 12, "num_heads": 12, "intermediate_size": 3072,
+      "class_token": True, "patch_stem": "linear", "hidden_dropout": 0.0,
+      "attention_dropout": 0.0, "mhex": True, "gate_init": "random",
+      "gate_placement": "branch", "saliency_features": "ungated", "dtype": "float32"})
 
 
 def use_imagenet(config: ml_collections.ConfigDict, mean, std) -> None:

@@ -36,6 +36,7 @@ from mhex_jax import config_lib
 from mhex_jax import errors
 from mhex_jax import files
 from mhex_jax import input_pipeline
+from mhex_jax import model_lib
 from mhex_jax import models
 from mhex_jax import plotting
 from mhex_jax import sharding as sharding_lib
@@ -91,7 +92,7 @@ def check_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> Non
   optimizer may differ)."""
   if not (files.workdir_path(workdir) / "config.json").exists():
     return  # Not written by train.py (or before it saved configs): nothing to compare.
-  diffs = config_lib.differences(load_workdir_config(workdir), config, ("model",))
+  diffs = config_lib.differences(load_workdir_config(workdir), config, ("model_name", "model", "model_init"))
   if diffs:
     raise config_lib.ConfigError(
         f"The config builds another model than the one {workdir} was trained with: "
@@ -106,7 +107,7 @@ def load_scorer(config: ml_collections.ConfigDict, dummy_inputs, mesh):
     raise errors.ConfigError(f"The scorer in {config.eval.scorer_workdir} has "
                              f"{scorer_config.model.num_classes} classes, the explained model "
                              f"{config.model.num_classes}; score with a classifier of the same task.")
-  scorer = models.create_model(scorer_config.model)
+  scorer = model_lib.create_model(scorer_config)
   return scorer, restore_variables(scorer_config, config.eval.scorer_workdir, scorer,
                                    dummy_inputs, mesh)
 
@@ -416,7 +417,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   mesh = sharding_lib.make_mesh(config.get("num_devices"))
   config_lib.validate(config, mesh.shape[sharding_lib.DATA_AXIS])
   files.check_workdir(workdir, must_exist=True)
-  model = models.create_model(config.model)
+  model = model_lib.create_model(config)
   methods = method_names(config.eval, model)
   check_workdir_config(config, workdir)
   _, eval_ds = input_pipeline.get_datasets(config.data, config.model.num_classes,

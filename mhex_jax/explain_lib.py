@@ -30,6 +30,7 @@ from PIL import Image
 from mhex_jax import eval_lib
 from mhex_jax import files
 from mhex_jax import input_pipeline
+from mhex_jax import model_lib
 from mhex_jax import models
 from mhex_jax import plotting
 from mhex_jax import sharding as sharding_lib
@@ -129,7 +130,7 @@ class Run:
 
   @property
   def channels(self) -> int:
-    return int(self.config.model.input_channels)
+    return model_lib.image_channels(self.model)
 
   def _fit_box(self, height: int, width: int, fit: str) -> tuple[float, float, float, float]:
     """(left, top, right, bottom) of the original image that the model input covers."""
@@ -261,13 +262,13 @@ def load(workdir: str, config: Optional[ml_collections.ConfigDict] = None) -> Ru
   """A ``Run`` of ``workdir``'s latest checkpoint, with the config saved there (or ``config``)."""
   if config is None:
     config = eval_lib.load_workdir_config(workdir)
-  model = models.create_model(config.model)
+  model = model_lib.create_model(config)
   mesh = sharding_lib.make_mesh(1)
   if registry.is_text_model(model):
     dummy = tuple(np.zeros((1, config.data.max_len), np.int32) for _ in range(3))
   else:
     dummy = (np.zeros((1, config.data.image_size, config.data.image_size,
-                       config.model.input_channels), np.float32),)
+                       model_lib.image_channels(model)), np.float32),)
   variables = eval_lib.restore_variables(config, workdir, model, dummy, mesh)
   return Run(config, model, variables, workdir)
 

@@ -31,7 +31,7 @@ from mhex_jax import errors
 from mhex_jax import files
 from mhex_jax import input_pipeline
 from mhex_jax import metric_writers
-from mhex_jax import models
+from mhex_jax import model_lib
 from mhex_jax import sharding as sharding_lib
 
 
@@ -94,30 +94,6 @@ def create_train_state(model: nn.Module, optimizer, dummy_inputs: tuple,
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     batch_stats=variables.get("batch_stats", {}),
                     opt_state=optimizer.init(params))
-
-
-def load_pretrained(config: ml_collections.ConfigDict, state: TrainState, optimizer,
-                    seed: int) -> TrainState:
-  """Replaces fresh parameters with those of ``config.hf_checkpoint`` (BERT or ViT).
-
-  MHEX gates and heads (and a new classifier when ``config.new_head``) keep fresh values.
-  """
-  from mhex_jax import weights  # Only pretrained Transformers need the importer.
-  load = {"bert": weights.load_bert, "vit": weights.load_vit}.get(config.name)
-  if load is None:
-    raise errors.ConfigError(f"model.hf_checkpoint is set but model.name={config.name!r} has no "
-                             "Hugging Face import; use 'bert' or 'vit'.")
-  _, variables = load(config.hf_checkpoint, num_classes=config.num_classes, mhex=config.mhex,
-                      new_head=config.get("new_head", False), seed=seed,
-                      gate_init=config.gate_init)
-  params = jax.tree.map(jnp.asarray, variables["params"])
-  expected = jax.tree.structure(state.params)
-  if jax.tree.structure(params) != expected:
-    raise errors.WeightsError(
-        f"The parameters imported from {config.hf_checkpoint} do not match the "
-        "model built from the config; check model.* options against the "
-        "checkpoint's config.json.")
-  return state.replace(params=params, opt_state=optimizer.init(params))
 
 
 def head_weights(config: ml_collections.ConfigDict, num_heads: int) -> jax.Array:
@@ -243,7 +219,7 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str) -> None:
   may_change = _RESUME_MAY_CHANGE
   if not config.data.get("class_names"):
     may_change += ("data.class_names",)  # Names the data define (CSV labels) were saved.
-  diffs = config_lib.differences(saved, config, ("seed", "model", "data", "train"),
+  diffs = config_lib.differences(saved, config, ("seed", "model_name", "model", "model_init", "model_load", "data", "train"),
                                  may_change)
   if diffs and mode == "force":
     logging.warning("Resuming %s with a changed config (train.resume=force): %s", workdir,
@@ -384,7 +360,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   files.check_workdir(workdir)
   if checkpoints_lib.has_steps(workdir):
     check_resume(config, workdir)  # Before any data is read.
-  model = models.create_model(config.model)
+  model = model_lib.create_model(config)  # Before any data is read: a bad model fails fast.
   train_ds, eval_ds = input_pipeline.get_datasets(config.data, config.model.num_classes)
   found = getattr(train_ds, "class_names", None)
   if found and not config.data.get("class_names"):
@@ -400,8 +376,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   total_steps = config.train.num_epochs * steps_per_epoch
   optimizer = create_optimizer(config.train, steps_per_epoch)
   state = create_train_state(model, optimizer, train_ds.dummy_inputs(), config.seed)
-  if config.model.get("hf_checkpoint"):
-    state = load_pretrained(config.model, state, optimizer, config.seed)
+  if config.get("model_init"):
+    params = model_lib.load_pretrained(config, model, state.params)
+    state = state.replace(params=params, opt_state=optimizer.init(params))
   num_heads = len(jax.eval_shape(model.apply, state.variables, *train_ds.dummy_inputs()))
   weights = head_weights(config.train, num_heads)
   train_step = jit_train_step(make_train_step(model, optimizer, weights,
@@ -416,7 +393,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   lr_fn = create_learning_rate(config.train, steps_per_epoch)
   stop = total_steps if max_steps is None else min(total_steps, max_steps)
   logging.info("Training %s for %d steps (%d per epoch) on %d devices; starting at step %d.",
-               config.model.name, total_steps, steps_per_epoch, mesh.size, step)
+               config.model_name, total_steps, steps_per_epoch, mesh.size, step)
 
   # ``accumulated``: the metrics since the last log line, ``unchecked``: since the last
   # finiteness check (device arrays, fetched only when logged or saved).

@@ -44,7 +44,7 @@ MEDMNIST = ("--config=configs/resnet18_medmnist.py", "--config.model.width=8",
             "--config.train.batch_size=8", "--config.train.num_epochs=1",
             "--config.eval.batch_size=8", *SMALL_EVAL)
 # configs/bert_agnews.py on a 1-layer BERT written by ``_tiny_bert`` (14 words, width 8).
-TEXT = ("--config=configs/bert_agnews.py", "--config.model.hf_checkpoint={files}/bert",
+TEXT = ("--config=configs/bert_agnews.py", "--config.model_init={files}/bert",
         "--config.data.tokenizer_dir={files}/bert", "--config.data.class_names=()",
         "--config.model.num_classes=2", "--config.data.max_len=16",
         "--config.train.batch_size=8", "--config.train.num_epochs=1",
@@ -108,8 +108,9 @@ CASES = (
     _config("data_name_typo", "`data.name=medmist`", ["--config.data.name=medmist"],
             "data.name='medmist' must be one of 'synthetic', 'medmnist', 'imagenet', 'text' "
             "(did you mean 'medmnist'?)"),
-    _config("model_name_typo", "`model.name=resnet19`", ["--config.model.name=resnet19"],
-            "Unknown model.name='resnet19'"),
+    _config("model_name_typo", "`model_name=resnet19`", ["--config.model_name=resnet19"],
+            "model_name='resnet19' must be one of 'resnet18', 'resnet34', 'resnet50', 'bert', "
+            "'vit' (did you mean 'resnet18'?)"),
     _config("config_argument_typo", "`--config=configs/resnet18_medmnist.py:plian`", [],
             "Unknown config argument 'plian'; this config takes 'plain'",
             base=("--config=configs/resnet18_medmnist.py:plian",)),

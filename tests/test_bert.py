@@ -12,6 +12,7 @@ import transformers
 
 from conftest import max_abs_diffs, randomise_torch_model
 from mhex_jax import config_lib
+from mhex_jax import model_lib
 from mhex_jax import models
 from mhex_jax import weights
 from mhex_jax.explain import equivalent_matrix
@@ -226,9 +227,11 @@ def test_bad_inputs_are_named():
 
 
 def test_create_model_and_training_mode(classifier_dir):
-  config = config_lib.base_config().model
-  config.name, config.num_classes, config.hf_checkpoint = "bert", 3, str(classifier_dir)
-  model = models.create_model(config)
+  config = config_lib.base_config()
+  config.model_name, config.model_init = "bert", str(classifier_dir)
+  config.model = config_lib.bert_model()
+  config.model.num_classes = 3
+  model = model_lib.create_model(config)
   loaded, variables = weights.load_bert(classifier_dir, num_classes=3, gate_init="random")
   assert model == loaded
   ids, mask, types = (jnp.asarray(x, jnp.int32) for x in _batch())

@@ -16,7 +16,7 @@ from damage import DAMAGES, damage
 from mhex_jax import checkpoints
 from mhex_jax import errors
 from mhex_jax import eval_lib
-from mhex_jax import models
+from mhex_jax import model_lib
 from mhex_jax import sharding as sharding_lib
 from mhex_jax import train_lib
 from test_train import DUMMY, tiny_config
@@ -74,7 +74,7 @@ def _assert_equal(a, b):
 
 
 def _restore(config, workdir):
-  model = models.create_model(config.model)
+  model = model_lib.create_model(config)
   return eval_lib.restore_variables(config, str(workdir), model, DUMMY,
                                     sharding_lib.make_mesh())
 

@@ -1,7 +1,11 @@
 """Bad config values are refused before any data is read or anything compiles, naming the
 field, its value and what it must be; the entry points print the message without a traceback."""
 
+import importlib
 import os
+import pathlib
+import subprocess
+import sys
 import time
 
 import pytest
@@ -9,6 +13,7 @@ import pytest
 from configs import default
 from mhex_jax import config_lib
 from mhex_jax import eval_lib
+from mhex_jax import models
 from mhex_jax import train_lib
 
 
@@ -106,3 +111,37 @@ def test_rerun_with_a_changed_config_is_refused_unless_forced(tmp_path):
   assert train_lib.train_and_evaluate(same, workdir)["step"] == 4
   changed.train.resume = "force"
   assert train_lib.train_and_evaluate(changed, workdir)["step"] == 8  # 8 steps of 8 per epoch.
+
+
+# Each model built from a config with a key its class does not take, through train_and_evaluate
+# (where configs become models): the error names the key, the model and the allowed keys.
+@pytest.mark.parametrize("model_name,config_name,key", [
+    ("resnet18", "default", "bogus"), ("resnet34", "default", "patch_size"),
+    ("resnet50", "resnet18_imagenet", "bogus"), ("bert", "bert_agnews", "stem"),
+    ("vit", "vit_imagenet", "width"), ("vit", "vit_imagenet", "input_channels"),
+])
+def test_a_stray_model_key_is_named_with_the_allowed_ones(tmp_path, model_name, config_name,
+                                                         key):
+  config = importlib.import_module(f"configs.{config_name}").get_config()
+  config.model_name = model_name
+  config.model[key] = 999
+  allowed = ", ".join(models.model_arguments(model_name))
+  with pytest.raises(config_lib.ConfigError,
+                     match=rf"model\.{key} is not an argument of {model_name} \(\w+\): remove "
+                           rf"model\.{key}; its arguments are {allowed}\.$"):
+    train_lib.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+def test_train_py_names_a_stray_model_flag(tmp_path):
+  """train.py's own flag parser refuses --config.model.bogus=1, naming the model's fields."""
+  root = pathlib.Path(__file__).resolve().parents[1]
+  result = subprocess.run(
+      [sys.executable, str(root / "train.py"), "--config=configs/vit_imagenet.py:quick",
+       "--config.model.bogus=1", f"--workdir={tmp_path / 'run'}"],
+      cwd=root, capture_output=True, text=True, timeout=120,
+      env={**os.environ, "PYTHONPATH": str(root), "JAX_PLATFORMS": "cpu"})
+  assert result.returncode != 0
+  assert ("Unknown config field model.bogus. The fields of model are: attention_dropout, "
+          "class_token, dtype,") in result.stderr, result.stderr[-2000:]
+  assert not (tmp_path / "run").exists()

@@ -13,7 +13,7 @@ from configs import bert_agnews
 from configs import default
 from mhex_jax import errors
 from mhex_jax import eval_lib
-from mhex_jax import models
+from mhex_jax import model_lib
 from mhex_jax import train_lib
 from mhex_jax.explain import registry
 
@@ -74,7 +74,7 @@ def test_image_comparison_runs_every_method(image_workdirs):
   workdir = image_workdirs["mhex"]
   config = _fast_eval(_image_config(), "all")
   report = eval_lib.evaluate(config, workdir)
-  model = models.create_model(config.model)
+  model = model_lib.create_model(config)
   assert list(report["methods"]) == list(registry.available(model))
   assert "mhex" in report["methods"] and "grad_cam" in report["methods"]
   for name, results in report["methods"].items():
@@ -111,7 +111,7 @@ def test_plain_model_comparison_has_no_mhex(image_workdirs):
 
 def test_mhex_options_and_variants_are_checked():
   config = _image_config()
-  model = models.create_model(config.model)
+  model = model_lib.create_model(config)
   config.eval.mhex.beta_neg = -1.0
   assert eval_lib.method_options(config, model, "mhex") == {"beta_neg": -1.0}
   config.eval.variants = {"mhex_wide": {"alpha": 0.5}}
@@ -127,7 +127,7 @@ def test_mhex_options_and_variants_are_checked():
   config.eval.mhex.route = "attention"
   with pytest.raises(ValueError, match=r"\['route'\] apply to Transformer token maps only"):
     eval_lib.method_options(config, model, "mhex")
-  plain = models.create_model(_image_config(mhex=False).model)
+  plain = model_lib.create_model(_image_config(mhex=False))
   config.eval.variants = {"mhex_wide": {"alpha": 0.5}}
   with pytest.raises(ValueError, match="model is plain"):
     eval_lib.method_names(config.eval, plain)
@@ -196,7 +196,7 @@ def _text_config(tmp_path, mhex=True):
   (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
 
   config = bert_agnews.get_config("plain" if not mhex else None)
-  config.model.hf_checkpoint = ""
+  config.model_init = ""
   config.model.num_classes = 2
   for field, value in dict(vocab_size=len(VOCAB), hidden_size=16, num_layers=3, num_heads=2,
                            intermediate_size=24, max_positions=32).items():
@@ -220,7 +220,7 @@ def test_text_comparison_report_and_html(tmp_path, mhex, methods):
   workdir = str(tmp_path / "run")
   train_lib.train_and_evaluate(config, workdir)
   report = eval_lib.evaluate(_fast_eval(config, methods), workdir)
-  model = models.create_model(config.model)
+  model = model_lib.create_model(config)
   expected = (list(registry.available(model)) + list(config.eval.variants)
               if methods == "all" else methods.split(","))
   assert list(report["methods"]) == expected

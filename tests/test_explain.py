@@ -16,7 +16,7 @@ import pytest
 
 from mhex_jax import eval_lib
 from mhex_jax import explain_lib
-from mhex_jax import models
+from mhex_jax import model_lib
 from mhex_jax import train_lib
 from mhex_jax.data import synthetic
 from mhex_jax.explain import registry
@@ -32,7 +32,7 @@ def test_fitting_then_mapping_back_gives_the_image_again(fit, shape):
   recovers the original inside the covered box (up to resampling) and 0 outside."""
   config = _image_config()
   config.data.mean, config.data.std = (0.0,), (1.0,)
-  run = explain_lib.Run(config, models.create_model(config.model), None, "")
+  run = explain_lib.Run(config, model_lib.create_model(config), None, "")
   y, x = np.mgrid[:shape[0], :shape[1]]
   smooth = (127 + 100 * np.sin(y / 9.0) * np.cos(x / 7.0)).astype(np.uint8)
   image = np.repeat(smooth[..., None], shape[2], axis=-1)

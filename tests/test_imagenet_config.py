@@ -9,7 +9,7 @@ import tensorflow_datasets as tfds
 from configs import resnet18_imagenet
 from configs import vit_imagenet
 from mhex_jax import input_pipeline
-from mhex_jax import models
+from mhex_jax import model_lib
 from mhex_jax import sharding as sharding_lib
 from mhex_jax import train_lib
 
@@ -39,7 +39,7 @@ def test_full_imagenet_config_train_step(tmp_path, config_module, num_heads):
   dummy = (np.zeros((1, 224, 224, 3), np.float32),)
 
   def train_step(config):
-    model = models.create_model(config.model)
+    model = model_lib.create_model(config)
     optimizer = train_lib.create_optimizer(config.train, steps_per_epoch=1)
     step = train_lib.jit_train_step(
         train_lib.make_train_step(model, optimizer, jnp.ones((num_heads,)), 0.1), mesh)
@@ -51,11 +51,11 @@ def test_full_imagenet_config_train_step(tmp_path, config_module, num_heads):
   head_logits = jax.eval_shape(model.apply, abstract.variables, jnp.zeros((1, 224, 224, 3)))
   assert head_logits.shape == (num_heads, 1, 1000)  # One MHEX head per block / layer.
   num_params = sum(np.prod(x.shape) for x in jax.tree.leaves(abstract.params))
-  assert num_params > (11e6 if config.model.name == "resnet18" else 86e6)
+  assert num_params > (11e6 if config.model_name == "resnet18" else 86e6)
   lowered = step.lower(abstract, jax.eval_shape(lambda: batch))
   assert "stablehlo" in lowered.as_text()[:10000]
 
-  for field, value in NARROW[config.model.name].items():
+  for field, value in NARROW[config.model_name].items():
     config.model[field] = value
   model, optimizer, step = train_step(config)
   state = train_lib.create_train_state(model, optimizer, dummy, config.seed)

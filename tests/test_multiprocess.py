@@ -17,7 +17,7 @@ import pytest
 
 from configs import default
 from mhex_jax import eval_lib
-from mhex_jax import models
+from mhex_jax import model_lib
 from mhex_jax import sharding as sharding_lib
 from mhex_jax import train_lib
 
@@ -132,7 +132,7 @@ def test_two_process_training_and_evaluation_match_one_process(tmp_path):
   multi_train = json.loads((tmp_path / "multi" / "train_result.json").read_text())
 
   assert multi_train["step"] == single_train["step"] == 24
-  model = models.create_model(config.model)
+  model = model_lib.create_model(config)
   dummy = (np.zeros((1, 16, 16, 3), np.float32),)
   mesh = sharding_lib.make_mesh(4)
   a, b = (eval_lib.restore_variables(config, w, model, dummy, mesh)

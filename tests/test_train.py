@@ -14,7 +14,7 @@ import pytest
 
 from configs import default
 from mhex_jax import checkpoints
-from mhex_jax import models
+from mhex_jax import model_lib
 from mhex_jax import sharding as sharding_lib
 from mhex_jax import train_lib
 
@@ -49,7 +49,7 @@ def test_deep_supervision_loss_by_hand():
 
 
 def _one_step(config, mesh, state, batch):
-  model = models.create_model(config.model)
+  model = model_lib.create_model(config)
   optimizer = train_lib.create_optimizer(config.train, steps_per_epoch=4)
   step = train_lib.jit_train_step(
       train_lib.make_train_step(model, optimizer, jnp.ones((8,))), mesh)
@@ -60,7 +60,7 @@ def _one_step(config, mesh, state, batch):
 def test_sharded_step_equals_single_device_step():
   assert jax.device_count() == 8, "tests/conftest.py should give 8 CPU devices"
   config = tiny_config()
-  model = models.create_model(config.model)
+  model = model_lib.create_model(config)
   optimizer = train_lib.create_optimizer(config.train, steps_per_epoch=4)
   state = train_lib.create_train_state(model, optimizer, DUMMY, seed=0)
   rng = np.random.default_rng(0)
@@ -85,7 +85,7 @@ def test_sharded_step_equals_single_device_step():
 
 def _load_params(workdir, config):
   from mhex_jax import eval_lib
-  model = models.create_model(config.model)
+  model = model_lib.create_model(config)
   return eval_lib.restore_variables(config, workdir, model, DUMMY, sharding_lib.make_mesh())
 
 
@@ -130,7 +130,7 @@ def test_labels_out_of_range_are_rejected(tmp_path):
 
 def test_wrong_channel_count_is_rejected():
   config = tiny_config()
-  model = models.create_model(config.model)
+  model = model_lib.create_model(config)
   with pytest.raises(ValueError, match="expects 3 input channels"):
     model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 1)))
   with pytest.raises(ValueError, match=r"\[B, H, W, C\]"):
@@ -141,11 +141,11 @@ def test_unknown_model_options_are_rejected():
   config = tiny_config()
   config.model.gate_init = "ones"
   with pytest.raises(ValueError, match="gate_init='ones'"):
-    models.create_model(config.model).init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+    model_lib.create_model(config).init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
   config = tiny_config()
-  config.model.name = "resnet19"
+  config.model_name = "resnet19"
   with pytest.raises(ValueError, match="resnet19"):
-    models.create_model(config.model)
+    model_lib.create_model(config)
 
 
 def _signal_config():
@@ -261,7 +261,7 @@ def test_non_finite_loss_stops_with_a_true_message_and_saves_nothing_non_finite(
   else:
     assert "No checkpoint was saved" in message
   template = train_lib.create_train_state(
-      models.create_model(config.model),
+      model_lib.create_model(config),
       train_lib.create_optimizer(config.train, steps_per_epoch=4), DUMMY, config.seed)
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), template)
   for step in steps:

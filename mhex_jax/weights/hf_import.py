@@ -386,10 +386,70 @@ def _init_params(model, seed: int, *input_shapes: jax.ShapeDtypeStruct) -> Any:
   return model.lazy_init(jax.random.key(seed), *input_shapes, mutable=["params"])["params"]
 
 
+def _load_bert_params(model: bert_lib.BERT, params: Any, checkpoint_dir,
+                      new_head: bool) -> Any:
+  tensors = _canonical_keys(_read_tensors(checkpoint_dir), "bert.")
+  mhex = model.mhex
+
+  def skip(key):
+    # Buffers, pre-training heads, and the heads an MHEX model replaces.
+    return (key.endswith("position_ids") or key.startswith("cls.") or
+            ((mhex or new_head) and key.startswith("classifier.")) or
+            (mhex and key.startswith("pooler.")))
+
+  return _fill_params(params, _bert_mapping(model, new_head), tensors, skip, new_head,
+                      f"{checkpoint_dir} into BERT(mhex={mhex})")
+
+
+def _load_vit_params(model: vit_lib.ViT, params: Any, checkpoint_dir, new_head: bool) -> Any:
+  tensors = _canonical_keys(_read_tensors(checkpoint_dir), "vit.")
+  mhex = model.mhex
+
+  def skip(key):
+    return (key.startswith("pooler.") or
+            ((mhex or new_head) and key.startswith("classifier.")) or
+            (mhex and key.startswith("layernorm.")))
+
+  return _fill_params(params, _vit_mapping(model, new_head), tensors, skip, new_head,
+                      f"{checkpoint_dir} into ViT(mhex={mhex})")
+
+
+# model_name → reader of its constructor arguments from a checkpoint's config.json.
+ARCHITECTURE_READERS = {"bert": bert_config_from_hf, "vit": vit_config_from_hf}
+
+
+def load(model, init_params: Any, checkpoint_dir: str | os.PathLike, *,
+         new_head: bool = False) -> Any:
+  """``init_params`` of an already built ``BERT`` or ``ViT`` with a Hugging Face checkpoint's
+  weights in place (big_vision's ``load(init_params, checkpoint, ...)``).
+
+  Args:
+    model: the model ``init_params`` belong to, built with the checkpoint's architecture
+      (``bert_config_from_hf`` / ``vit_config_from_hf``).
+    init_params: its freshly initialised parameters; the MHEX gates and heads (and a new
+      classifier with ``new_head``) keep these values.
+    checkpoint_dir: holds ``config.json`` and ``model.safetensors``.
+    new_head: plain model only: keep the fresh classifier instead of importing one.
+
+  Returns:
+    The parameters, same tree as ``init_params``. Every missing, left-over, mis-shaped or
+    non-finite checkpoint tensor is reported in one WeightsError.
+  """
+  if isinstance(model, bert_lib.BERT):
+    return _load_bert_params(model, init_params, checkpoint_dir, new_head)
+  if isinstance(model, vit_lib.ViT):
+    return _load_vit_params(model, init_params, checkpoint_dir, new_head)
+  raise WeightsError(f"Hugging Face checkpoints load into BERT or ViT, not "
+                     f"{type(model).__name__}; build the model with model_name 'bert' or 'vit'.")
+
+
 def load_bert(checkpoint_dir: str | os.PathLike, *, num_classes: int, mhex: bool = True,
               new_head: bool = False, seed: int = 0,
               **model_options) -> tuple[bert_lib.BERT, dict[str, Any]]:
-  """A ``BERT`` and its variables from a Hugging Face BERT checkpoint directory.
+  """A ``BERT`` built from a Hugging Face BERT checkpoint directory, and its variables.
+
+  A convenience for notebooks and tests: builds the model from ``config.json``, initialises it
+  and calls ``load``; training builds the model from its config once and calls ``load``.
 
   Args:
     checkpoint_dir: holds ``config.json`` and ``model.safetensors``.
@@ -407,23 +467,13 @@ def load_bert(checkpoint_dir: str | os.PathLike, *, num_classes: int, mhex: bool
                  model_options)
   tokens = jax.ShapeDtypeStruct((1, 2), jnp.int32)
   params = _init_params(model, seed, tokens, tokens)
-  tensors = _canonical_keys(_read_tensors(checkpoint_dir), "bert.")
-
-  def skip(key):
-    # Buffers, pre-training heads, and the heads an MHEX model replaces.
-    return (key.endswith("position_ids") or key.startswith("cls.") or
-            ((mhex or new_head) and key.startswith("classifier.")) or
-            (mhex and key.startswith("pooler.")))
-
-  params = _fill_params(params, _bert_mapping(model, new_head), tensors, skip, new_head,
-                        f"{checkpoint_dir} into BERT(mhex={mhex})")
-  return model, {"params": params}
+  return model, {"params": load(model, params, checkpoint_dir, new_head=new_head)}
 
 
 def load_vit(checkpoint_dir: str | os.PathLike, *, num_classes: int, mhex: bool = True,
              new_head: bool = False, seed: int = 0,
              **model_options) -> tuple[vit_lib.ViT, dict[str, Any]]:
-  """A ``ViT`` and its variables from a Hugging Face ViT checkpoint directory.
+  """A ``ViT`` built from a Hugging Face ViT checkpoint directory, and its variables.
 
   Args and returns as ``load_bert``; an MHEX model also skips the final LayerNorm, and the
   ``ViTModel`` pooler is always skipped. ``model_options`` are e.g. gate_init, gate_placement,
@@ -435,13 +485,4 @@ def load_vit(checkpoint_dir: str | os.PathLike, *, num_classes: int, mhex: bool 
       config["image_size"])
   images = jax.ShapeDtypeStruct((1, height, width, config["num_channels"]), jnp.float32)
   params = _init_params(model, seed, images)
-  tensors = _canonical_keys(_read_tensors(checkpoint_dir), "vit.")
-
-  def skip(key):
-    return (key.startswith("pooler.") or
-            ((mhex or new_head) and key.startswith("classifier.")) or
-            (mhex and key.startswith("layernorm.")))
-
-  params = _fill_params(params, _vit_mapping(model, new_head), tensors, skip, new_head,
-                        f"{checkpoint_dir} into ViT(mhex={mhex})")
-  return model, {"params": params}
+  return model, {"params": load(model, params, checkpoint_dir, new_head=new_head)}
