@@ -35,7 +35,7 @@ from mhex_jax import checkpoints
 from mhex_jax import config_lib
 from mhex_jax import errors
 from mhex_jax import files
-from mhex_jax import input_pipeline
+from mhex_jax.data import input_pipeline
 from mhex_jax import model_lib
 from mhex_jax import models
 from mhex_jax import plotting

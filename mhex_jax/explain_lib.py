@@ -29,7 +29,7 @@ from PIL import Image
 
 from mhex_jax import eval_lib
 from mhex_jax import files
-from mhex_jax import input_pipeline
+from mhex_jax.data import input_pipeline
 from mhex_jax import model_lib
 from mhex_jax import models
 from mhex_jax import plotting

@@ -29,7 +29,7 @@ from mhex_jax import checkpoints as checkpoints_lib
 from mhex_jax import config_lib
 from mhex_jax import errors
 from mhex_jax import files
-from mhex_jax import input_pipeline
+from mhex_jax.data import input_pipeline
 from mhex_jax import metric_writers
 from mhex_jax import model_lib
 from mhex_jax import sharding as sharding_lib

@@ -8,7 +8,7 @@ import tensorflow_datasets as tfds
 
 from configs import resnet18_imagenet
 from configs import vit_imagenet
-from mhex_jax import input_pipeline
+from mhex_jax.data import input_pipeline
 from mhex_jax import model_lib
 from mhex_jax import sharding as sharding_lib
 from mhex_jax import train_lib

@@ -140,7 +140,7 @@ def test_augmented_batches_do_not_depend_on_the_process_count(monkeypatch, augme
   """Two processes' rows, one block after the other, give the one-process batch, augmentation
   included,
   and starting at batch k gives the epoch's batches from k on."""
-  from mhex_jax import input_pipeline
+  from mhex_jax.data import input_pipeline
   from mhex_jax.data import synthetic
   arrays = synthetic.make_split(24, image_size=16, seed=0)
   dataset = input_pipeline.InMemoryDataset(arrays, 4, (0.5,), (0.25,), augment)
@@ -178,7 +178,7 @@ def _medmnist_config(path, **overrides):
 @pytest.mark.parametrize("num_classes, warned", [(10, True), (9, True), (8, False), (4, False)])
 def test_get_datasets_warns_when_labels_use_few_of_num_classes(tmp_path, monkeypatch,
                                                                num_classes, warned):
-  from mhex_jax import input_pipeline
+  from mhex_jax.data import input_pipeline
   path = tmp_path / "four_classes.npz"
   images = np.zeros((8, 28, 28), np.uint8)
   np.savez(path, train_images=images, train_labels=np.arange(8)[:, None] % 4,
@@ -207,7 +207,7 @@ def test_get_datasets_warns_when_labels_use_few_of_num_classes(tmp_path, monkeyp
 ])
 def test_synthetic_data_errors_name_the_field(overrides, match):
   from mhex_jax import config_lib
-  from mhex_jax import input_pipeline
+  from mhex_jax.data import input_pipeline
   config = config_lib.base_config().data
   config.update(dict(num_train=8, num_eval=4, image_size=16), **overrides)
   with pytest.raises(ValueError, match=match):

@@ -563,7 +563,7 @@ def test_agnews_default_config_unchanged(minilm_dir):
 def test_get_datasets_carries_class_names(tmp_path, minilm_dir, monkeypatch):
   from absl import flags
   from ml_collections import config_flags
-  from mhex_jax import input_pipeline
+  from mhex_jax.data import input_pipeline
   config_file = pathlib.Path(__file__).resolve().parents[1] / "configs" / "bert_agnews.py"
   flag_values = flags.FlagValues()
   config_flags.DEFINE_config_file("config", flag_values=flag_values)
@@ -584,7 +584,7 @@ def test_get_datasets_carries_class_names(tmp_path, minilm_dir, monkeypatch):
 
 
 def test_get_datasets_warns_when_labels_use_few_of_num_classes(tmp_path, tiny_dir, monkeypatch):
-  from mhex_jax import input_pipeline
+  from mhex_jax.data import input_pipeline
   path = _write(tmp_path, "".join(f'"{1 + i % 2}","the cat","sat"\n' for i in range(10)))
   messages = []
   monkeypatch.setattr(input_pipeline.logging, "warning",
