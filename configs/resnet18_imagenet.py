@@ -23,6 +23,8 @@ from mhex_jax import config_lib
 
 def get_config(arg=None):
   config_lib.check_arg(arg, ("quick",))
+  if arg == "quick":
+    return config_lib.synthetic_resnet18()
   config = config_lib.base_config()
   config.model_name = "resnet18"
   config.model = config_lib.resnet_model()
@@ -35,32 +37,4 @@ def get_config(arg=None):
   config.train.warmup_epochs = 5.0
   config.train.weight_decay = 1e-4
   config.train.label_smoothing = 0.1
-  if arg == "quick":
-    # The CPU-sized run of configs/default.py: ResNet-18 width 16, small-image stem, on the
-    # built-in synthetic shapes at 32 px.
-    config.model.num_classes = 4
-    config.model.width = 16
-    config.model.stem = "small"
-    config.model.last_stage_stride = 2
-    config.model.dtype = "float32"
-    config.data.name = "synthetic"
-    config.data.image_size = 32
-    config.data.num_train = 8000
-    config.data.num_eval = 1000
-    config.data.eval_split = "test"  # "val": another held-out stream, for choosing options.
-    config.data.train_split = "train"
-    config.data.mean = (0.5, 0.5, 0.5)
-    config.data.std = (0.25, 0.25, 0.25)
-    config.train.batch_size = 64
-    config.train.num_epochs = 8
-    config.train.learning_rate = 0.05
-    config.train.warmup_epochs = 1.0
-    config.train.weight_decay = 5e-4
-    config.train.label_smoothing = 0.0
-    config.train.log_every_steps = 25
-    config.train.checkpoint_every_steps = 250
-    config.eval.batch_size = 256
-    config.eval.num_explain = 1000
-    config.eval.deletion_steps = 20
-    config.eval.pointing_tolerance = 1
   return config
