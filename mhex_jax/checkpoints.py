@@ -284,3 +284,21 @@ def disk_full_error(directory, step: int, last_complete: Optional[int]) -> Check
       f"No space left on the device holding {directory}{free} while saving the checkpoint of "
       f"step {step}; {kept}. Free some space (or lower train.keep_checkpoints, or use a "
       "--workdir on a larger disk) and rerun the same command to resume.")
+
+
+def restore_variables(workdir: files.PathLike, model, dummy_inputs, sharding) -> dict[str, Any]:
+  """{"params", "batch_stats"} of the latest intact checkpoint in ``workdir``, placed with
+  ``sharding`` (evaluation: replicated); nothing else is read (not the optimizer state)."""
+  directory = checkpoint_dir(workdir)
+  checkpoints = manager(workdir, create=False) if directory.exists() else None
+  if checkpoints is None or checkpoints.latest_step() is None:
+    raise CheckpointError(f"No checkpoint in {directory}; train first: python train.py "
+                          f"--config=... --workdir={workdir}")
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), *dummy_inputs))
+  target = {k: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                            variables.get(k, {}))
+            for k in ("params", "batch_stats")}
+  restored = restore(checkpoints, {VARIABLES: target})
+  checkpoints.close()
+  logging.info("Restored %s at step %d.", workdir, restored.step)
+  return {"params": {}, "batch_stats": {}, **restored.items[VARIABLES]}

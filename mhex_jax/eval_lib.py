@@ -53,28 +53,6 @@ TEXT_METRICS = text_metrics.SUITE_METRICS
 LOWER_IS_BETTER = ("classic_average_drop", "deletion_auc", "lodds", "lodds_replacement")
 
 
-def restore_variables(config: ml_collections.ConfigDict, workdir: str, model, dummy_inputs,
-                      mesh) -> dict[str, Any]:
-  """{"params", "batch_stats"} of the latest intact checkpoint in ``workdir``, replicated on
-  ``mesh``; nothing else is read (not the optimizer state)."""
-  directory = checkpoints.checkpoint_dir(workdir)
-  manager = checkpoints.manager(workdir, create=False) if directory.exists() else None
-  if manager is None or manager.latest_step() is None:
-    raise errors.CheckpointError(
-        f"No checkpoint in {directory}; train first: python train.py --config=... "
-        f"--workdir={workdir}")
-  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), *dummy_inputs))
-  replicated = sharding_lib.replicated(mesh)
-  target = {k: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                                           sharding=replicated),
-                            variables.get(k, {}))
-            for k in ("params", "batch_stats")}
-  restored = checkpoints.restore(manager, {checkpoints.VARIABLES: target})
-  manager.close()
-  logging.info("Restored %s at step %d.", workdir, restored.step)
-  return {"params": {}, "batch_stats": {}, **restored.items[checkpoints.VARIABLES]}
-
-
 def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a workdir was trained with (``train.py`` writes ``WORKDIR/config.json``)."""
   path = files.workdir_path(workdir) / "config.json"
@@ -108,8 +86,8 @@ def load_scorer(config: ml_collections.ConfigDict, dummy_inputs, mesh):
                              f"{scorer_config.model.num_classes} classes, the explained model "
                              f"{config.model.num_classes}; score with a classifier of the same task.")
   scorer = model_lib.create_model(scorer_config)
-  return scorer, restore_variables(scorer_config, config.eval.scorer_workdir, scorer,
-                                   dummy_inputs, mesh)
+  return scorer, checkpoints.restore_variables(config.eval.scorer_workdir, scorer,
+                                               dummy_inputs, sharding_lib.replicated(mesh))
 
 
 def method_names(eval_config: ml_collections.ConfigDict, model) -> list[str]:
@@ -422,7 +400,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   check_workdir_config(config, workdir)
   _, eval_ds = input_pipeline.get_datasets(config.data, config.model.num_classes,
                                            need_train=False)
-  variables = restore_variables(config, workdir, model, eval_ds.dummy_inputs(), mesh)
+  variables = checkpoints.restore_variables(workdir, model, eval_ds.dummy_inputs(),
+                                            sharding_lib.replicated(mesh))
   report: dict[str, Any] = train_lib.evaluate_accuracy(model, variables, eval_ds,
                                                        config.eval.batch_size, mesh)
   scorer, scorer_variables = model, variables

@@ -269,7 +269,7 @@ def load(workdir: str, config: Optional[ml_collections.ConfigDict] = None) -> Ru
   else:
     dummy = (np.zeros((1, config.data.image_size, config.data.image_size,
                        model_lib.image_channels(model)), np.float32),)
-  variables = eval_lib.restore_variables(config, workdir, model, dummy, mesh)
+  variables = checkpoints.restore_variables(workdir, model, dummy, sharding_lib.replicated(mesh))
   return Run(config, model, variables, workdir)
 
 

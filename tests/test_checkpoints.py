@@ -15,7 +15,6 @@ import pytest
 from damage import DAMAGES, damage
 from mhex_jax import checkpoints
 from mhex_jax import errors
-from mhex_jax import eval_lib
 from mhex_jax import model_lib
 from mhex_jax import sharding as sharding_lib
 from mhex_jax import train_lib
@@ -75,8 +74,8 @@ def _assert_equal(a, b):
 
 def _restore(config, workdir):
   model = model_lib.create_model(config)
-  return eval_lib.restore_variables(config, str(workdir), model, DUMMY,
-                                    sharding_lib.make_mesh())
+  return checkpoints.restore_variables(str(workdir), model, DUMMY,
+                                       sharding_lib.replicated(sharding_lib.make_mesh()))
 
 
 @pytest.mark.parametrize("how", DAMAGES)

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from configs import default
+from mhex_jax import checkpoints
 from mhex_jax import eval_lib
 from mhex_jax import model_lib
 from mhex_jax import sharding as sharding_lib
@@ -135,7 +136,7 @@ def test_two_process_training_and_evaluation_match_one_process(tmp_path):
   model = model_lib.create_model(config)
   dummy = (np.zeros((1, 16, 16, 3), np.float32),)
   mesh = sharding_lib.make_mesh(4)
-  a, b = (eval_lib.restore_variables(config, w, model, dummy, mesh)
+  a, b = (checkpoints.restore_variables(w, model, dummy, sharding_lib.replicated(mesh))
           for w in (single_dir, workdir))
   jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y),
                                                        atol=1e-5), a, b)

@@ -86,7 +86,8 @@ def test_sharded_step_equals_single_device_step():
 def _load_params(workdir, config):
   from mhex_jax import eval_lib
   model = model_lib.create_model(config)
-  return eval_lib.restore_variables(config, workdir, model, DUMMY, sharding_lib.make_mesh())
+  return checkpoints.restore_variables(workdir, model, DUMMY,
+                                       sharding_lib.replicated(sharding_lib.make_mesh()))
 
 
 def test_interrupted_run_resumes_at_checkpoint_with_identical_parameters(tmp_path):
