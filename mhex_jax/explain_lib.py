@@ -27,14 +27,15 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
+from mhex_jax import checkpoints
 from mhex_jax import eval_lib
 from mhex_jax import files
-from mhex_jax.data import input_pipeline
 from mhex_jax import model_lib
 from mhex_jax import models
 from mhex_jax import plotting
 from mhex_jax import sharding as sharding_lib
 from mhex_jax.data import imagenet
+from mhex_jax.data import input_pipeline
 from mhex_jax.data import pipeline
 from mhex_jax.errors import UserError
 from mhex_jax.explain import registry
