@@ -477,14 +477,15 @@ def run_cases(cases, work: pathlib.Path, parallel: int = 2, timeout: float = 180
           os.kill(pid, 9)
       time.sleep(0.05)
 
-  # The cases that do not copy the trained run start beside it.
+  # Config errors (nothing compiles) start beside the trained run; the rest wait for it, so
+  # they read its compiled programs back from the cache instead of compiling them again.
   start(TRAINED)
   pending = list(cases)
   while pending or running:
     trained = results.get(TRAINED.name)
     if trained is not None and trained["returncode"] != 0:
       raise RuntimeError("The tiny training run failed:\n" + trained["stderr"])
-    ready = [case for case in pending if trained is not None or not case.uses_trained]
+    ready = [case for case in pending if trained is not None or case.before_compile]
     if ready and len(running) < parallel:
       pending.remove(ready[0])
       start(ready[0])
