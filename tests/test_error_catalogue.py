@@ -35,7 +35,8 @@ def test_case(results, case):
     assert text in stderr, f"{text!r} not in:\n{stderr[-4000:]}"
   if case.before_compile:
     assert "Compiling" not in stderr, stderr[-4000:]  # JAX_LOG_COMPILES is on.
-  assert result["seconds"] < 30, result["seconds"]
+  if case.returncode:  # A refused input fails fast; a warned run takes as long as its training.
+    assert result["seconds"] < 30, result["seconds"]
 
 
 def test_catalogue_covers_the_issue():
