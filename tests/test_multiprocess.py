@@ -15,6 +15,7 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import xla_flags
 from configs import default
 from mhex_jax import checkpoints
 from mhex_jax import eval_lib
@@ -70,7 +71,7 @@ def _free_port():
 def _start(script, config_file, workdir, log_dir, name):
   """The README's plain-CPU recipe: each of two processes runs the script with the
   coordinator's address. Returns the processes (output in LOG_DIR/NAME.{0,1}.log)."""
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+  env = {**os.environ, "XLA_FLAGS": xla_flags(2),
          "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
   address = f"localhost:{_free_port()}"
   return [subprocess.Popen(

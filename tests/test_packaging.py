@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from conftest import xla_flags
 from mhex_jax import cli
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -46,7 +47,7 @@ def installed(tmp_path_factory):
 
 def _run(installed, script, *args, cwd):
   env = {**os.environ, "PYTHONPATH": str(installed), "JAX_PLATFORMS": "cpu",
-         "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+         "XLA_FLAGS": xla_flags(1)}
   return subprocess.run([str(installed / "bin" / script), *args], cwd=cwd, env=env,
                         capture_output=True, text=True, timeout=300)
 

@@ -168,12 +168,12 @@ def straight_signal_run(tmp_path_factory):
   return _load_params(workdir, config), open(os.path.join(workdir, "metrics.jsonl")).read()
 
 
-def _train_until(config_file, workdir, cache, at: int, signum):
+def _train_until(config_file, workdir, at: int, signum):
   """Runs train.py and sends ``signum`` once it logs a step >= ``at``; (return code, lines)."""
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  # The runs compile one program: the persistent cache compiles it once.
-  env = {**os.environ, "PYTHONPATH": root, "JAX_COMPILATION_CACHE_DIR": str(cache),
-         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+  # The runs compile the programs of the uninterrupted run in this process: the session's
+  # persistent cache (tests/conftest.py) reads them back.
+  env = {**os.environ, "PYTHONPATH": root}
   process = subprocess.Popen(
       [sys.executable, "train.py", f"--config={config_file}", f"--workdir={workdir}"],
       cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -217,7 +217,7 @@ def test_stopped_run_resumes_bit_identical(tmp_path, straight_signal_run):
   every = config.train.checkpoint_every_steps
   latest = 0
   for at in sorted(np.random.default_rng().choice(np.arange(25, 90), 2, replace=False)):
-    returncode, lines = _train_until(config_file, workdir, tmp_path / "cache", at,
+    returncode, lines = _train_until(config_file, workdir, at,
                                      signal.SIGKILL)
     assert returncode == -signal.SIGKILL, "".join(lines[-30:])
     manager = checkpoints.manager(workdir)
@@ -227,7 +227,7 @@ def test_stopped_run_resumes_bit_identical(tmp_path, straight_signal_run):
     assert latest in (logged // every * every, logged // every * every - every), (latest,
                                                                                   logged)
 
-  returncode, lines = _train_until(config_file, workdir, tmp_path / "cache", latest + 6,
+  returncode, lines = _train_until(config_file, workdir, latest + 6,
                                    signal.SIGTERM)
   assert returncode == 0, "".join(lines[-30:])
   assert f"starting at step {latest}" in "".join(lines), "".join(lines[-30:])
