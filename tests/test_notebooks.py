@@ -14,8 +14,6 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 import pytest
 
-from conftest import xla_flags
-
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 AGNEWS = ROOT.parent / "shared" / "data" / "agnews" / "agnews.csv"
@@ -37,10 +35,11 @@ def test_committed_without_outputs(path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs(path, tmp_path, monkeypatch):
-  # The kernel inherits this environment: one CPU device (not the tests' 8) with the
-  # fast-compile flags, the checkout
-  # importable, Hugging Face offline, and the project's AG News copy.
-  monkeypatch.setenv("XLA_FLAGS", xla_flags())
+  # The kernel inherits this environment: one CPU device (not the tests' 8) and XLA's default
+  # optimisation (the notebooks train, so execution dominates: 148 s for both against 188 s
+  # with the tests' fast-compile flags), the checkout importable, Hugging Face offline, and
+  # the project's AG News copy.
+  monkeypatch.delenv("XLA_FLAGS", raising=False)
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
   monkeypatch.setenv("HF_HUB_OFFLINE", "1")
   monkeypatch.setenv("AGNEWS_CSV", str(AGNEWS))
