@@ -36,6 +36,7 @@ from mhex_jax import config_lib
 from mhex_jax import errors
 from mhex_jax import files
 from mhex_jax.data import input_pipeline
+from mhex_jax.data import text as text_data
 from mhex_jax import model_lib
 from mhex_jax import models
 from mhex_jax import plotting
@@ -321,11 +322,10 @@ def compare_methods(model, variables, scorer, scorer_variables, dataset, config,
   """Every method's metrics on the same examples; writes the gallery (images: one column per
   method, ``gallery.png``; text: one shaded line per method and example, ``tokens.html``)."""
   if registry.is_text_model(model):
-    from mhex_jax.data import text  # transformers is only needed for text.
-    tokenizer = text.load_tokenizer(config.data.tokenizer_dir)
+    tokenizer = text_data.load_tokenizer(config.data.tokenizer_dir)
     fields = train_lib.TEXT_INPUTS + ("special_tokens_mask", "label")
     inputs_of = lambda batch: {k: batch[k] for k in fields if k != "label"}
-    metrics_fn = _text_metrics_fn(scorer, config.eval, text.special_ids(tokenizer))
+    metrics_fn = _text_metrics_fn(scorer, config.eval, text_data.special_ids(tokenizer))
   else:
     fields = ("image", "label", "mask") if dataset.has_masks else ("image", "label")
     inputs_of = lambda batch: batch["image"]

@@ -37,6 +37,7 @@ from mhex_jax import sharding as sharding_lib
 from mhex_jax.data import imagenet
 from mhex_jax.data import input_pipeline
 from mhex_jax.data import pipeline
+from mhex_jax.data import text
 from mhex_jax.errors import UserError
 from mhex_jax.explain import registry
 from mhex_jax.explain.maps import normalize_maps
@@ -239,7 +240,6 @@ class Run:
     if not texts or empty:
       raise UserError(f"Texts must be non-empty strings; got {len(texts)} texts, empty or not "
                       f"strings at positions {empty}.")
-    from mhex_jax.data import text  # transformers is only needed for text.
     if self._tokenizer is None:
       self._tokenizer = text.load_tokenizer(self.config.data.tokenizer_dir)
     arrays = text.tokenize(self._tokenizer, texts, self.config.data.max_len)

@@ -24,6 +24,7 @@ from mhex_jax import explain_lib
 from mhex_jax import files
 from mhex_jax import host_allocator
 from mhex_jax import train_lib
+from mhex_jax.data import text as text_data
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A workdir written by mhex-train (train.py).")
@@ -45,10 +46,9 @@ def _texts(paths: list[str], config) -> list[str]:
   texts = list(FLAGS.text)
   for path in paths:
     if path.endswith(".csv"):
-      from mhex_jax.data import text  # transformers is only needed for text.
       options = {k: config.data[k] for k in ("label_column", "text_columns", "label_base",
                                              "has_header", "class_names")}
-      texts += text.load_csv(path, **options).texts
+      texts += text_data.load_csv(path, **options).texts
     else:
       lines = files.workdir_path(path).read_text(encoding="utf-8-sig").splitlines()
       texts += [line for line in lines if line.strip()]

@@ -13,7 +13,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from mhex_jax.data import medmnist, pipeline, synthetic
+from mhex_jax.data import imagenet, medmnist, pipeline, synthetic, text
 from mhex_jax.errors import DataError
 
 DATASETS = ("synthetic", "medmnist", "imagenet", "text")
@@ -140,7 +140,6 @@ class TfdsImageNet:
 
   @property
   def num_examples(self) -> int:
-    from mhex_jax.data import imagenet  # tfds is only imported when ImageNet is used.
     return imagenet.num_examples(self.split, self.data_dir)
 
   @property
@@ -152,7 +151,6 @@ class TfdsImageNet:
 
   def batches(self, batch_size: int, *, train: bool, seed: int = 0, epoch: int = 0,
               start: int = 0) -> Iterator[dict[str, np.ndarray]]:
-    from mhex_jax.data import imagenet
     for batch in imagenet.make_iterator(self.split, batch_size=batch_size,
                                         image_size=self.image_size, train=train, seed=seed,
                                         epoch=epoch, data_dir=self.data_dir, start=start):
@@ -254,7 +252,6 @@ def get_datasets(config: ml_collections.ConfigDict, num_classes: int,
       raise DataError(f"synthetic data with data.image_size={config.image_size!r}, "
                       f"data.seed={config.seed!r}: {e}") from e
   elif name == "text":
-    from mhex_jax.data import text  # transformers is only imported for text data.
     train, eval_arrays, names = text.make_text_splits(config, num_classes,
                                                       need_train=need_train)
     train_ds = TextDataset(train, num_classes, names) if need_train else None

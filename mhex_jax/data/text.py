@@ -20,13 +20,15 @@ Nothing is downloaded: CSV files and tokenizer directories come from the local d
 import contextlib
 import csv
 import os
-from typing import NamedTuple, Optional, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Optional, Sequence
 
 import ml_collections
 import numpy as np
-import transformers
 
 from mhex_jax.errors import DataError
+
+if TYPE_CHECKING:  # Imported where a tokenizer is built: image runs never pay for it.
+  import transformers
 
 # A tokenizer directory must hold one of these, or AutoTokenizer silently builds a tokenizer with
 # an empty vocabulary from config.json alone.
@@ -357,7 +359,7 @@ def stratified_split(labels: np.ndarray, *, eval_fraction: float = 0.2,
   return train, held_out
 
 
-def load_tokenizer(checkpoint_dir: str | os.PathLike) -> transformers.PreTrainedTokenizerBase:
+def load_tokenizer(checkpoint_dir: str | os.PathLike) -> "transformers.PreTrainedTokenizerBase":
   """The Hugging Face tokenizer saved in a local directory; never touches the network."""
   directory = os.fspath(checkpoint_dir)
   if not os.path.isdir(directory):
@@ -369,6 +371,7 @@ def load_tokenizer(checkpoint_dir: str | os.PathLike) -> transformers.PreTrained
     raise DataError(f"tokenizer directory {directory} holds no vocabulary file (one of "
                     f"{list(VOCAB_FILES)}); found {files}. Point it at a checkpoint "
                     "directory with its tokenizer files.")
+  import transformers  # pylint: disable=g-import-not-at-top,redefined-outer-name
   try:
     tokenizer = transformers.AutoTokenizer.from_pretrained(directory, local_files_only=True)
   except (OSError, ValueError, KeyError, IndexError) as e:
@@ -387,7 +390,7 @@ def load_tokenizer(checkpoint_dir: str | os.PathLike) -> transformers.PreTrained
   return tokenizer
 
 
-def special_ids(tokenizer: transformers.PreTrainedTokenizerBase) -> dict[str, int]:
+def special_ids(tokenizer: "transformers.PreTrainedTokenizerBase") -> dict[str, int]:
   """{"mask", "pad", "cls", "sep"} -> token id, e.g. for replace-with-[MASK] metrics."""
   ids = {"mask": tokenizer.mask_token_id, "pad": tokenizer.pad_token_id,
          "cls": tokenizer.cls_token_id, "sep": tokenizer.sep_token_id}
@@ -399,7 +402,7 @@ def special_ids(tokenizer: transformers.PreTrainedTokenizerBase) -> dict[str, in
   return {name: int(value) for name, value in ids.items()}
 
 
-def tokenize(tokenizer: transformers.PreTrainedTokenizerBase, texts: Sequence[str],
+def tokenize(tokenizer: "transformers.PreTrainedTokenizerBase", texts: Sequence[str],
              max_len: int) -> dict[str, np.ndarray]:
   """Tokenizes texts to fixed-length rows: [CLS] tokens [SEP] [PAD]...
 
