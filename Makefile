@@ -29,4 +29,4 @@ demo: install
 	@echo "Report: $(WORKDIR)/eval/report.json  Gallery: $(WORKDIR)/eval/gallery.png"
 
 test: install-test
-	$(PY) -m pytest -q --durations=15 tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 tests

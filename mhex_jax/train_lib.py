@@ -238,13 +238,28 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     (directory / "config.json").write_text(config.to_json_best_effort(indent=2))
 
 
+def _raised_in_orbax(record: logging_std.LogRecord) -> bool:
+  """True when the record's exception was raised in the checkpointing library: asyncio logs
+  "Task exception was never retrieved" with the traceback of orbax's failed background writes
+  (a full disk fails several at once)."""
+  tb = record.exc_info[2] if record.exc_info else None
+  while tb is not None:
+    if "/orbax/" in tb.tb_frame.f_code.co_filename:
+      return True
+    tb = tb.tb_next
+  return False
+
+
 class _LibraryInfoFilter(logging_std.Filter):
   """Drops INFO lines of the checkpointing library (orbax writes ~45 per checkpoint), keeping
-  its warnings and errors (without their tracebacks: the error that stops the run reaches the
-  entry point, which says what it means) and every line of this project."""
+  its warnings and errors (without their tracebacks, also where asyncio logs an exception
+  orbax raised: the error that stops the run reaches the entry point, which says what it
+  means) and every line of this project."""
 
   def filter(self, record: logging_std.LogRecord) -> bool:
     if "/orbax/" not in record.pathname:
+      if _raised_in_orbax(record):
+        record.exc_info, record.exc_text = None, None
       return True
     record.exc_info, record.exc_text = None, None
     return record.levelno >= logging_std.WARNING

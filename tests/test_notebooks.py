@@ -2,7 +2,8 @@
 
 Each notebook runs in a fresh kernel (ipykernel's ``python3`` spec, i.e. this interpreter) in a
 temporary directory, so its workdirs go there; the checkout's root is on its PYTHONPATH, as
-for the tests. Nothing is downloaded: the install cells only run on Colab.
+for the tests. Nothing is downloaded: the install cells only run on Colab. The runs are shrunk
+through each notebook's "parameters" cell (``TEST_PARAMETERS``).
 """
 
 import os
@@ -13,6 +14,8 @@ import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 import pytest
+
+from conftest import FAST_COMPILE_FLAGS
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -33,19 +36,42 @@ def test_committed_without_outputs(path):
                      "Edit > Clear All Outputs) before committing.")
 
 
+# Smaller runs for the test, set in a cell after each notebook's "parameters" cell (as papermill
+# does): the same code top to bottom, a few steps of training instead of a minute's.
+TEST_PARAMETERS = {
+    "quickstart": "NUM_TRAIN, NUM_EVAL, NUM_EPOCHS, NUM_EXPLAIN = 512, 64, 1, 16",
+    "text": "NUM_ROWS = 320",
+}
+
+
+def _with_test_parameters(notebook, name):
+  tagged = [i for i, cell in enumerate(notebook.cells)
+            if "parameters" in cell.metadata.get("tags", [])]
+  assert len(tagged) == 1, f"{name}: {len(tagged)} cells tagged 'parameters'; tag one"
+  names = {n.strip() for n in TEST_PARAMETERS[name].split("=")[0].split(",")}
+  source = notebook.cells[tagged[0]].source
+  missing = {n for n in names if f"\n{n} = " not in "\n" + source}
+  assert not missing, f"{name}'s parameters cell does not set {sorted(missing)}"
+  notebook.cells.insert(tagged[0] + 1, nbformat.v4.new_code_cell(TEST_PARAMETERS[name]))
+  return notebook
+
+
+def test_every_notebook_has_test_parameters():
+  assert {p.stem for p in NOTEBOOKS} == set(TEST_PARAMETERS)
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs(path, tmp_path, monkeypatch):
-  # The kernel inherits this environment: one CPU device (not the tests' 8) and XLA's default
-  # optimisation (the notebooks train, so execution dominates: 148 s for both against 188 s
-  # with the tests' fast-compile flags), the checkout importable, Hugging Face offline, and
-  # the project's AG News copy.
-  monkeypatch.delenv("XLA_FLAGS", raising=False)
+  # The kernel inherits this environment: one CPU device (not the tests' 8) with the tests'
+  # fast-compile flags (at the test's sizes compiling dominates: quickstart 30 s -> 22 s), the
+  # checkout importable, Hugging Face offline, and the project's AG News copy.
+  monkeypatch.setenv("XLA_FLAGS", FAST_COMPILE_FLAGS)
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
   monkeypatch.setenv("HF_HUB_OFFLINE", "1")
   monkeypatch.setenv("AGNEWS_CSV", str(AGNEWS))
   monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
       [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-  notebook = nbformat.read(path, as_version=4)
+  notebook = _with_test_parameters(nbformat.read(path, as_version=4), path.stem)
   client = NotebookClient(notebook, kernel_name="python3", timeout=600,
                           resources={"metadata": {"path": str(tmp_path)}})
   try:

@@ -288,3 +288,29 @@ def test_library_info_lines_are_quieted_but_warnings_kept():
   assert not handler.filter(record(logging.INFO, orbax))
   assert handler.filter(record(logging.WARNING, orbax))
   assert handler.filter(record(logging.INFO, "/repo/mhex_jax/train_lib.py"))
+
+
+def test_asyncio_lines_about_orbax_failures_lose_their_traceback():
+  """A full disk fails orbax's background writes; asyncio logs each ("Task exception was never
+  retrieved") with its traceback. The line stays, the traceback goes; others keep theirs."""
+  import logging
+  import sys
+
+  def exc_info_from(filename):
+    code = compile("raise ValueError('RESOURCE_EXHAUSTED: No space left on device')",
+                   filename, "exec")
+    try:
+      exec(code)  # pylint: disable=exec-used
+    except ValueError:
+      return sys.exc_info()
+
+  def record(filename):
+    return logging.LogRecord("asyncio", logging.ERROR, "/usr/lib/python3/asyncio/base_events.py",
+                             1771, "Task exception was never retrieved", None,
+                             exc_info_from(filename))
+
+  log_filter = train_lib._LibraryInfoFilter()
+  from_orbax = record("/site-packages/orbax/checkpoint/_src/serialization/serialization.py")
+  assert log_filter.filter(from_orbax) and from_orbax.exc_info is None
+  from_elsewhere = record("/repo/user_code.py")
+  assert log_filter.filter(from_elsewhere) and from_elsewhere.exc_info is not None
