@@ -151,11 +151,11 @@ def test_unknown_model_options_are_rejected():
 
 def _signal_config():
   config = tiny_config()
-  config.data.num_train = 640  # 40 steps per epoch, 120 steps: the signal lands mid-run.
+  config.data.num_train = 320  # 20 steps per epoch, 60 steps: the signal lands mid-run.
   config.train.num_epochs = 3
   # Checkpoints fall between log lines, so a resumed run must carry the unlogged metrics.
   config.train.log_every_steps = 3
-  config.train.checkpoint_every_steps = 20
+  config.train.checkpoint_every_steps = 10
   return config
 
 
@@ -164,7 +164,7 @@ def straight_signal_run(tmp_path_factory):
   """Parameters and metrics.jsonl lines of an uninterrupted run of ``_signal_config``."""
   config = _signal_config()
   workdir = str(tmp_path_factory.mktemp("straight"))
-  assert train_lib.train_and_evaluate(config, workdir)["step"] == 120
+  assert train_lib.train_and_evaluate(config, workdir)["step"] == 60
   return _load_params(workdir, config), open(os.path.join(workdir, "metrics.jsonl")).read()
 
 
@@ -216,7 +216,7 @@ def test_stopped_run_resumes_bit_identical(tmp_path, straight_signal_run):
   workdir = str(tmp_path / "run")
   every = config.train.checkpoint_every_steps
   latest = 0
-  for at in sorted(np.random.default_rng().choice(np.arange(25, 90), 2, replace=False)):
+  for at in sorted(np.random.default_rng().choice(np.arange(12, 45), 2, replace=False)):
     returncode, lines = _train_until(config_file, workdir, at,
                                      signal.SIGKILL)
     assert returncode == -signal.SIGKILL, "".join(lines[-30:])
@@ -235,11 +235,11 @@ def test_stopped_run_resumes_bit_identical(tmp_path, straight_signal_run):
   assert stops and "SIGTERM" in stops[0], "".join(lines[-30:])
   stopped_at = int(stops[0].split(" at step ")[1].split("/")[0])
   manager = checkpoints.manager(workdir)
-  assert latest + 6 <= stopped_at < 120 and manager.latest_step() == stopped_at
+  assert latest + 6 <= stopped_at < 60 and manager.latest_step() == stopped_at
   manager.close()
 
   resumed = train_lib.train_and_evaluate(config, workdir)
-  assert resumed["step"] == 120
+  assert resumed["step"] == 60
   params, metrics = straight_signal_run
   jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)),
                params, _load_params(workdir, config))
