@@ -12,6 +12,7 @@ import os
 import signal
 import threading
 import time
+import traceback
 from typing import Any, Callable, Optional
 
 from absl import logging
@@ -243,11 +244,7 @@ def _raised_in_orbax(record: logging_std.LogRecord) -> bool:
   "Task exception was never retrieved" with the traceback of orbax's failed background writes
   (a full disk fails several at once)."""
   tb = record.exc_info[2] if record.exc_info else None
-  while tb is not None:
-    if "/orbax/" in tb.tb_frame.f_code.co_filename:
-      return True
-    tb = tb.tb_next
-  return False
+  return any("/orbax/" in frame.f_code.co_filename for frame, _ in traceback.walk_tb(tb))
 
 
 class _LibraryInfoFilter(logging_std.Filter):
@@ -257,12 +254,10 @@ class _LibraryInfoFilter(logging_std.Filter):
   means) and every line of this project."""
 
   def filter(self, record: logging_std.LogRecord) -> bool:
-    if "/orbax/" not in record.pathname:
-      if _raised_in_orbax(record):
-        record.exc_info, record.exc_text = None, None
-      return True
-    record.exc_info, record.exc_text = None, None
-    return record.levelno >= logging_std.WARNING
+    from_orbax = "/orbax/" in record.pathname
+    if from_orbax or _raised_in_orbax(record):
+      record.exc_info, record.exc_text = None, None
+    return not from_orbax or record.levelno >= logging_std.WARNING
 
 
 def quiet_library_logs() -> None:

@@ -39,8 +39,8 @@ def test_committed_without_outputs(path):
 # Smaller runs for the test, set in a cell after each notebook's "parameters" cell (as papermill
 # does): the same code top to bottom, a few steps of training instead of a minute's.
 TEST_PARAMETERS = {
-    "quickstart": "NUM_TRAIN, NUM_EVAL, NUM_EPOCHS, NUM_EXPLAIN = 512, 64, 1, 16",
-    "text": "NUM_ROWS = 320",
+    "quickstart": {"NUM_TRAIN": 512, "NUM_EVAL": 64, "NUM_EPOCHS": 1, "NUM_EXPLAIN": 16},
+    "text": {"NUM_ROWS": 320},
 }
 
 
@@ -48,11 +48,11 @@ def _with_test_parameters(notebook, name):
   tagged = [i for i, cell in enumerate(notebook.cells)
             if "parameters" in cell.metadata.get("tags", [])]
   assert len(tagged) == 1, f"{name}: {len(tagged)} cells tagged 'parameters'; tag one"
-  names = {n.strip() for n in TEST_PARAMETERS[name].split("=")[0].split(",")}
-  source = notebook.cells[tagged[0]].source
-  missing = {n for n in names if f"\n{n} = " not in "\n" + source}
-  assert not missing, f"{name}'s parameters cell does not set {sorted(missing)}"
-  notebook.cells.insert(tagged[0] + 1, nbformat.v4.new_code_cell(TEST_PARAMETERS[name]))
+  source = "\n" + notebook.cells[tagged[0]].source
+  missing = [n for n in TEST_PARAMETERS[name] if f"\n{n} = " not in source]
+  assert not missing, f"{name}'s parameters cell does not set {missing}"
+  notebook.cells.insert(tagged[0] + 1, nbformat.v4.new_code_cell(
+      "\n".join(f"{n} = {v!r}" for n, v in TEST_PARAMETERS[name].items())))
   return notebook
 
 
