@@ -211,6 +211,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval.num_explain = 512  # Examples that get saliency maps and metrics,
   config.eval.first_example = 0  # from this eval example on (e.g. a validation range).
   config.eval.num_gallery = 8
+  # Also write every explained example's map to eval/per_example.npz (beside its metrics).
+  config.eval.save_maps = False
   # MHEX map options (SPEC §3, §4; explain.equivalent_matrix). None takes the default of the
   # map's kind: CNN images keep positive evidence over all blocks (SPEC §3); Transformer token
   # and patch maps are signed, LayerNorm-normalised and routed through the attention (text:

@@ -7,6 +7,12 @@
   ``config.eval.variants``) with the mean of every applicable metric (SPEC §5) over
   ``config.eval.num_explain`` eval examples from ``config.eval.first_example`` on;
 * ``report.md``: the same methods × metrics as a markdown table;
+* ``per_example.npz``: what the means are taken of, for paired comparisons of methods: under
+  ``"<method>/<metric>"`` every explained example's value (examples in order, ``"example"``
+  holding their indices), ``"<method>/targets"`` and, with masks, ``"mask_nonempty"`` (the
+  examples the pointing games average over); with ``eval.save_maps``, ``"<method>/maps"`` too
+  (images [N, H, W], text [N, T], as the metrics received them). Plain arrays (no pickles);
+  ``numpy.load`` reads them;
 * ``gallery.png`` (images: input, then one overlay column per method) or ``tokens.html`` (text:
   one shaded line per method for each example);
 * with ``eval.collaboration_examples`` > 0 (MHEX image models), the gradient collaboration
@@ -263,42 +269,72 @@ def explain_method(name, explain_step, metric_step, variables, scorer_variables,
 
   Returns:
     (metric means + "num_examples", maps of the first ``eval.num_gallery`` examples, their
-    targets), the same on every process. Pointing games average over the examples whose mask
-    holds a pixel (None when none does).
+    targets, the per-example arrays: every metric, "targets", "mask_nonempty" with masks and
+    "maps" with ``eval.save_maps``), the same on every process. Pointing games average over
+    the examples whose mask holds a pixel (None when none does).
   """
-  sums: dict[str, float] = {}
-  counts: dict[str, int] = {}
-  count, maps, targets = 0, None, None
+  parts: dict[str, list[np.ndarray]] = {}
+  count = 0
   start = time.time()
   for batch, keep in _explained_batches(dataset, eval_config, fields):
     batch = sharding_lib.shard_batch(batch, mesh)
     batch_maps, batch_targets = explain_step(variables, batch)
     out, batch_maps = metric_step(scorer_variables, batch, batch_maps, batch_targets)
-    out = sharding_lib.gather_batch(out)
-    nonempty = out.pop(image_metrics.MASK_WEIGHT, None)
-    for metric, values in out.items():
-      counted = keep
-      if nonempty is not None and metric in image_metrics.MASKED_METRICS:
-        counted = keep & (nonempty > 0)
-      values = values.astype(np.float64)[counted]
-      if not np.all(np.isfinite(values)):
-        raise FloatingPointError(f"{metric} of {name} is not finite for some examples: the "
-                                 "maps or the scoring model produced NaN/inf.")
-      sums[metric] = sums.get(metric, 0.0) + float(values.sum())
-      counts[metric] = counts.get(metric, 0) + int(counted.sum())
-    if maps is None:
-      n = min(eval_config.num_gallery, int(keep.sum()))
-      batch_maps, batch_targets = sharding_lib.gather_batch((batch_maps, batch_targets))
-      maps, targets = batch_maps[keep][:n], batch_targets[keep][:n]
+    out["targets"] = batch_targets
+    if eval_config.get("save_maps") or not parts:  # The first batch holds the gallery's maps.
+      out["maps"] = batch_maps
+    for key, values in sharding_lib.gather_batch(out).items():
+      parts.setdefault(key, []).append(values[keep])
     count += int(keep.sum())
     elapsed = time.time() - start
     logging.info("%s: %d/%d examples, %.0f s, about %.0f s left.", name, count,
                  eval_config.num_explain, elapsed,
                  elapsed / count * max(eval_config.num_explain - count, 0))
-  means = {metric: total / counts[metric] if counts[metric] else None
-           for metric, total in sums.items()}
-  means["num_examples"] = count
-  return means, maps, targets
+  per_example = {key: np.concatenate(values) for key, values in parts.items()}
+  nonempty = per_example.pop(image_metrics.MASK_WEIGHT, None)
+  if nonempty is not None:
+    per_example["mask_nonempty"] = nonempty > 0
+  n = min(eval_config.num_gallery, count)
+  gallery_maps, gallery_targets = per_example["maps"][:n], per_example["targets"][:n]
+  if not eval_config.get("save_maps"):
+    del per_example["maps"]
+  return (metric_means(name, per_example), gallery_maps, gallery_targets, per_example)
+
+
+def metric_means(name: str, per_example: dict[str, np.ndarray]) -> dict[str, Any]:
+  """The report's entry of method ``name`` from its per-example arrays: each metric's mean (in
+  float64) over the examples, the pointing games' over those with a nonempty mask (None when
+  none has), and "num_examples"."""
+  nonempty = per_example.get("mask_nonempty")
+  means: dict[str, Any] = {}
+  for metric, values in per_example.items():
+    if metric in ("targets", "maps", "mask_nonempty"):
+      continue
+    if nonempty is not None and metric in image_metrics.MASKED_METRICS:
+      values = values[nonempty]
+    values = values.astype(np.float64)
+    if not np.all(np.isfinite(values)):
+      raise FloatingPointError(f"{metric} of {name} is not finite for some examples: the "
+                               "maps or the scoring model produced NaN/inf.")
+    means[metric] = float(values.mean()) if len(values) else None
+  means["num_examples"] = len(per_example["targets"])
+  return means
+
+
+def save_per_example(path, per_example: dict[str, dict[str, np.ndarray]],
+                     first_example: int) -> None:
+  """Writes every method's per-example arrays to ``path`` (``per_example.npz``, see the module
+  docstring), whole: into a temporary file first, renamed over ``path`` when complete."""
+  arrays = {f"{method}/{key}": values for method, results in per_example.items()
+            for key, values in results.items() if key != "mask_nonempty"}
+  for results in per_example.values():
+    if "mask_nonempty" in results:
+      arrays["mask_nonempty"] = results["mask_nonempty"]
+    arrays["example"] = first_example + np.arange(len(results["targets"]))
+  partial = path.parent / f".{path.name}.partial"
+  with partial.open("wb") as f:
+    np.savez(f, **arrays)
+  partial.replace(path)
 
 
 def markdown_table(methods: dict[str, dict[str, float]], metrics) -> str:
@@ -331,14 +367,17 @@ def compare_methods(model, variables, scorer, scorer_variables, dataset, config,
     inputs_of = lambda batch: batch["image"]
     metrics_fn = _image_metrics_fn(scorer, config.eval, dataset.has_masks)
   metric_step = _metric_step(metrics_fn, mesh)
-  results, maps, targets = {}, {}, None
+  results, maps, targets, per_example = {}, {}, None, {}
   for name in methods:
     logging.info("Explaining with %s.", name)
     explain_step = _explain_step(targeted_method_explainer(config, model, name), mesh,
                                  inputs_of)
-    results[name], maps[name], targets = explain_method(
+    results[name], maps[name], targets, per_example[name] = explain_method(
         name, explain_step, metric_step, variables, scorer_variables, dataset, config.eval,
         mesh, fields)
+  if methods and jax.process_index() == 0:
+    save_per_example(out_dir / "per_example.npz", per_example,
+                     config.eval.get("first_example", 0))
   if methods:
     first = _gallery_batch(dataset, config.eval, fields, len(targets))  # On every process.
   if methods and jax.process_index() == 0:

@@ -11,15 +11,26 @@ import tempfile
 # the tests start in subprocesses get the same flags (``xla_flags``).
 FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=0 "
                       "--xla_llvm_disable_expensive_passes=true")
+_DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
+
+# XLA flags the caller set are kept, for the session and every command it starts: e.g.
+# ``XLA_FLAGS=--xla_cpu_max_isa=AVX2 make test`` runs the whole suite with AVX2 kernels only,
+# as on a CPU without AVX-512. (The tests' own flags are dropped from what is read here, so
+# pytest-xdist's workers, which inherit the controller's XLA_FLAGS, read the caller's alone.)
+USER_XLA_FLAGS = " ".join(
+    flag for flag in os.environ.get("XLA_FLAGS", "").split()
+    if flag not in FAST_COMPILE_FLAGS.split() and not flag.startswith(_DEVICE_COUNT_FLAG))
 
 
-def xla_flags(num_devices=None):
-  """XLA_FLAGS for a subprocess: the fast-compile flags and, given, NUM_DEVICES CPU devices."""
-  devices = f" --xla_force_host_platform_device_count={num_devices}" if num_devices else ""
-  return FAST_COMPILE_FLAGS + devices
+def xla_flags(num_devices=None, fast_compile=True):
+  """XLA_FLAGS for a subprocess: the caller's flags (``USER_XLA_FLAGS``), the fast-compile
+  flags unless ``fast_compile`` is False and, given, NUM_DEVICES CPU devices."""
+  flags = [USER_XLA_FLAGS, FAST_COMPILE_FLAGS if fast_compile else "",
+           f"{_DEVICE_COUNT_FLAG}={num_devices}" if num_devices else ""]
+  return " ".join(f for f in flags if f)
 
 
-os.environ.setdefault("XLA_FLAGS", xla_flags(8))
+os.environ["XLA_FLAGS"] = xla_flags(8)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One persistent compilation cache for the session (and the commands its tests start): the
 # tests compile the same tiny programs many times. New for every session, so nothing carries

@@ -9,7 +9,7 @@ import pathlib
 import subprocess
 import sys
 
-from conftest import FAST_COMPILE_FLAGS
+from conftest import xla_flags
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -17,8 +17,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 def test_quick_benchmark_writes_the_table(tmp_path):
   # Benchmarks time optimised programs: without the tests' fast-compile flags (the run is
   # bound by execution, which they slow down about twofold).
-  xla = os.environ.get("XLA_FLAGS", "").replace(FAST_COMPILE_FLAGS, "").strip()
-  env = {**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": xla}
+  env = {**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": xla_flags(8, fast_compile=False)}
   subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick", "--rounds=1",
                   f"--out={tmp_path}"], cwd=ROOT, env=env,
                  check=True, capture_output=True, timeout=900)

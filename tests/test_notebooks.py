@@ -15,7 +15,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 import pytest
 
-from conftest import FAST_COMPILE_FLAGS
+from conftest import xla_flags
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -65,7 +65,7 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
   # The kernel inherits this environment: one CPU device (not the tests' 8) with the tests'
   # fast-compile flags (at the test's sizes compiling dominates: quickstart 30 s -> 22 s), the
   # checkout importable, Hugging Face offline, and the project's AG News copy.
-  monkeypatch.setenv("XLA_FLAGS", FAST_COMPILE_FLAGS)
+  monkeypatch.setenv("XLA_FLAGS", xla_flags())
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
   monkeypatch.setenv("HF_HUB_OFFLINE", "1")
   monkeypatch.setenv("AGNEWS_CSV", str(AGNEWS))
