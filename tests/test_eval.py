@@ -92,6 +92,19 @@ def test_image_comparison_runs_every_method(image_workdirs):
     assert f"| {name} |" in table
   assert "deletion_auc ↓" in table and "insertion_auc |" in table
   assert os.path.getsize(os.path.join(out, "gallery.png")) > 0
+  # The report's means are the means of per_example.npz (no maps unless asked for).
+  with np.load(os.path.join(out, "per_example.npz")) as arrays:
+    assert list(arrays["example"]) == list(range(16))
+    assert not any(key.endswith("/maps") for key in arrays)
+    nonempty = arrays["mask_nonempty"]
+    for name, results in report["methods"].items():
+      assert arrays[f"{name}/targets"].shape == (16,)
+      for metric in eval_lib.IMAGE_METRICS:
+        values = arrays[f"{name}/{metric}"].astype(np.float64)
+        if metric in ("pointing_game", "energy_pointing_game"):
+          values = values[nonempty]
+        np.testing.assert_allclose(results[metric], values.mean(), rtol=1e-12,
+                                   err_msg=f"{name}/{metric}")
 
 
 def test_mhex_only_by_default_and_nothing_for_plain(image_workdirs):
@@ -230,6 +243,11 @@ def test_text_comparison_report_and_html(tmp_path, mhex, methods):
     assert results["num_examples"] == 8  # The 20% eval split of 40 rows.
     for metric in eval_lib.TEXT_METRICS:
       assert np.isfinite(results[metric]), (name, metric)
+  with np.load(os.path.join(workdir, "eval", "per_example.npz")) as arrays:
+    for name, results in report["methods"].items():
+      for metric in eval_lib.TEXT_METRICS:
+        np.testing.assert_allclose(results[metric], arrays[f"{name}/{metric}"].mean(),
+                                   rtol=1e-6, err_msg=f"{name}/{metric}")
   page = open(os.path.join(workdir, "eval", "tokens.html")).read()
   for name in report["methods"]:
     assert f"<i>{name}</i>" in page
@@ -263,10 +281,21 @@ def test_first_example_selects_a_later_range(image_workdirs):
   later = np.concatenate([b["image"][k] for b, k in eval_lib._explained_batches(
       dataset, config.eval, fields)])
   np.testing.assert_array_equal(later, whole[11:19])
+  config.eval.save_maps = True
   report = eval_lib.evaluate(config, image_workdirs["mhex"])
   assert report["methods"]["mhex"]["num_examples"] == 8
   assert "examples 11..18" in open(os.path.join(image_workdirs["mhex"], "eval",
                                                 "report.md")).read()
+  # The saved maps are the ones the metrics scored: the energy pointing game recomputed from
+  # them and the examples' masks (Σ S·M / Σ S) is the saved one.
+  with np.load(os.path.join(image_workdirs["mhex"], "eval", "per_example.npz")) as arrays:
+    assert list(arrays["example"]) == list(range(11, 19))
+    maps = arrays["mhex/maps"]
+    energy = arrays["mhex/energy_pointing_game"]
+  masks = np.concatenate([b["mask"][k] for b, k in eval_lib._explained_batches(
+      dataset, config.eval, ("image", "label", "mask"))])
+  assert maps.shape == (8, 16, 16) and maps.min() >= 0 and maps.max() <= 1
+  np.testing.assert_allclose(energy, (maps * masks).sum((1, 2)) / maps.sum((1, 2)), rtol=1e-5)
 
 
 def _with(config, **eval_fields):
