@@ -253,9 +253,17 @@ def test_mhex_saliency_of_a_user_cnn_matches_the_equivalent_matrix_by_hand():
   # A user model returning only its last head gives the same saliency.
   last_head = equivalent_matrix.mhex_saliency(MHEXCNN(all_heads=False), variables, IMAGES,
                                               targets)
-  np.testing.assert_allclose(last_head.saliency, sal.saliency, atol=1e-6)
+  # Eager vs jit min–max maps in [0, 1]: equal up to float32 rounding.
+  np.testing.assert_allclose(last_head.saliency, sal.saliency, atol=1e-5)
   predicted = equivalent_matrix.mhex_saliency(model, variables, IMAGES)
-  np.testing.assert_array_equal(predicted.targets, jnp.argmax(sal.logits, axis=-1))
+  # Eager vs jit logits differ by float32 rounding (~1e-6·max|z|): the argmaxes must agree
+  # where the top-2 margin is far above that (here every example: margins ≈ 0.2).
+  logits = np.asarray(sal.logits)
+  top2 = np.sort(logits, axis=-1)[:, -2:]
+  decided = top2[:, 1] - top2[:, 0] > 1e-4 * np.abs(logits).max()
+  assert decided.all(), top2
+  np.testing.assert_array_equal(np.asarray(predicted.targets)[decided],
+                                np.argmax(logits, axis=-1)[decided])
 
 
 def test_mhex_blocks_sort_numbers_as_numbers():

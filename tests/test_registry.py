@@ -43,8 +43,12 @@ def test_available_names_follow_the_model():
 def test_image_methods_are_normalised_raw_maps():
   model, variables = _vit()
   maps = jax.jit(registry.explainer("grad_cam", model))(variables, IMAGES, TARGETS)
-  raw = image.grad_cam(model, variables, IMAGES, TARGETS)
-  np.testing.assert_allclose(maps, normalize_maps(raw), atol=1e-6)
+  # Both sides jitted, the same operations (two programs, so only equal up to float32
+  # rounding: measured equal; eager differs by 3e-7). Maps lie in [0, 1]: a missing or wrong
+  # normalisation is off by O(1).
+  expected = jax.jit(lambda v, x, t: normalize_maps(image.grad_cam(model, v, x, t)))(
+      variables, IMAGES, TARGETS)
+  np.testing.assert_allclose(maps, expected, rtol=0, atol=1e-5)
   assert maps.shape == (2, 16, 16) and float(maps.min()) == 0.0
 
 
@@ -102,8 +106,17 @@ def test_mhex_predicted_targets_from_one_forward_equal_the_two_pass_result(kind)
   two_pass = registry.explainer("mhex", model)(variables, inputs, two_pass_targets)
   explain = jax.jit(registry.targeted_explainer("mhex", model, "predicted"))
   maps, targets = explain(variables, inputs, labels)
-  np.testing.assert_array_equal(targets, two_pass_targets)
-  np.testing.assert_allclose(maps, two_pass, rtol=1e-6, atol=1e-6)
+  # jit and eager logits differ by float32 rounding (~1e-6·max|z|), so the two argmaxes must
+  # agree only where the top-2 margin is far above that (here every example: margins ≥ 0.01).
+  logits = np.asarray(equivalent_matrix.explanation(model, variables, inputs,
+                                                    two_pass_targets).logits)
+  top2 = np.sort(logits, axis=-1)[:, -2:]
+  decided = top2[:, 1] - top2[:, 0] > 1e-4 * np.abs(logits).max()
+  assert decided.all(), top2
+  np.testing.assert_array_equal(np.asarray(targets)[decided],
+                                np.asarray(two_pass_targets)[decided])
+  # Min–max maps in [0, 1] from jit vs eager: differ by float32 rounding (measured ≤ 5e-7).
+  np.testing.assert_allclose(np.asarray(maps)[decided], np.asarray(two_pass)[decided], atol=1e-5)
   # targets=None in the plain explainer is the same prediction.
   np.testing.assert_allclose(registry.explainer("mhex", model)(variables, inputs, None),
                              two_pass, rtol=1e-6, atol=1e-6)
