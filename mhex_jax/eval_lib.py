@@ -324,17 +324,15 @@ def metric_means(name: str, per_example: dict[str, np.ndarray]) -> dict[str, Any
 def save_per_example(path, per_example: dict[str, dict[str, np.ndarray]],
                      first_example: int) -> None:
   """Writes every method's per-example arrays to ``path`` (``per_example.npz``, see the module
-  docstring), whole: into a temporary file first, renamed over ``path`` when complete."""
+  docstring), whole (``files.atomic_open``)."""
   arrays = {f"{method}/{key}": values for method, results in per_example.items()
             for key, values in results.items() if key != "mask_nonempty"}
   for results in per_example.values():
     if "mask_nonempty" in results:
       arrays["mask_nonempty"] = results["mask_nonempty"]
     arrays["example"] = first_example + np.arange(len(results["targets"]))
-  partial = path.parent / f".{path.name}.partial"
-  with partial.open("wb") as f:
+  with files.atomic_open(path, "wb") as f:
     np.savez(f, **arrays)
-  partial.replace(path)
 
 
 def markdown_table(methods: dict[str, dict[str, float]], metrics) -> str:
@@ -386,7 +384,7 @@ def compare_methods(model, variables, scorer, scorer_variables, dataset, config,
       lengths = first["attention_mask"].sum(-1)
       tokens = [tokenizer.convert_ids_to_tokens(ids[:length].tolist())
                 for ids, length in zip(first["input_ids"], lengths)]
-      (out_dir / "tokens.html").write_text(plotting.token_html(tokens, maps, captions))
+      files.write_text(out_dir / "tokens.html", plotting.token_html(tokens, maps, captions))
     else:
       plotting.save_gallery(
           out_dir / "gallery.png",
@@ -461,11 +459,12 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     report["collaboration"] = collaboration_analysis(model, variables, eval_ds, config, mesh,
                                                      out_dir)
   if jax.process_index() == 0:
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2))
+    files.write_text(out_dir / "report.json", json.dumps(report, indent=2))
     first = config.eval.get("first_example", 0)
     explained = (f"the first {config.eval.num_explain} examples" if not first else
                  f"examples {first}..{first + config.eval.num_explain - 1}")
-    (out_dir / "report.md").write_text(
+    files.write_text(
+        out_dir / "report.md",
         f"Accuracy {report['accuracy']:.4f} on {report['num_examples']} examples; "
         f"metrics over {explained}, scored by {report['scorer_workdir']}. Classes: "
         f"{', '.join(report['class_names'])}.\n\n"

@@ -366,7 +366,7 @@ def write(explanations: Sequence[Explanation], out_dir: files.PathLike) -> files
   out.mkdir(parents=True, exist_ok=True)
   entries = []
   if explanations and explanations[0].tokens is not None:
-    (out / "texts.html").write_text(_token_page(explanations))
+    files.write_text(out / "texts.html", _token_page(explanations))
     methods = list(explanations[0].maps)
     _save_npz(out / "texts.maps.npz",
               {m: _pad_rows([e.maps[m] for e in explanations]) for m in methods})
@@ -381,18 +381,18 @@ def write(explanations: Sequence[Explanation], out_dir: files.PathLike) -> files
       overlays = {}
       for method, saliency in e.maps.items():
         overlays[method] = f"{name}.{method}.png"
-        with (out / overlays[method]).open("wb") as f:
+        with files.atomic_open(out / overlays[method], "wb") as f:
           Image.fromarray(plotting.blend(e.image, saliency)).save(f, format="png")
       _save_npz(out / f"{name}.maps.npz", e.maps)
       entries.append({**e.summary(), "figure": f"{name}.png", "overlays": overlays,
                       "maps": f"{name}.maps.npz"})
   path = out / "explanations.json"
-  path.write_text(json.dumps(entries, indent=2))
+  files.write_text(path, json.dumps(entries, indent=2))
   return path
 
 
 def _save_npz(path, arrays: dict[str, np.ndarray]) -> None:
-  with path.open("wb") as f:
+  with files.atomic_open(path, "wb") as f:
     np.savez(f, **arrays)
 
 

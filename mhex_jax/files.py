@@ -7,8 +7,11 @@ for ``gs://`` (or TensorFlow's gfile when TensorFlow is installed) and ``google-
 for orbax's checkpoints there; ``s3fs`` for ``s3://``.
 """
 
+import contextlib
 import os
-from typing import Union
+import sys
+import time
+from typing import Iterator, Union
 
 from etils import epath
 
@@ -38,6 +41,60 @@ def check_workdir(path: PathLike, must_exist: bool = False) -> None:
                     "missing): give another path.")
   if must_exist and not directory.exists():
     raise UserError(f"--workdir={path} does not exist; give a workdir written by train.py.")
+
+
+# Tests only: "NAME:SECONDS" makes ``atomic_open`` wait that long between writing a file
+# called NAME and renaming it into place, so that a test can kill the writer there.
+PAUSE_BEFORE_RENAME_VARIABLE = "MHEX_JAX_TEST_PAUSE_BEFORE_RENAME"
+
+
+def _pause_before_rename(target) -> None:
+  name, _, seconds = os.environ.get(PAUSE_BEFORE_RENAME_VARIABLE, "").rpartition(":")
+  if name == target.name:
+    print(f"{PAUSE_BEFORE_RENAME_VARIABLE}: {target} written, renaming in {seconds} s",
+          file=sys.stderr, flush=True)
+    time.sleep(float(seconds))
+
+
+@contextlib.contextmanager
+def atomic_open(path: PathLike, mode: str = "w") -> Iterator:
+  """Opens ``path`` for writing so that it appears whole or not at all: a reader sees the
+  previous file until the new one is complete, and a kill or a full disk during the write leaves
+  the previous file (or none) in place.
+
+  Locally the contents go to a hidden temporary file beside ``path`` (``.NAME.PID.partial``),
+  flushed to the disk and renamed over ``path`` (``os.replace``, atomic on POSIX). On object
+  stores (``gs://``, ``s3://``) one object is written by one upload, which the store makes
+  visible only when it is complete, so the file is written in place.
+  """
+  target = workdir_path(path)
+  if is_remote(target):
+    with target.open(mode) as f:
+      yield f
+    return
+  partial = target.parent / f".{target.name}.{os.getpid()}.partial"
+  try:
+    with open(partial, mode) as f:
+      yield f
+      f.flush()
+      os.fsync(f.fileno())
+    _pause_before_rename(target)
+    os.replace(partial, target)
+  except BaseException:
+    partial.unlink(missing_ok=True)
+    raise
+
+
+def write_text(path: PathLike, text: str) -> None:
+  """Writes ``text`` to ``path`` whole or not at all (``atomic_open``)."""
+  with atomic_open(path, "w") as f:
+    f.write(text)
+
+
+def write_bytes(path: PathLike, data: bytes) -> None:
+  """Writes ``data`` to ``path`` whole or not at all (``atomic_open``)."""
+  with atomic_open(path, "wb") as f:
+    f.write(data)
 
 
 class _EpathRecordFile:

@@ -46,7 +46,9 @@ class MetricWriter:
     # Object stores cannot append: there the whole (small) file is rewritten per write.
     self._append = not files.is_remote(directory)
     if self._append:
-      self._path.write_text("".join(line + "\n" for line in self._lines))
+      # The kept lines are rewritten whole (a kill here leaves the old file), then appended
+      # to: a kill during an append cuts one line, which the next run drops.
+      files.write_text(self._path, "".join(line + "\n" for line in self._lines))
       self._jsonl = self._path.open("a")
     from tensorboardX import SummaryWriter  # Imported lazily: only process 0 writes.
     self._tb = SummaryWriter(files.tensorboard_dir(directory / "tensorboard"))
@@ -66,7 +68,7 @@ class MetricWriter:
       self._jsonl.flush()
     else:
       self._lines.append(line)
-      self._path.write_text("".join(l + "\n" for l in self._lines))
+      files.write_text(self._path, "".join(l + "\n" for l in self._lines))
     for key, value in {**values, **(timing or {})}.items():
       self._tb.add_scalar(key, float(value), global_step=int(step))
     self._tb.flush()

@@ -16,7 +16,7 @@ def save_figure(fig, path) -> None:
   if hasattr(path, "write"):
     fig.savefig(path, format="png", dpi=100)
   else:
-    with files.workdir_path(path).open("wb") as f:
+    with files.atomic_open(path, "wb") as f:
       fig.savefig(f, format="png", dpi=100)
   plt.close(fig)
 

@@ -10,6 +10,7 @@ import logging as logging_std
 import math
 import os
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -34,6 +35,7 @@ from mhex_jax.data import input_pipeline
 from mhex_jax import metric_writers
 from mhex_jax import model_lib
 from mhex_jax import sharding as sharding_lib
+from mhex_jax import workdir_lock
 
 
 @flax.struct.dataclass
@@ -236,7 +238,7 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   if jax.process_index() == 0:
     directory = files.workdir_path(workdir)
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.json").write_text(config.to_json_best_effort(indent=2))
+    files.write_text(directory / "config.json", config.to_json_best_effort(indent=2))
 
 
 def _raised_in_orbax(record: logging_std.LogRecord) -> bool:
@@ -353,9 +355,38 @@ class StopSignals:
     return flag
 
 
+@contextlib.contextmanager
+def training_lock(workdir: str):
+  """Holds ``workdir``'s training lock (``mhex_jax.workdir_lock``) for the block: process 0
+  takes it, and every process stops with ``WorkdirLocked`` when another run holds it."""
+  lock, error = None, None
+  if jax.process_index() == 0:
+    lock = workdir_lock.WorkdirLock(workdir, " ".join([os.path.basename(sys.argv[0]),
+                                                       *sys.argv[1:]]))
+    try:
+      lock.acquire()
+    except workdir_lock.WorkdirLocked as refused:
+      lock, error = None, refused
+  if jax.process_count() > 1:
+    held = int(multihost_utils.broadcast_one_to_all(np.int32(error is None)))
+    if not held and error is None:
+      error = workdir_lock.WorkdirLocked(
+          f"{workdir} is in use by another training run (process 0's log names it).")
+  if error is not None:
+    raise error
+  try:
+    yield
+  finally:
+    if lock is not None:
+      lock.release()
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        max_steps: Optional[int] = None) -> dict[str, Any]:
   """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints), then evaluates.
+
+  The run holds the workdir's training lock (``training_lock``): a second run on the same
+  workdir stops before any work, naming this one.
 
   Args:
     config: the experiment config (see ``configs/``).
@@ -368,6 +399,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   mesh = sharding_lib.make_mesh(config.get("num_devices"))
   config_lib.validate(config, mesh.shape[sharding_lib.DATA_AXIS])
   files.check_workdir(workdir)
+  with training_lock(workdir):
+    return _train_and_evaluate(config, workdir, mesh, max_steps)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh,
+                        max_steps: Optional[int]) -> dict[str, Any]:
   if checkpoints_lib.has_steps(workdir):
     check_resume(config, workdir)  # Before any data is read.
   model = model_lib.create_model(config)  # Before any data is read: a bad model fails fast.
@@ -478,8 +515,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     logging.info("eval accuracy %.4f on %d examples; per head %s", result["accuracy"],
                  result["num_examples"], np.round(result["head_accuracy"], 4).tolist())
     if jax.process_index() == 0:
-      (files.workdir_path(workdir) / "train_result.json").write_text(json.dumps(result,
-                                                                                 indent=2))
+      files.write_text(files.workdir_path(workdir) / "train_result.json",
+                       json.dumps(result, indent=2))
   writer.close()
   manager.close()
   return result

@@ -19,6 +19,7 @@ import json
 import os
 import pathlib
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -184,6 +185,14 @@ CASES = (
          ("--workdir={trained}",), ("No intact checkpoint in", "/checkpoints/8: ",
                                     "Move these step directories out of"),
          setup="damage_all"),
+    Case("workdir_locked", "`train.py` on a workdir another training run holds", "train",
+         (*TINY, "--workdir={trained}"),
+         ("is in use by another training run (host", "Wait for it to finish, stop it"),
+         setup="live_lock"),
+    Case("workdir_lock_stale", "`train.py` on a workdir whose last run was killed (`kill -9`)",
+         "train", (*TINY, "--workdir={trained}"),
+         ("Took over the training lock", "no longer exists on this host"), returncode=0,
+         setup="dead_lock"),
     Case("disk_full", "disk full during a checkpoint save", "train",
          (*TINY, "--workdir={files}/disk/run"),
          ("No space left on the device holding", "/disk/run/checkpoints",
@@ -375,7 +384,25 @@ def _small_disk(files, trained):
                  check=True, capture_output=True)
 
 
-SETUPS = {"a_file": _a_file, "empty_split": _empty_split, "text_npz": _text_npz,
+def _lock(trained, pid):
+  now = time.time()
+  (trained / "train.lock").write_text(json.dumps(
+      {"host": socket.gethostname(), "pid": pid, "started": now - 60,
+       "command": "train.py --config=configs/default.py --workdir=run", "heartbeat": now,
+       "token": "another-run"}))
+
+
+def _live_lock(files, trained):
+  _lock(trained, os.getpid())  # The runner: alive while the case runs.
+
+
+def _dead_lock(files, trained):
+  process = subprocess.Popen(["true"])
+  process.wait()
+  _lock(trained, process.pid)  # Reaped: no process has this id now.
+
+
+SETUPS = {"a_file": _a_file, "live_lock": _live_lock, "dead_lock": _dead_lock, "empty_split": _empty_split, "text_npz": _text_npz,
           "four_classes": _four_classes, "unclosed_csv": _unclosed_csv,
           "all_empty_csv": _all_empty_csv, "zero_width_csv": _zero_width_csv,
           "weights_truncated": _weights_truncated, "weights_bad_json": _weights_bad_json,

@@ -11,8 +11,9 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "mhex_jax"
 
 # Lowest first. A module may import from its own layer or any layer before it.
 LAYERS = (
-    ("foundation", ("errors", "files", "compile_cache", "distributed", "host_allocator",
-                    "config_lib", "sharding", "checkpoints", "metric_writers", "plotting")),
+    ("foundation", ("errors", "files", "workdir_lock", "compile_cache", "distributed",
+                    "host_allocator", "config_lib", "sharding", "checkpoints",
+                    "metric_writers", "plotting")),
     ("models", ("models",)),
     ("weights", ("weights",)),
     ("data", ("data",)),
