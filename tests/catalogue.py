@@ -30,7 +30,6 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from damage import damage  # pylint: disable=g-import-not-at-top
 
 # tests/test_train.py's tiny_config as flags: 8 steps of 16 images, checkpoints at 3, 6, 8.
 TINY = ("--config=configs/default.py", "--config.model.width=4", "--config.data.image_size=16",
@@ -368,13 +367,21 @@ def _fake_png(files, trained):
   (files / "fake.png").write_text("not an image\n")
 
 
+def _damage_step(step_dir, how):
+  """``damage`` in a child process: this runner forks its cases, and orbax (which "overwritten"
+  uses) starts threads, which a fork must not inherit."""
+  subprocess.run([sys.executable, os.fspath(ROOT / "tests" / "damage.py"), os.fspath(step_dir),
+                  how], check=True, capture_output=True,
+                 env={**os.environ, "PYTHONPATH": os.fspath(ROOT)})
+
+
 def _damage(how):
-  return lambda files, trained: damage(trained / "checkpoints" / "8", how)
+  return lambda files, trained: _damage_step(trained / "checkpoints" / "8", how)
 
 
 def _damage_all(files, trained):
   for step, how in ((3, "emptied"), (6, "truncated"), (8, "metadata_deleted")):
-    damage(trained / "checkpoints" / str(step), how)
+    _damage_step(trained / "checkpoints" / str(step), how)
 
 
 def _small_disk(files, trained):
