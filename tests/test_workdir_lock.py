@@ -25,10 +25,18 @@ from catalogue import SMALL_EVAL, TINY  # pylint: disable=g-import-not-at-top
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
-def _start(command, workdir, *flags, env=None):
+def _start(command, workdir, *flags, log=None):
+  """``command``.py on the tiny config; its stderr goes to ``log`` (a path) if given, else to
+  a pipe (read it with ``communicate``, which never lets a full pipe stall the process)."""
+  stderr = open(log, "w") if log else subprocess.PIPE
   return subprocess.Popen([sys.executable, f"{command}.py", *TINY, *flags,
-                           f"--workdir={workdir}"], cwd=ROOT, env=env or ENV,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                           f"--workdir={workdir}"], cwd=ROOT, env=ENV,
+                          stdout=subprocess.DEVNULL, stderr=stderr, text=True)
+
+
+def _finish(process) -> tuple[int, str]:
+  _, stderr = process.communicate(timeout=600)
+  return process.returncode, stderr
 
 
 def _steps(workdir) -> list[int]:
@@ -57,11 +65,11 @@ def test_two_train_commands_at_once_one_runs(tmp_path):
   holder; metrics.jsonl holds each step once."""
   workdir = tmp_path / "run"
   processes = [_start("train", workdir) for _ in range(2)]
-  results = [(p.wait(timeout=600), *p.communicate()) for p in processes]
-  codes = sorted(code for code, _, _ in results)
-  assert codes == [0, 1], [r[2][-2000:] for r in results]
+  results = [_finish(p) for p in processes]
+  codes = sorted(code for code, _ in results)
+  assert codes == [0, 1], [r[1][-2000:] for r in results]
   winner = next(p for p, r in zip(processes, results) if r[0] == 0)
-  refused = next(r[2] for r in results if r[0] == 1)
+  refused = next(r[1] for r in results if r[0] == 1)
   assert "is in use by another training run" in refused, refused[-2000:]
   assert f"process {winner.pid}" in refused and socket.gethostname() in refused, refused
   assert "Traceback" not in refused and "| loss" not in refused
@@ -73,8 +81,7 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
   workdir = tmp_path / "run"
   dead = _dead_pid()
   _write_lock(workdir / workdir_lock.LOCK_NAME, pid=dead)
-  process = _start("train", workdir, "--config.train.num_epochs=1")
-  code, _, stderr = process.wait(timeout=600), *process.communicate()
+  code, stderr = _finish(_start("train", workdir, "--config.train.num_epochs=1"))
   assert code == 0, stderr[-3000:]
   assert "Took over the training lock" in stderr and f"process {dead} no longer exists" in stderr
   assert _steps(workdir) == [2, 4]
@@ -85,14 +92,17 @@ def test_eval_beside_a_running_training(tmp_path):
   both exit 0. (That eval writes nothing under checkpoints/ is checked on a finished run
   below, where nothing else writes there.)"""
   workdir = tmp_path / "run"
-  # 90 steps of 16 images with a checkpoint every 5 (and the oldest deleted): training
-  # outlasts the evaluation, which starts after the first checkpoint.
+  # 150 steps of 16 images with a checkpoint every 5 (and the oldest deleted): training
+  # outlasts the evaluation, which starts after the first checkpoint (at 90 steps training
+  # ended 5 s after the evaluation here; 60 more steps add about 10 s).
+  log = tmp_path / "train.log"
   train = _start("train", workdir, "--config.data.num_train=480",
-                 "--config.train.num_epochs=3", "--config.train.checkpoint_every_steps=5")
+                 "--config.train.num_epochs=5", "--config.train.checkpoint_every_steps=5",
+                 log=log)
   deadline = time.time() + 300
   checkpoints = workdir / "checkpoints"
   while not (checkpoints.exists() and any(p.name.isdigit() for p in checkpoints.iterdir())):
-    assert time.time() < deadline and train.poll() is None, train.communicate()[1][-3000:]
+    assert time.time() < deadline and train.poll() is None, log.read_text()[-3000:]
     time.sleep(0.1)
   assert (workdir / workdir_lock.LOCK_NAME).exists()
   evaluation = subprocess.run([sys.executable, "eval.py", *SMALL_EVAL, f"--workdir={workdir}"],
@@ -101,10 +111,9 @@ def test_eval_beside_a_running_training(tmp_path):
   assert evaluation.returncode == 0, evaluation.stderr[-3000:]
   report = json.loads((workdir / "eval" / "report.json").read_text())
   assert report["num_examples"] == 16
-  code, _, stderr = train.wait(timeout=600), *train.communicate()
-  assert code == 0, stderr[-3000:]
+  assert train.wait(timeout=600) == 0, log.read_text()[-3000:]
   assert still_training  # The evaluation really ran beside the training.
-  assert _steps(workdir)[-1] == 90
+  assert _steps(workdir)[-1] == 150
 
 
 def test_eval_killed_while_writing_its_report_leaves_the_previous_one(tmp_path):
@@ -112,8 +121,8 @@ def test_eval_killed_while_writing_its_report_leaves_the_previous_one(tmp_path):
   place (a test hook pauses there): the previous report.json stays whole and readable. The
   first evaluation also shows that eval writes nothing under checkpoints/."""
   workdir = tmp_path / "run"
-  train = _start("train", workdir, "--config.train.num_epochs=1")
-  assert train.wait(timeout=600) == 0, train.communicate()[1][-3000:]
+  code, stderr = _finish(_start("train", workdir, "--config.train.num_epochs=1"))
+  assert code == 0, stderr[-3000:]
   checkpoints = workdir / "checkpoints"
   before = {p: p.stat().st_mtime_ns for p in checkpoints.rglob("*")}
   subprocess.run([sys.executable, "eval.py", *SMALL_EVAL, f"--workdir={workdir}"], cwd=ROOT,
