@@ -1,7 +1,9 @@
 """One training run per workdir: ``WORKDIR/train.lock``, held while ``train.py`` runs.
 
 The lock file is JSON naming its holder (host, process id, start time, command) and a heartbeat
-time that a daemon thread refreshes every ``HEARTBEAT_SECONDS``. A second run on the workdir
+that a daemon thread refreshes every ``HEARTBEAT_SECONDS`` (locally by touching the file: its
+modification time is the heartbeat, so a refresh never overwrites another run's lock; on object
+stores by rewriting the time in the file). A second run on the workdir
 stops before any work with a ``WorkdirLocked`` error naming the holder. A lock whose holder is
 gone is taken over with a warning naming the old holder: on the same host when its process no
 longer exists, on any host when its heartbeat is older than ``STALE_SECONDS``.
@@ -91,10 +93,17 @@ def read_holder(path) -> Optional[Holder]:
   except FileNotFoundError:
     return None
   try:
-    return Holder(**json.loads(text))
+    holder = Holder(**json.loads(text))
   except (ValueError, TypeError):
     return Holder(host="?", pid=-1, started=0.0, command=f"(unreadable lock file: {text[:80]!r})",
                   heartbeat=0.0, token="")
+  if not files.is_remote(path):  # Locally the heartbeat touches the file (``_beat``).
+    try:
+      mtime = os.stat(files.workdir_path(path)).st_mtime
+    except FileNotFoundError:
+      return None
+    holder = dataclasses.replace(holder, heartbeat=max(holder.heartbeat, mtime))
+  return holder
 
 
 class WorkdirLock:
@@ -206,7 +215,11 @@ class WorkdirLock:
                         found.describe() if found else "deleted")
           return
         self._holder = self._new_holder()
-        files.write_text(self.path, json.dumps(dataclasses.asdict(self._holder), indent=2))
+        if files.is_remote(self.path):  # Rewritten: a successor's lock written since the
+          files.write_text(self.path,     # check above would be lost (best effort there).
+                           json.dumps(dataclasses.asdict(self._holder), indent=2))
+        else:  # Touched, never rewritten: a successor's lock is never overwritten.
+          os.utime(self.path)
       except OSError as error:  # A full disk or a lost mount: retried at the next beat.
         logging.warning("Could not refresh the training lock %s: %s", self.path, error)
 

@@ -52,6 +52,7 @@ def _write_lock(path, **fields):
             **fields}
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text(json.dumps(holder))
+  os.utime(path, (holder["heartbeat"], holder["heartbeat"]))  # The heartbeat is the mtime.
 
 
 def _dead_pid() -> int:
