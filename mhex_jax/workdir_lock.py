@@ -3,16 +3,17 @@
 The lock file is JSON naming its holder (host, process id, start time, command) and a heartbeat
 that a daemon thread refreshes every ``HEARTBEAT_SECONDS`` (locally by touching the file: its
 modification time is the heartbeat, so a refresh never overwrites another run's lock; on object
-stores by rewriting the time in the file). A second run on the workdir
-stops before any work with a ``WorkdirLocked`` error naming the holder. A lock whose holder is
+stores by rewriting the time in the file). A second run on the workdir stops before any work
+with a ``WorkdirLocked`` error naming the holder. A lock whose holder is
 gone is taken over with a warning naming the old holder: on the same host when its process no
 longer exists, on any host when its heartbeat is older than ``STALE_SECONDS``.
 
 Guarantees. On a local or network filesystem with atomic exclusive create and rename (POSIX,
 NFSv3+), two runs started at once cannot both hold the lock: the lock is written under a
 private name and hard-linked to ``train.lock`` (the link fails if the name exists), and a stale
-lock is renamed aside (one rename wins) before a new one is linked. On object stores (``gs://``, ``s3://``) epath offers no create-if-absent, so the lock
-is written after checking that none is held and read back after ``REMOTE_SETTLE_SECONDS``: a
+lock is renamed aside (one rename wins) before a new one is linked. On object stores
+(``gs://``, ``s3://``) epath offers no create-if-absent, so the lock is written after checking
+that none is held and read back after ``REMOTE_SETTLE_SECONDS``: a
 second run started later than that is refused; two runs started within those seconds of each
 other on different machines may both proceed. Only training takes the lock; evaluation and
 ``explain.py`` read finished checkpoints and write only under ``WORKDIR/eval`` (or their own

@@ -391,25 +391,35 @@ def _small_disk(files, trained):
                  check=True, capture_output=True)
 
 
-def _lock(trained, pid):
+def write_lock(path, **fields):
+  """A training lock at ``path`` held by another run: by default this process on this host
+  with a fresh heartbeat (the file's time, as ``mhex_jax.workdir_lock`` reads it)."""
   now = time.time()
-  (trained / "train.lock").write_text(json.dumps(
-      {"host": socket.gethostname(), "pid": pid, "started": now - 60,
-       "command": "train.py --config=configs/default.py --workdir=run", "heartbeat": now,
-       "token": "another-run"}))
+  holder = {"host": socket.gethostname(), "pid": os.getpid(), "started": now - 60,
+            "command": "train.py --config=configs/default.py --workdir=run", "heartbeat": now,
+            "token": "another-run", **fields}
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(holder))
+  os.utime(path, (holder["heartbeat"], holder["heartbeat"]))
+
+
+def dead_pid() -> int:
+  """A process id no process has now (a child, reaped; ids are not reused at once)."""
+  process = subprocess.Popen(["true"])
+  process.wait()
+  return process.pid
 
 
 def _live_lock(files, trained):
-  _lock(trained, os.getpid())  # The runner: alive while the case runs.
+  write_lock(trained / "train.lock")  # This runner: alive while the case runs.
 
 
 def _dead_lock(files, trained):
-  process = subprocess.Popen(["true"])
-  process.wait()
-  _lock(trained, process.pid)  # Reaped: no process has this id now.
+  write_lock(trained / "train.lock", pid=dead_pid())
 
 
-SETUPS = {"a_file": _a_file, "live_lock": _live_lock, "dead_lock": _dead_lock, "empty_split": _empty_split, "text_npz": _text_npz,
+SETUPS = {"a_file": _a_file, "live_lock": _live_lock, "dead_lock": _dead_lock,
+          "empty_split": _empty_split, "text_npz": _text_npz,
           "four_classes": _four_classes, "unclosed_csv": _unclosed_csv,
           "all_empty_csv": _all_empty_csv, "zero_width_csv": _zero_width_csv,
           "weights_truncated": _weights_truncated, "weights_bad_json": _weights_bad_json,

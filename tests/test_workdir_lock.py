@@ -20,7 +20,7 @@ from mhex_jax import workdir_lock
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from catalogue import SMALL_EVAL, TINY  # pylint: disable=g-import-not-at-top
+from catalogue import SMALL_EVAL, TINY, dead_pid, write_lock  # pylint: disable=g-import-not-at-top
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
@@ -45,22 +45,6 @@ def _steps(workdir) -> list[int]:
   return [r["step"] for r in records if "train/loss" in r]
 
 
-def _write_lock(path, **fields):
-  now = time.time()
-  holder = {"host": socket.gethostname(), "pid": os.getpid(), "started": now,
-            "command": "train.py --workdir=elsewhere", "heartbeat": now, "token": "theirs",
-            **fields}
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(json.dumps(holder))
-  os.utime(path, (holder["heartbeat"], holder["heartbeat"]))  # The heartbeat is the mtime.
-
-
-def _dead_pid() -> int:
-  process = subprocess.Popen(["true"])
-  process.wait()
-  return process.pid  # Reaped: no process has this id now (ids are not reused at once).
-
-
 def test_two_train_commands_at_once_one_runs(tmp_path):
   """Both started together: exactly one trains, the other exits 1 before any work, naming the
   holder; metrics.jsonl holds each step once."""
@@ -80,8 +64,8 @@ def test_two_train_commands_at_once_one_runs(tmp_path):
 
 def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
   workdir = tmp_path / "run"
-  dead = _dead_pid()
-  _write_lock(workdir / workdir_lock.LOCK_NAME, pid=dead)
+  dead = dead_pid()
+  write_lock(workdir / workdir_lock.LOCK_NAME, pid=dead)
   code, stderr = _finish(_start("train", workdir, "--config.train.num_epochs=1"))
   assert code == 0, stderr[-3000:]
   assert "Took over the training lock" in stderr and f"process {dead} no longer exists" in stderr
@@ -155,7 +139,7 @@ def test_eval_killed_while_writing_its_report_leaves_the_previous_one(tmp_path):
 
 def test_a_live_holder_is_refused_and_named(tmp_path):
   path = tmp_path / workdir_lock.LOCK_NAME
-  _write_lock(path)  # This process: alive, heartbeat now.
+  write_lock(path, command="train.py --workdir=elsewhere", token="theirs")  # This process.
   with pytest.raises(workdir_lock.WorkdirLocked,
                      match=rf"in use by another training run \(host {socket.gethostname()}, "
                            rf"process {os.getpid()}, started .*train.py --workdir=elsewhere"):
@@ -166,14 +150,14 @@ def test_a_live_holder_is_refused_and_named(tmp_path):
 def test_a_stale_heartbeat_from_another_host_is_taken_over(tmp_path, caplog):
   path = tmp_path / workdir_lock.LOCK_NAME
   old = time.time() - workdir_lock.STALE_SECONDS - 5
-  _write_lock(path, host="lost-machine", pid=1, heartbeat=old)
+  write_lock(path, host="lost-machine", pid=1, heartbeat=old)
   with workdir_lock.WorkdirLock(tmp_path, "train.py --workdir=here"):
     holder = workdir_lock.read_holder(path)
     assert holder.pid == os.getpid() and holder.command == "train.py --workdir=here"
   assert "heartbeat is 305 s old" in caplog.text and "host lost-machine" in caplog.text
   assert not path.exists()
   # A fresh heartbeat from another host is a live holder, whatever its process id.
-  _write_lock(path, host="other-machine", pid=1)
+  write_lock(path, host="other-machine", pid=1)
   with pytest.raises(workdir_lock.WorkdirLocked, match="host other-machine, process 1"):
     workdir_lock.WorkdirLock(tmp_path, "train.py").acquire()
 
@@ -185,6 +169,6 @@ def test_heartbeat_refreshes_and_release_keeps_a_successors_lock(tmp_path):
   first = workdir_lock.read_holder(path).heartbeat
   time.sleep(0.5)
   assert workdir_lock.read_holder(path).heartbeat > first
-  _write_lock(path, token="successor")  # Taken over meanwhile (as after a long stall).
+  write_lock(path, token="successor")  # Taken over meanwhile (as after a long stall).
   lock.release()
   assert workdir_lock.read_holder(path).token == "successor"
