@@ -2,8 +2,8 @@ r"""The side-by-side speed table: every ratio in one command.
 
     python -m benchmarks.run [--quick] [--out=benchmarks/results] [--rounds=9]
 
-Writes OUT/results.md (the table in the README) and OUT/results.json (every ratio with its
-median and min–max over rounds, the times behind it, the machine and the versions). All
+Writes OUT/results.md (the table in benchmarks/README.md) and OUT/results.json (every ratio
+with its median and min–max over rounds, the times behind it, the machine and the versions). All
 figures are ratios against a baseline timed in the same process, in interleaved rounds
 (``benchmarks/harness.py``): machines are shared and noisy, absolute times are not comparable.
 

@@ -1,9 +1,9 @@
 r"""MHEX-BERT fine-tuned on AG News (default weights: all-MiniLM-L6-v2 from its pip package).
 
     python train.py --config=configs/bert_agnews.py \
-        --config.data.path=../shared/data/agnews/agnews.csv --workdir=runs/agnews_mhex
+        --config.data.path=PATH/agnews.csv --workdir=runs/agnews_mhex
     python eval.py --config=configs/bert_agnews.py \
-        --config.data.path=../shared/data/agnews/agnews.csv --workdir=runs/agnews_mhex
+        --config.data.path=PATH/agnews.csv --workdir=runs/agnews_mhex
 
 ``:plain`` trains the plain classifier (pooler + dense) with the same recipe. Any local BERT
 checkpoint (config.json + model.safetensors + vocab) via ``--config.model_init=DIR``
@@ -17,10 +17,10 @@ Your own CSV (header row, class names as labels, Excel's UTF-8 export all read a
         "--config.data.class_names=()" --config.model.num_classes=2 --workdir=runs/reviews
 
 Hardware: 2-core x86 CPU, no accelerator. Time: 300 steps in about 7 min. Result (measured,
-stratified 20% of ../shared/data/agnews/agnews.csv): MHEX-MiniLM 0.892, plain MiniLM 0.898.
+stratified 20% of the AG News CSV): MHEX-MiniLM 0.892, plain MiniLM 0.898.
 MHEX token maps on the first 200 eval texts (default: routed, signed, LayerNorm-normalised
 first-layer CAM): deletion AOPC 0.651, LOdds −2.47, the best AOPC of every method
-(README, "Explainers side by side" (c)); ``eval.variants`` below are scored beside it by
+(docs/results.md, "Explainers side by side" (c)); ``eval.variants`` below are scored beside it by
 ``--config.eval.methods=all``.
 """
 

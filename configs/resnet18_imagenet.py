@@ -8,7 +8,7 @@ ImageNet tarballs and TensorFlow for that one step). ``last_stage_stride=1`` giv
 14×14 final map at 224 px.
 
 Hardware: a TPU v3-8 or 8 GPUs (batch 1024, 90 epochs). Expected result: MHEX-ResNet-18 ≈ 70.6%
-top-1 as reported by the reference implementation (SPEC §8); not measured by this project, which
+top-1 as reported by the authors' pre-release code; not measured by this project, which
 has no accelerator.
 
 ``:quick``, as in every config, is a small model on the built-in synthetic shapes that trains on

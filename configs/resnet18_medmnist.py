@@ -1,10 +1,10 @@
 r"""MHEX-ResNet-18 on a MedMNIST subset (default PneumoniaMNIST, 28 px), small-image stem.
 
     python train.py --config=configs/resnet18_medmnist.py \
-        --config.data.path=../shared/data/pneumoniamnist/pneumoniamnist.npz \
+        --config.data.path=PATH/pneumoniamnist.npz \
         --workdir=workdirs/pneumonia_mhex
     python eval.py --config=configs/resnet18_medmnist.py \
-        --config.data.path=../shared/data/pneumoniamnist/pneumoniamnist.npz \
+        --config.data.path=PATH/pneumoniamnist.npz \
         --workdir=workdirs/pneumonia_mhex
 
 The plain ResNet-18 baseline with the same recipe: add ``--config.model.mhex=False`` (or use

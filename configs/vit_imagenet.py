@@ -16,7 +16,7 @@ width 64) on 16,000 built-in synthetic shapes (flips and crops), 3,000 steps of 
 
 Measured for ``:quick`` (2-core CPU, 6 min): test accuracy 0.933 (heads 0.932-0.933); MHEX
 pointing game 0.997 (1 px tolerance), energy pointing game 0.584 on the 1,000
-test images with the default attention-routed map (README, "MHEX on Transformers"). The
+test images with the default attention-routed map (docs/results.md, "MHEX on Transformers"). The
 ``eval.variants`` below are scored beside it by ``--config.eval.methods=all``.
 """
 

@@ -12,7 +12,8 @@ Images of any size and aspect are fitted to the model's input the way it was tra
 square with the mean colour, "stretch" resizes), and every map is carried back onto the
 original image, at its own size (outside a crop the map is 0). Texts are tokenized with the
 workdir's tokenizer. Methods are the registry's names (``run.methods``); the default is MHEX on
-an MHEX model, else the best measured method for the model kind (``DEFAULT_PLAIN_METHODS``).
+an MHEX model, else the best measured method for the model kind (the task's
+``default_plain_method``).
 """
 
 import dataclasses
@@ -28,23 +29,21 @@ import numpy as np
 from PIL import Image
 
 from mhex_jax import checkpoints
-from mhex_jax import eval_lib
 from mhex_jax import files
 from mhex_jax import model_lib
-from mhex_jax import models
 from mhex_jax import plotting
 from mhex_jax import sharding as sharding_lib
+from mhex_jax import tasks
+from mhex_jax import workdir as workdir_lib
 from mhex_jax.data import imagenet
 from mhex_jax.data import input_pipeline
 from mhex_jax.data import pipeline
 from mhex_jax.data import text
 from mhex_jax.errors import UserError
+from mhex_jax.explain import methods as methods_lib
 from mhex_jax.explain import registry
 from mhex_jax.explain.maps import normalize_maps
 
-# Without MHEX heads: the methods that led the README's side-by-side tables for each kind
-# (energy pointing game on the ViT, AOPC on AG News; Grad-CAM is the CNN standard).
-DEFAULT_PLAIN_METHODS = {"cnn": "grad_cam", "vit": "gradient_relevance", "text": "grad_sam"}
 FITS = ("crop", "pad", "stretch")
 
 
@@ -77,20 +76,13 @@ class Explanation:
             "methods": list(self.maps)}
 
 
-def _model_kind(model) -> str:
-  if registry.is_text_model(model):
-    return "text"
-  return "vit" if isinstance(model, models.ViT) else "cnn"
-
-
 class Run:
   """A trained workdir ready to explain: ``config``, ``model``, ``variables``, ``classes``."""
 
   def __init__(self, config: ml_collections.ConfigDict, model, variables, workdir: str):
     self.config, self.model, self.variables, self.workdir = config, model, variables, workdir
-    self.kind = _model_kind(model)
+    self.task = tasks.task_of(model)
     self.classes = input_pipeline.class_names(config.data, config.model.num_classes)
-    self._tokenizer = None
     self._compiled = {}
 
   @property
@@ -100,7 +92,7 @@ class Run:
 
   @property
   def default_methods(self) -> tuple[str, ...]:
-    return (registry.MHEX,) if self.model.mhex else (DEFAULT_PLAIN_METHODS[self.kind],)
+    return (registry.MHEX,) if self.model.mhex else (self.task.default_plain_method,)
 
   def _check_methods(self, methods: Optional[Sequence[str]]) -> tuple[str, ...]:
     methods = tuple(methods) if methods else self.default_methods
@@ -132,7 +124,7 @@ class Run:
 
   @property
   def channels(self) -> int:
-    return model_lib.image_channels(self.model)
+    return self.task.channels
 
   def _fit_box(self, height: int, width: int, fit: str) -> tuple[float, float, float, float]:
     """(left, top, right, bottom) of the original image that the model input covers."""
@@ -173,18 +165,14 @@ class Run:
 
   def _compiled_fn(self, method: str):
     if method not in self._compiled:
-      explain = eval_lib.method_explainer(self.config, self.model, method)
+      explain = methods_lib.method(self.config.eval, self.model, method).explainer(self.model)
       self._compiled[method] = jax.jit(explain)
     return self._compiled[method]
 
   def _predict(self, inputs) -> np.ndarray:
     if "predict" not in self._compiled:
-      if self.kind == "text":
-        fn = lambda v, x: self.model.apply(v, x["input_ids"], x["attention_mask"],
-                                           x["token_type_ids"], train=False)
-      else:
-        fn = lambda v, x: self.model.apply(v, x, train=False)
-      self._compiled["predict"] = jax.jit(lambda v, x: jax.nn.softmax(fn(v, x)[-1]))
+      forward = self.task.forward
+      self._compiled["predict"] = jax.jit(lambda v, x: jax.nn.softmax(forward(v, x)[-1]))
     return np.asarray(self._compiled["predict"](self.variables, inputs))
 
   def _targets(self, probabilities: np.ndarray, target) -> np.ndarray:
@@ -205,7 +193,7 @@ class Run:
                      target: Union[str, int] = "predicted", fit: str = "crop",
                      sources: Optional[Sequence[str]] = None) -> list[Explanation]:
     """Explains uint8 images [H, W, C] of any sizes; maps come back at each image's size."""
-    if self.kind == "text":
+    if self.task.name != "image":
       raise UserError("This workdir holds a text model; use explain_texts.")
     methods = self._check_methods(methods)
     if not len(images):
@@ -232,7 +220,7 @@ class Run:
   def explain_texts(self, texts: Sequence[str], *, methods: Optional[Sequence[str]] = None,
                     target: Union[str, int] = "predicted") -> list[Explanation]:
     """Explains texts; maps are per token ([CLS] and [SEP] included, 0 on them)."""
-    if self.kind != "text":
+    if self.task.name != "text":
       raise UserError("This workdir holds an image model; use explain_images/explain_files.")
     methods = self._check_methods(methods)
     texts = list(texts)
@@ -240,9 +228,8 @@ class Run:
     if not texts or empty:
       raise UserError(f"Texts must be non-empty strings; got {len(texts)} texts, empty or not "
                       f"strings at positions {empty}.")
-    if self._tokenizer is None:
-      self._tokenizer = text.load_tokenizer(self.config.data.tokenizer_dir)
-    arrays = text.tokenize(self._tokenizer, texts, self.config.data.max_len)
+    tokenizer = self.task.tokenizer(self.config.data)
+    arrays = text.tokenize(tokenizer, texts, self.config.data.max_len)
     inputs = {k: jnp.asarray(v) for k, v in arrays.items()}
     probabilities = self._predict(inputs)
     targets = self._targets(probabilities, target)
@@ -253,7 +240,7 @@ class Run:
     lengths = arrays["attention_mask"].sum(-1)
     out = []
     for i, source in enumerate(texts):
-      tokens = self._tokenizer.convert_ids_to_tokens(arrays["input_ids"][i, :lengths[i]].tolist())
+      tokens = tokenizer.convert_ids_to_tokens(arrays["input_ids"][i, :lengths[i]].tolist())
       out.append(self._explanation(source, probabilities[i], targets[i],
                                    {m: maps[m][i, :lengths[i]] for m in methods}, tokens=tokens))
     return out
@@ -262,14 +249,10 @@ class Run:
 def load(workdir: str, config: Optional[ml_collections.ConfigDict] = None) -> Run:
   """A ``Run`` of ``workdir``'s latest checkpoint, with the config saved there (or ``config``)."""
   if config is None:
-    config = eval_lib.load_workdir_config(workdir)
+    config = workdir_lib.load_config(workdir)
   model = model_lib.create_model(config)
   mesh = sharding_lib.make_mesh(1)
-  if registry.is_text_model(model):
-    dummy = tuple(np.zeros((1, config.data.max_len), np.int32) for _ in range(3))
-  else:
-    dummy = (np.zeros((1, config.data.image_size, config.data.image_size,
-                       model_lib.image_channels(model)), np.float32),)
+  dummy = tasks.task_of(model).dummy_inputs(config.data)
   variables = checkpoints.restore_variables(workdir, model, dummy, sharding_lib.replicated(mesh))
   return Run(config, model, variables, workdir)
 

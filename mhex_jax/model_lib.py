@@ -48,10 +48,3 @@ def load_pretrained(config: ml_collections.ConfigDict, model: nn.Module, params:
   ``config.model_load.new_head``) keep their fresh values."""
   return weights.load(model, params, config.model_init, **config.get("model_load", {}))
 
-
-def image_channels(model: nn.Module) -> int:
-  """C of the images ``model`` takes (ViT ``num_channels``, ResNet ``input_channels``; a ResNet
-  without a channel check takes RGB)."""
-  if isinstance(model, models.ViT):
-    return model.num_channels
-  return getattr(model, "input_channels", None) or 3

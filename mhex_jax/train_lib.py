@@ -1,19 +1,18 @@
 """Training: deep-supervision loss, a data-parallel jit step, checkpoints with resume.
 
 ``train_and_evaluate(config, workdir)`` is the whole job behind ``train.py``; everything it uses
-is importable on its own (``create_train_state``, ``make_train_step``, ``evaluate_accuracy``).
+is importable on its own (``create_train_state``, ``make_train_step``; the accuracy at the end is
+``evaluators.Accuracy``).
 """
 
 import contextlib
 import json
-import logging as logging_std
 import math
 import os
 import signal
 import sys
 import threading
 import time
-import traceback
 from typing import Any, Callable, Optional
 
 from absl import logging
@@ -30,11 +29,14 @@ import orbax.checkpoint as ocp
 from mhex_jax import checkpoints as checkpoints_lib
 from mhex_jax import config_lib
 from mhex_jax import errors
+from mhex_jax import evaluators
 from mhex_jax import files
 from mhex_jax.data import input_pipeline
 from mhex_jax import metric_writers
 from mhex_jax import model_lib
 from mhex_jax import sharding as sharding_lib
+from mhex_jax import tasks
+from mhex_jax import workdir as workdir_lib
 from mhex_jax import workdir_lock
 
 
@@ -50,43 +52,32 @@ class TrainState:
     return {"params": self.params, "batch_stats": self.batch_stats}
 
 
-def create_learning_rate(config: ml_collections.ConfigDict, steps_per_epoch: int):
-  """Linear warmup then cosine decay to 0 (or a constant rate)."""
-  total = config.num_epochs * steps_per_epoch
+def create_learning_rate(train_config: ml_collections.ConfigDict, steps_per_epoch: int):
+  """Linear warmup then cosine decay to 0 (or a constant rate), from ``config.train``."""
+  total = train_config.num_epochs * steps_per_epoch
   # At least one warmup step and one decay step, however short the run.
-  warmup = max(int(config.warmup_epochs * steps_per_epoch), 1)
-  if config.schedule == "constant":
-    return optax.constant_schedule(config.learning_rate)
-  if config.schedule != "cosine":
+  warmup = max(int(train_config.warmup_epochs * steps_per_epoch), 1)
+  if train_config.schedule == "constant":
+    return optax.constant_schedule(train_config.learning_rate)
+  if train_config.schedule != "cosine":
     raise errors.ConfigError(
-        f"Unknown train.schedule={config.schedule!r}; use 'cosine' or 'constant'.")
-  return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup,
+        f"Unknown train.schedule={train_config.schedule!r}; use 'cosine' or 'constant'.")
+  return optax.warmup_cosine_decay_schedule(0.0, train_config.learning_rate, warmup,
                                             max(total, warmup + 1))
 
 
-def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
-  """The optax optimiser named by ``config.optimizer`` with the config's schedule."""
-  lr = create_learning_rate(config, steps_per_epoch)
+def create_optimizer(train_config: ml_collections.ConfigDict, steps_per_epoch: int):
+  """The optax optimiser named by ``train.optimizer`` with the section's schedule."""
+  lr = create_learning_rate(train_config, steps_per_epoch)
   # Weight decay skips biases and normalisation scales (rank < 2), as usual for ResNets.
   decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
-  if config.optimizer == "sgd":
-    return optax.chain(optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
-                       optax.sgd(lr, momentum=config.momentum, nesterov=True))
-  if config.optimizer == "adamw":
-    return optax.adamw(lr, weight_decay=config.weight_decay, mask=decay_mask)
-  raise errors.ConfigError(f"Unknown train.optimizer={config.optimizer!r}; use 'sgd' or 'adamw'.")
-
-
-TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-
-
-def input_keys(batch_or_keys) -> tuple[str, ...]:
-  """The batch keys a model takes as positional inputs: images, or token arrays."""
-  return TEXT_INPUTS if "input_ids" in batch_or_keys else ("image",)
-
-
-def model_inputs(batch) -> tuple:
-  return tuple(batch[k] for k in input_keys(batch))
+  if train_config.optimizer == "sgd":
+    return optax.chain(optax.add_decayed_weights(train_config.weight_decay, mask=decay_mask),
+                       optax.sgd(lr, momentum=train_config.momentum, nesterov=True))
+  if train_config.optimizer == "adamw":
+    return optax.adamw(lr, weight_decay=train_config.weight_decay, mask=decay_mask)
+  raise errors.ConfigError(f"Unknown train.optimizer={train_config.optimizer!r}; use 'sgd' or "
+                           "'adamw'.")
 
 
 def create_train_state(model: nn.Module, optimizer, dummy_inputs: tuple,
@@ -99,11 +90,11 @@ def create_train_state(model: nn.Module, optimizer, dummy_inputs: tuple,
                     opt_state=optimizer.init(params))
 
 
-def head_weights(config: ml_collections.ConfigDict, num_heads: int) -> jax.Array:
+def head_weights(train_config: ml_collections.ConfigDict, num_heads: int) -> jax.Array:
   """λ_ℓ of the deep-supervision loss; all ones unless ``train.head_weights`` is set."""
-  if not config.head_weights:
+  if not train_config.head_weights:
     return jnp.ones((num_heads,), jnp.float32)
-  weights = tuple(config.head_weights)
+  weights = tuple(train_config.head_weights)
   if len(weights) != num_heads:
     raise errors.ConfigError(f"train.head_weights has {len(weights)} entries but the model has "
                              f"{num_heads} heads.")
@@ -129,6 +120,7 @@ def deep_supervision_loss(head_logits: jax.Array, labels: jax.Array, weights: ja
 def make_train_step(model: nn.Module, optimizer, weights: jax.Array,
                     label_smoothing: float = 0.0, seed: int = 0) -> Callable:
   """(state, batch) -> (state, metrics), pure; jit it with ``jit_train_step``."""
+  task = tasks.task_of(model)
 
   def train_step(state: TrainState, batch):
     # Dropout noise is a function of (seed, step), so a resumed run repeats it exactly.
@@ -136,7 +128,7 @@ def make_train_step(model: nn.Module, optimizer, weights: jax.Array,
 
     def loss_fn(params):
       head_logits, updates = model.apply(
-          {"params": params, "batch_stats": state.batch_stats}, *model_inputs(batch),
+          {"params": params, "batch_stats": state.batch_stats}, *task.model_args(batch),
           train=True, mutable=["batch_stats"], rngs={"dropout": dropout_rng})
       loss, per_head = deep_supervision_loss(head_logits, batch["label"], weights,
                                              label_smoothing)
@@ -162,33 +154,6 @@ def jit_train_step(train_step: Callable, mesh) -> Callable:
                  out_shardings=sharding_lib.replicated(mesh), donate_argnums=(0,))
 
 
-def make_eval_step(model: nn.Module, mesh) -> Callable:
-  """(variables, batch) -> per-head correct counts [L] and the number of valid examples."""
-
-  def eval_step(variables, batch):
-    head_logits = model.apply(variables, *model_inputs(batch), train=False)
-    valid = batch["valid"]
-    correct = (jnp.argmax(head_logits, -1) == batch["label"][None]) & valid[None]
-    return {"correct": jnp.sum(correct, axis=1), "count": jnp.sum(valid)}
-
-  return jax.jit(eval_step,
-                 in_shardings=(sharding_lib.replicated(mesh), sharding_lib.batch_sharded(mesh)),
-                 out_shardings=sharding_lib.replicated(mesh))
-
-
-def evaluate_accuracy(model, variables, dataset, batch_size: int, mesh) -> dict[str, Any]:
-  """Accuracy of the final head and of every head over a whole eval dataset."""
-  eval_step = make_eval_step(model, mesh)
-  correct, count = 0, 0
-  for batch in dataset.batches(batch_size, train=False):
-    out = eval_step(variables, sharding_lib.shard_batch(batch, mesh))
-    correct = correct + np.asarray(out["correct"])
-    count += int(out["count"])
-  head_accuracy = [float(c) / max(count, 1) for c in correct]
-  return {"accuracy": head_accuracy[-1], "head_accuracy": head_accuracy,
-          "num_examples": count}
-
-
 def restore_or_init(checkpoints, state: TrainState) -> tuple[TrainState, list[dict]]:
   """The latest intact checkpoint in the workdir (damaged later steps are moved aside), or
   ``state`` when there is none; with the metrics logged at the next log step."""
@@ -202,71 +167,6 @@ def restore_or_init(checkpoints, state: TrainState) -> tuple[TrainState, list[di
   return TrainState(step=optimizer["step"], params=variables["params"],
                     batch_stats=variables["batch_stats"],
                     opt_state=optimizer["opt_state"]), restored.pending_metrics
-
-
-# Fields a rerun may change without changing the run.
-_RESUME_MAY_CHANGE = ("train.log_every_steps", "train.checkpoint_every_steps",
-                      "train.keep_checkpoints", "train.resume", "data.data_dir")
-
-
-def check_resume(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Refuses to resume ``workdir``'s checkpoints with a config that changes the run (seed,
-  model, data, schedule), naming the fields, unless ``train.resume`` is "force"."""
-  mode = config.train.get("resume", "check")
-  if mode not in ("check", "force"):
-    raise config_lib.ConfigError(f"train.resume={mode!r}; use 'check' or 'force'.")
-  path = files.workdir_path(workdir) / "config.json"
-  if not path.exists():
-    return
-  saved = ml_collections.ConfigDict(json.loads(path.read_text()))
-  may_change = _RESUME_MAY_CHANGE
-  if not config.data.get("class_names"):
-    may_change += ("data.class_names",)  # Names the data define (CSV labels) were saved.
-  diffs = config_lib.differences(saved, config, ("seed", "model_name", "model", "model_init", "model_load", "data", "train"),
-                                 may_change)
-  if diffs and mode == "force":
-    logging.warning("Resuming %s with a changed config (train.resume=force): %s", workdir,
-                    "; ".join(diffs))
-  elif diffs:
-    raise config_lib.ConfigError(
-        f"{workdir} holds checkpoints of another config: {'; '.join(diffs)}. Use a new "
-        "--workdir, rerun with the workdir's config, or pass --config.train.resume=force to "
-        "continue with the new values.")
-
-
-def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  if jax.process_index() == 0:
-    directory = files.workdir_path(workdir)
-    directory.mkdir(parents=True, exist_ok=True)
-    files.write_text(directory / "config.json", config.to_json_best_effort(indent=2))
-
-
-def _raised_in_orbax(record: logging_std.LogRecord) -> bool:
-  """True when the record's exception was raised in the checkpointing library: asyncio logs
-  "Task exception was never retrieved" with the traceback of orbax's failed background writes
-  (a full disk fails several at once)."""
-  tb = record.exc_info[2] if record.exc_info else None
-  return any("/orbax/" in frame.f_code.co_filename for frame, _ in traceback.walk_tb(tb))
-
-
-class _LibraryInfoFilter(logging_std.Filter):
-  """Drops INFO lines of the checkpointing library (orbax writes ~45 per checkpoint), keeping
-  its warnings and errors (without their tracebacks, also where asyncio logs an exception
-  orbax raised: the error that stops the run reaches the entry point, which says what it
-  means) and every line of this project."""
-
-  def filter(self, record: logging_std.LogRecord) -> bool:
-    from_orbax = "/orbax/" in record.pathname
-    if from_orbax or _raised_in_orbax(record):
-      record.exc_info, record.exc_text = None, None
-    return not from_orbax or record.levelno >= logging_std.WARNING
-
-
-def quiet_library_logs() -> None:
-  """Installs ``_LibraryInfoFilter`` on the absl handler (``train.py`` and ``eval.py`` call it)."""
-  handler = logging.get_absl_handler()
-  if not any(isinstance(f, _LibraryInfoFilter) for f in handler.filters):
-    handler.addFilter(_LibraryInfoFilter())
 
 
 def _format_duration(seconds: float) -> str:
@@ -406,10 +306,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh,
                         max_steps: Optional[int]) -> dict[str, Any]:
   if checkpoints_lib.has_steps(workdir):
-    check_resume(config, workdir)  # Before any data is read.
-  model = model_lib.create_model(config)  # Before any data is read: a bad model fails fast.
+    workdir_lib.check_resume(config, workdir)  # Before any data is read.
+  model = model_lib.create_model(config)  # Before any data is read: a bad model fails fast,
+  weights = head_weights(config.train, tasks.head_count(model, config.data))  # its heads too.
   train_ds, eval_ds = input_pipeline.get_datasets(config.data, config.model.num_classes)
-  found = getattr(train_ds, "class_names", None)
+  found = train_ds.class_names
   if found and not config.data.get("class_names"):
     # Names the data define (a CSV's string labels) are saved with the config, for eval and
     # explain.py.
@@ -426,13 +327,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh,
   if config.get("model_init"):
     params = model_lib.load_pretrained(config, model, state.params)
     state = state.replace(params=params, opt_state=optimizer.init(params))
-  num_heads = len(jax.eval_shape(model.apply, state.variables, *train_ds.dummy_inputs()))
-  weights = head_weights(config.train, num_heads)
+  task = tasks.task_of(model)
   train_step = jit_train_step(make_train_step(model, optimizer, weights,
                                               config.train.label_smoothing, config.seed), mesh)
 
   manager = checkpoints_lib.manager(workdir, config.train.keep_checkpoints)
-  save_config(config, workdir)
+  workdir_lib.save_config(config, workdir)
   state, accumulated = restore_or_init(manager, state)
   state = sharding_lib.replicate(state, mesh)
   step = int(state.step)
@@ -468,7 +368,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh,
           if step >= stop:
             break
           state, metrics = train_step(state, sharding_lib.shard_batch(
-              {k: batch[k] for k in input_keys(batch) + ("label",)}, mesh))
+              {k: batch[k] for k in task.input_keys + ("label",)}, mesh))
           step += 1
           accumulated.append(metrics)
           unchecked.append(metrics)
@@ -507,8 +407,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh,
 
   result = {"step": step}
   if step >= total_steps:
-    result.update(evaluate_accuracy(model, state.variables, eval_ds, config.eval.batch_size,
-                                    mesh))
+    result.update(evaluators.Accuracy(model, eval_ds, config.eval.batch_size,
+                                      mesh).run(state.variables))
     writer.write_scalars(step, {"eval/accuracy": result["accuracy"],
                                 **{f"eval/head_{i:02d}_accuracy": a
                                    for i, a in enumerate(result["head_accuracy"])}})

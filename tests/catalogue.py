@@ -3,7 +3,7 @@
 
 ``tests/test_error_catalogue.py`` runs every case and checks its exit status, that stderr holds
 no traceback and names the field or file, and that the config cases end before anything
-compiles. The README's "Errors you may see" table is generated from ``CASES``:
+compiles. The "Errors you may see" table of docs/errors.md is generated from ``CASES``:
 
     python tests/catalogue.py --markdown
 
@@ -57,17 +57,33 @@ class Case:
   """One bad input. ``args`` may hold ``{w}`` (a path nothing exists at), ``{files}`` (the
   case's folder, where ``setup`` writes) and ``{trained}`` (a copy of a finished tiny run)."""
   name: str
-  problem: str  # What the user did: the README's first column.
+  problem: str  # What the user did: the docs table's first column.
   command: str  # "train", "eval" or "explain".
   args: tuple[str, ...]
-  expect: tuple[str, ...]  # In stderr; the first is the README's second column.
+  expect: tuple[str, ...]  # In stderr; the first is the docs table's second column.
   returncode: int = 1  # 0: a documented, working behaviour (a warning or a recovery).
   setup: str = ""  # A function of SETUPS, called with (files, trained).
   before_compile: bool = False  # A config error: nothing may compile before it.
+  before_data: bool = False  # Refused before any data is read: within EARLY_SECONDS.
 
   @property
   def uses_trained(self) -> bool:
     return any("{trained}" in a for a in self.args) or self.setup.startswith("damage")
+
+
+# What a config error found before any data is read may take (a fork of the loaded libraries,
+# the config parsed, the model built; measured here: about 1 s on a busy 2-core CPU).
+EARLY_SECONDS = 5
+# Synthetic eval data of no examples: a DataError when the data is read.
+NO_EVAL_DATA = ("--config.data.num_eval=0",)
+
+
+def _early(name, problem, command, flags, expect, setup="", workdir="{files}"):
+  """A config error that needs the built model: refused before any data is read or anything
+  compiles, within ``EARLY_SECONDS``. Eval's ``{files}`` is an existing workdir that holds
+  nothing yet."""
+  return Case(name, problem, command, (*flags, f"--workdir={workdir}"), (expect,), setup=setup,
+              before_compile=True, before_data=True)
 
 
 def _config(name, problem, flags, expect, command="train", base=DEFAULT):
@@ -139,6 +155,33 @@ CASES = (
             "eval.mhex.alpha=nan must be finite", command="eval"),
     _config("eval_alpha_too_big", "`eval.mhex.alpha=1.5`", ["--config.eval.mhex.alpha=1.5"],
             "eval.mhex.alpha=1.5 must be in [0, 1]", command="eval"),
+    # Options that depend on the model, refused right after it is built: the data named here
+    # is missing or empty, so reading it first would fail with another message.
+    _early("eval_collaboration_text", "`eval.collaboration_examples=4` on a text model", "eval",
+           (*TEXT, "--config.data.path={w}/none.csv", "--config.eval.collaboration_examples=4"),
+           "eval.collaboration_examples > 0 needs an MHEX image model", setup="tiny_bert"),
+    _early("eval_collaboration_plain", "`eval.collaboration_examples=4` on a plain model", "eval",
+           (*DEFAULT, *NO_EVAL_DATA, "--config.model.mhex=False",
+            "--config.eval.collaboration_examples=4"),
+           "eval.collaboration_examples > 0 needs an MHEX image model"),
+    _early("eval_mhex_option_misplaced", "`eval.mhex.route=attention` on a CNN", "eval",
+           (*DEFAULT, *NO_EVAL_DATA, "--config.eval.mhex.route=attention"),
+           "MHEX options ['route'] apply to Transformer token maps only; unset them in eval.mhex "
+           "for ResNet"),
+    _early("eval_variants_on_plain", "a config's `eval.variants` on a plain model", "eval",
+           (*TEXT, "--config.data.path={w}/none.csv", "--config.model.mhex=False"),
+           "are MHEX variants, but the model is plain (model.mhex=False); remove them",
+           setup="tiny_bert"),
+    _early("eval_aopc_modes_typo", "`eval.aopc_modes=deletion,replace`", "eval",
+           (*TEXT, "--config.data.path={w}/none.csv", "--config.eval.aopc_modes=deletion,replace"),
+           "eval.aopc_modes='deletion,replace'; use 'deletion', 'replacement' or "
+           "'deletion,replacement'", setup="tiny_bert"),
+    _early("eval_method_typo", "`eval.methods=mhex,gradcam`", "eval",
+           (*DEFAULT, *NO_EVAL_DATA, "--config.eval.methods=mhex,gradcam"),
+           "eval.methods names ['gradcam'], which ResNet(mhex=True) cannot run"),
+    _early("head_weights_length", "`train.head_weights` of 2 weights for 8 heads", "train",
+           (*DEFAULT, "--config.data.num_train=0", "--config.train.head_weights=(1.0,2.0)"),
+           "train.head_weights has 2 entries but the model has 8 heads", workdir="{w}"),
     Case("workdir_is_a_file", "`--workdir` names a file", "train",
          (*TINY, "--workdir={files}/afile"), ("--workdir=", "/afile is a file; a workdir is a "
                                               "directory"), setup="a_file"),
@@ -418,7 +461,7 @@ def _dead_lock(files, trained):
   write_lock(trained / "train.lock", pid=dead_pid())
 
 
-SETUPS = {"a_file": _a_file, "live_lock": _live_lock, "dead_lock": _dead_lock,
+SETUPS = {"a_file": _a_file, "tiny_bert": lambda files, trained: _tiny_bert(files / "bert"), "live_lock": _live_lock, "dead_lock": _dead_lock,
           "empty_split": _empty_split, "text_npz": _text_npz,
           "four_classes": _four_classes, "unclosed_csv": _unclosed_csv,
           "all_empty_csv": _all_empty_csv, "zero_width_csv": _zero_width_csv,
@@ -430,7 +473,7 @@ SETUPS = {"a_file": _a_file, "live_lock": _live_lock, "dead_lock": _dead_lock,
 
 
 def markdown() -> str:
-  """The README table: what the user did, and the start of what they read."""
+  """The docs/errors.md table: what the user did, and the start of what they read."""
   rows = ["| what you did | what stderr says (excerpts) | exit status |", "|---|---|---|"]
   for case in CASES:
     expect = " … ".join(case.expect).replace("|", "\\|")
@@ -540,7 +583,7 @@ def run_cases(cases, work: pathlib.Path, parallel: int = 2, timeout: float = 180
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--markdown", action="store_true", help="Print the README table.")
+  parser.add_argument("--markdown", action="store_true", help="Print the docs/errors.md table.")
   parser.add_argument("--run", help="Run the cases; write their results to this JSON file.")
   parser.add_argument("--work", help="A new directory for the cases' files.")
   parser.add_argument("--only", default="", help="Comma-separated case names (default: all).")

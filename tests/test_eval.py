@@ -13,9 +13,14 @@ from configs import bert_agnews
 from configs import default
 from mhex_jax import errors
 from mhex_jax import eval_lib
+from mhex_jax import evaluators
 from mhex_jax import model_lib
 from mhex_jax import train_lib
+from mhex_jax.data import input_pipeline
+from mhex_jax.explain import methods as methods_lib
 from mhex_jax.explain import registry
+from mhex_jax.metrics import image as image_metrics
+from mhex_jax.metrics import text as text_metrics
 
 FAST_OPTIONS = {
     "score_cam": {"chunk_size": 4},
@@ -78,9 +83,9 @@ def test_image_comparison_runs_every_method(image_workdirs):
   assert list(report["methods"]) == list(registry.available(model))
   assert "mhex" in report["methods"] and "grad_cam" in report["methods"]
   for name, results in report["methods"].items():
-    assert set(eval_lib.IMAGE_METRICS) <= set(results), name
+    assert set(image_metrics.SUITE_METRICS) <= set(results), name
     assert results["num_examples"] == 16
-    _in_unit_interval(results, eval_lib.IMAGE_METRICS)
+    _in_unit_interval(results, image_metrics.SUITE_METRICS)
   # Different maps give different deletion curves: the methods really differ.
   assert len({round(r["deletion_auc"], 6) for r in report["methods"].values()}) > 1
 
@@ -99,7 +104,7 @@ def test_image_comparison_runs_every_method(image_workdirs):
     nonempty = arrays["mask_nonempty"]
     for name, results in report["methods"].items():
       assert arrays[f"{name}/targets"].shape == (16,)
-      for metric in eval_lib.IMAGE_METRICS:
+      for metric in image_metrics.SUITE_METRICS:
         values = arrays[f"{name}/{metric}"].astype(np.float64)
         if metric in ("pointing_game", "energy_pointing_game"):
           values = values[nonempty]
@@ -122,28 +127,42 @@ def test_plain_model_comparison_has_no_mhex(image_workdirs):
     eval_lib.evaluate(_fast_eval(_image_config(mhex=False), "mhex"), image_workdirs["plain"])
 
 
+def _options(config, model) -> dict:
+  return {m.name: dict(m.options) for m in methods_lib.resolve(config, model)}
+
+
 def test_mhex_options_and_variants_are_checked():
-  config = _image_config()
+  config = _fast_eval(_image_config(), "")
   model = model_lib.create_model(config)
   config.eval.mhex.beta_neg = -1.0
-  assert eval_lib.method_options(config, model, "mhex") == {"beta_neg": -1.0}
+  assert _options(config, model) == {"mhex": {"beta_neg": -1.0}}
   config.eval.variants = {"mhex_wide": {"alpha": 0.5}}
-  assert eval_lib.method_names(_fast_eval(config, "all").eval, model)[-1] == "mhex_wide"
-  assert eval_lib.method_options(config, model, "mhex_wide") == {"beta_neg": -1.0, "alpha": 0.5}
-  config.eval.variants = {"mhex_bad": {"sharpness": 1.0}}
+  config.eval.methods = "all"
+  resolved = methods_lib.resolve(config, model)
+  assert resolved[-1] == methods_lib.Method("mhex_wide", "mhex", {"beta_neg": -1.0, "alpha": 0.5})
+  assert [m.base for m in resolved[1:-1]] == list(registry.IMAGE_METHODS)
+  assert resolved[1].options == {}  # grad_cam: no explainer_options set.
+  config.eval.methods = "mhex"
+  config.eval.variants = {"mhex_bad": {"sharpness": 1.0}}  # Checked though not run.
   with pytest.raises(ValueError, match=r"mhex_bad sets \['sharpness'\]"):
-    eval_lib.method_options(config, model, "mhex_bad")
+    methods_lib.resolve(config, model)
   config.eval.variants = {"grad_cam": {"alpha": 0.5}}
   with pytest.raises(ValueError, match="reuse explainer names"):
-    eval_lib.method_names(config.eval, model)
+    methods_lib.resolve(config, model)
   config.eval.variants = {}
   config.eval.mhex.route = "attention"
   with pytest.raises(ValueError, match=r"\['route'\] apply to Transformer token maps only"):
-    eval_lib.method_options(config, model, "mhex")
+    methods_lib.resolve(config, model)
   plain = model_lib.create_model(_image_config(mhex=False))
+  config.eval.mhex.route = None
   config.eval.variants = {"mhex_wide": {"alpha": 0.5}}
   with pytest.raises(ValueError, match="model is plain"):
-    eval_lib.method_names(config.eval, plain)
+    methods_lib.resolve(config, plain)
+  config.eval.variants = {}
+  config.eval.methods = "score_cam"
+  config.eval.explainer_options.score_cam = {"chunk": 4}
+  with pytest.raises(ValueError, match=r"score_cam sets \['chunk'\].*'chunk_size'"):
+    methods_lib.resolve(config, model)
 
 
 def test_unknown_method_is_named(image_workdirs):
@@ -182,7 +201,7 @@ def test_scorer_must_solve_the_same_task(image_workdirs, tmp_path):
 def test_markdown_table_marks_lower_is_better():
   table = eval_lib.markdown_table({"a": {"avg_drop": 0.5, "deletion_auc": 0.25},
                                    "b": {"avg_drop": 0.125, "deletion_auc": None}},
-                                  eval_lib.IMAGE_METRICS)
+                                  image_metrics.SUITE_METRICS)
   assert table.splitlines() == ["| method | avg_drop | deletion_auc ↓ |", "|---|---|---|",
                                 "| a | 0.5000 | 0.2500 |", "| b | 0.1250 |  |"]
 
@@ -239,13 +258,13 @@ def test_text_comparison_report_and_html(tmp_path, mhex, methods):
   assert list(report["methods"]) == expected
   assert ("mhex" in report["methods"]) == mhex and "attcat" in report["methods"]
   for name, results in report["methods"].items():
-    assert set(eval_lib.TEXT_METRICS) <= set(results), name
+    assert set(text_metrics.SUITE_METRICS) <= set(results), name
     assert results["num_examples"] == 8  # The 20% eval split of 40 rows.
-    for metric in eval_lib.TEXT_METRICS:
+    for metric in text_metrics.SUITE_METRICS:
       assert np.isfinite(results[metric]), (name, metric)
   with np.load(os.path.join(workdir, "eval", "per_example.npz")) as arrays:
     for name, results in report["methods"].items():
-      for metric in eval_lib.TEXT_METRICS:
+      for metric in text_metrics.SUITE_METRICS:
         np.testing.assert_allclose(results[metric], arrays[f"{name}/{metric}"].mean(),
                                    rtol=1e-6, err_msg=f"{name}/{metric}")
   page = open(os.path.join(workdir, "eval", "tokens.html")).read()
@@ -274,11 +293,11 @@ def test_first_example_selects_a_later_range(image_workdirs):
   config = _fast_eval(_image_config(), "mhex")
   config.eval.num_explain = 8
   fields = ("image", "label")
-  dataset = eval_lib.input_pipeline.get_datasets(config.data, 4, need_train=False)[1]
-  whole = np.concatenate([b["image"][k] for b, k in eval_lib._explained_batches(
+  dataset = input_pipeline.get_datasets(config.data, 4, need_train=False)[1]
+  whole = np.concatenate([b["image"][k] for b, k in evaluators.explained_batches(
       dataset, _with(config, num_explain=20).eval, fields)])
   config.eval.first_example = 11  # Straddles the batches of 16.
-  later = np.concatenate([b["image"][k] for b, k in eval_lib._explained_batches(
+  later = np.concatenate([b["image"][k] for b, k in evaluators.explained_batches(
       dataset, config.eval, fields)])
   np.testing.assert_array_equal(later, whole[11:19])
   config.eval.save_maps = True
@@ -292,7 +311,7 @@ def test_first_example_selects_a_later_range(image_workdirs):
     assert list(arrays["example"]) == list(range(11, 19))
     maps = arrays["mhex/maps"]
     energy = arrays["mhex/energy_pointing_game"]
-  masks = np.concatenate([b["mask"][k] for b, k in eval_lib._explained_batches(
+  masks = np.concatenate([b["mask"][k] for b, k in evaluators.explained_batches(
       dataset, config.eval, ("image", "label", "mask"))])
   assert maps.shape == (8, 16, 16) and maps.min() >= 0 and maps.max() <= 1
   np.testing.assert_allclose(energy, (maps * masks).sum((1, 2)) / maps.sum((1, 2)), rtol=1e-5)

@@ -18,6 +18,7 @@ from mhex_jax import eval_lib
 from mhex_jax import explain_lib
 from mhex_jax import model_lib
 from mhex_jax import train_lib
+from mhex_jax import workdir as workdir_lib
 from mhex_jax.data import synthetic
 from mhex_jax.explain import registry
 from test_eval import _image_config, _text_config
@@ -142,7 +143,7 @@ def test_eval_defaults_to_the_saved_config_and_names_mismatches(workdir):
   config.model.width = 8
   config.train.optimizer = "adamw"  # Eval reads no optimizer state: not a difference.
   with pytest.raises(ValueError, match=r"with: model.width: 4 in the workdir, 8 here\. Leave"):
-    eval_lib.check_workdir_config(config, workdir)
+    workdir_lib.check_model(config, workdir)
 
 
 def test_library_explains_texts(tmp_path):

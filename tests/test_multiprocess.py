@@ -19,8 +19,10 @@ from conftest import xla_flags
 from configs import default
 from mhex_jax import checkpoints
 from mhex_jax import eval_lib
+from mhex_jax import evaluators
 from mhex_jax import model_lib
 from mhex_jax import sharding as sharding_lib
+from mhex_jax import tasks
 from mhex_jax import train_lib
 from mhex_jax.data import input_pipeline
 from mhex_jax.metrics import image as image_metrics
@@ -67,7 +69,7 @@ def _free_port():
 
 
 def _start(script, config_file, workdir, log_dir, name):
-  """The README's plain-CPU recipe: each of two processes runs the script with the
+  """The plain-CPU recipe of docs/usage.md: each of two processes runs the script with the
   coordinator's address. Returns the processes (output in LOG_DIR/NAME.{0,1}.log)."""
   env = {**os.environ, "XLA_FLAGS": xla_flags(2),
          "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
@@ -118,7 +120,8 @@ def _metrics_of_maps(config, workdir, maps, targets):
                                            need_train=False)
   variables = checkpoints.restore_variables(workdir, model, eval_ds.dummy_inputs(),
                                             sharding_lib.replicated(mesh))
-  metrics_fn = eval_lib._image_metrics_fn(model, config.eval, eval_ds.has_masks)
+  metrics_fn = tasks.task_of(model).metrics_fn(model, config.eval, config.data,
+                                               eval_ds.has_masks)
 
   def metrics_and_margins(variables, batch, maps, targets):
     """The metrics, p(x_keep) − p(x) (average_increase's test) and the top-2 probability
@@ -132,10 +135,10 @@ def _metrics_of_maps(config, workdir, maps, targets):
     out["target_margin"] = top2[:, 0] - top2[:, 1]
     return out
 
-  metric_step = eval_lib._metric_step(metrics_and_margins, mesh)
+  metric_step = evaluators.metric_step(metrics_and_margins, mesh)
   parts, done = {}, 0
-  for batch, keep in eval_lib._explained_batches(eval_ds, config.eval,
-                                                 ("image", "label", "mask")):
+  for batch, keep in evaluators.explained_batches(eval_ds, config.eval,
+                                                  ("image", "label", "mask")):
     rows = np.flatnonzero(keep)
     batch_maps = np.zeros(batch["image"].shape[:3], np.float32)
     batch_targets = np.zeros(len(keep), np.int32)
@@ -251,7 +254,7 @@ def test_two_process_training_and_evaluation_match_one_process(tmp_path):
     per_method = {k.split("/")[1]: v for k, v in multi.items() if k.startswith(name + "/")}
     if "mask_nonempty" in multi:
       per_method["mask_nonempty"] = multi["mask_nonempty"]
-    assert report["methods"][name] == eval_lib.metric_means(name, per_method)
+    assert report["methods"][name] == evaluators.metric_means(name, per_method)
     assert report["methods"][name]["num_examples"] == 30
   recomputed = {name: _metrics_of_maps(config, str(workdir), multi[f"{name}/maps"],
                                        multi[f"{name}/targets"]) for name in ("mhex", "grad_cam")}

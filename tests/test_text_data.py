@@ -568,7 +568,7 @@ def test_get_datasets_carries_class_names(tmp_path, minilm_dir, monkeypatch):
   flag_values = flags.FlagValues()
   config_flags.DEFINE_config_file("config", flag_values=flag_values)
   path = _write_reviews(tmp_path)
-  # The README's command for one's own CSV.
+  # The command for one's own CSV in docs/usage.md.
   argv = ["train.py", f"--config={config_file}", f"--config.data.path={path}",
                "--config.data.label_column=sentiment", "--config.data.text_columns=('review',)",
                "--config.data.class_names=()", "--config.model.num_classes=3",

@@ -17,6 +17,7 @@ from mhex_jax import checkpoints
 from mhex_jax import model_lib
 from mhex_jax import sharding as sharding_lib
 from mhex_jax import train_lib
+from mhex_jax.cli import logs
 
 DUMMY = (np.zeros((1, 16, 16, 3), np.float32),)
 
@@ -291,10 +292,10 @@ def test_non_finite_loss_stops_with_a_true_message_and_saves_nothing_non_finite(
 
 def test_library_info_lines_are_quieted_but_warnings_kept():
   import logging
-  train_lib.quiet_library_logs()
-  train_lib.quiet_library_logs()  # Idempotent.
+  logs.quiet_library_logs()
+  logs.quiet_library_logs()  # Idempotent.
   handler = train_lib.logging.get_absl_handler()
-  assert sum(isinstance(f, train_lib._LibraryInfoFilter) for f in handler.filters) == 1
+  assert sum(isinstance(f, logs.LibraryInfoFilter) for f in handler.filters) == 1
 
   def record(level, path):
     return logging.LogRecord("absl", level, path, 1, "message", None, None)
@@ -324,7 +325,7 @@ def test_asyncio_lines_about_orbax_failures_lose_their_traceback():
                              1771, "Task exception was never retrieved", None,
                              exc_info_from(filename))
 
-  log_filter = train_lib._LibraryInfoFilter()
+  log_filter = logs.LibraryInfoFilter()
   from_orbax = record("/site-packages/orbax/checkpoint/_src/serialization/serialization.py")
   assert log_filter.filter(from_orbax) and from_orbax.exc_info is None
   from_elsewhere = record("/repo/user_code.py")

@@ -427,7 +427,8 @@ def test_bad_options_and_inputs_are_named():
   no_special = {k: v for k, v in inputs.items() if k != "special_tokens_mask"}
   with pytest.raises(ValueError, match="mask_special_keys=False"):
     tx.attcat(model, variables, no_special, targets)
-  with pytest.raises(ValueError, match="'input_ids' .* or 'image'"):
+  with pytest.raises(ValueError, match=r"Text inputs need \['attention_mask', 'input_ids'\]; "
+                     r"got keys \['ids'\]"):
     tx.cat(model, variables, {"ids": inputs["input_ids"]}, targets)
 
 

@@ -22,7 +22,7 @@ from mhex_jax import config_lib
 from mhex_jax import distributed
 from mhex_jax import errors
 from mhex_jax import host_allocator
-from mhex_jax import train_lib
+from mhex_jax.cli import logs
 
 FLAGS = flags.FLAGS
 
@@ -111,7 +111,7 @@ def start(argv: list[str]) -> None:
   distributed.initialize(FLAGS)
   compile_cache.enable_from_flags(FLAGS)
   host_allocator.keep_large_buffers()
-  train_lib.quiet_library_logs()
+  logs.quiet_library_logs()
 
 
 # What a user can fix: printed as one message, without a traceback. Any other exception is a

@@ -23,7 +23,7 @@ from mhex_jax import compile_cache
 from mhex_jax import explain_lib
 from mhex_jax import files
 from mhex_jax import host_allocator
-from mhex_jax import train_lib
+from mhex_jax.cli import logs
 from mhex_jax.data import text as text_data
 
 FLAGS = flags.FLAGS
@@ -59,11 +59,11 @@ def main(argv):
   paths = argv[1:]
   compile_cache.enable_from_flags(FLAGS)
   host_allocator.keep_large_buffers()
-  train_lib.quiet_library_logs()
+  logs.quiet_library_logs()
   started = time.monotonic()
   run = explain_lib.load(FLAGS.workdir)
   options = {"methods": FLAGS.methods or None, "target": FLAGS.target}
-  if run.kind == "text":
+  if run.task.name == "text":
     bad = [p for p in paths if not p.endswith((".txt", ".csv"))]
     if bad:
       raise app.UsageError(f"{bad}: a text model explains --text=..., .txt files (one text "

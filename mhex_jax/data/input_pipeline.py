@@ -6,7 +6,7 @@ Eval batches are padded to full size (``valid`` marks real examples) so shapes n
 """
 
 import dataclasses
-from typing import Any, Iterator, Optional
+from typing import Iterator, Optional
 
 from absl import logging
 import jax
@@ -14,16 +14,17 @@ import ml_collections
 import numpy as np
 
 from mhex_jax.data import imagenet, medmnist, pipeline, synthetic, text
+from mhex_jax.data.dataset import Dataset
 from mhex_jax.errors import DataError
 
 DATASETS = ("synthetic", "medmnist", "imagenet", "text")
 
 
-def class_names(config: ml_collections.ConfigDict, num_classes: int) -> list[str]:
+def class_names(data_config: ml_collections.ConfigDict, num_classes: int) -> list[str]:
   """Names of the ``num_classes`` classes: ``data.class_names``, the synthetic shapes' names,
   or "class 0", "class 1", ... when the data name none."""
-  names = tuple(config.get("class_names") or ())
-  if not names and config.name == "synthetic":
+  names = tuple(data_config.get("class_names") or ())
+  if not names and data_config.name == "synthetic":
     names = synthetic.CLASS_NAMES
   if not names:
     return [f"class {k}" for k in range(num_classes)]
@@ -71,6 +72,7 @@ class InMemoryDataset:
   mean: tuple[float, ...]
   std: tuple[float, ...]
   augment: tuple[str, ...] = ()
+  class_names = None  # Class names come from the config (data.class_names).
 
   def __post_init__(self):
     images, labels = self.arrays["image"], self.arrays["label"]
@@ -137,6 +139,7 @@ class TfdsImageNet:
   std: tuple[float, ...]
   data_dir: Optional[str] = None
   has_masks = False
+  class_names = None  # Class names come from the config (data.class_names).
 
   @property
   def num_examples(self) -> int:
@@ -217,63 +220,65 @@ def _augment(images: np.ndarray, flips: np.ndarray, shifts: np.ndarray) -> np.nd
   return images
 
 
-def _medmnist_split(config: ml_collections.ConfigDict, path: str, split: str) -> dict:
-  arrays = medmnist.load_medmnist(path, split, as_rgb=config.as_rgb)
-  if config.image_size and arrays["image"].shape[1] != config.image_size:
-    arrays["image"] = pipeline.resize_images(arrays["image"], config.image_size)
+def _medmnist_split(data_config: ml_collections.ConfigDict, path: str, split: str) -> dict:
+  arrays = medmnist.load_medmnist(path, split, as_rgb=data_config.as_rgb)
+  if data_config.image_size and arrays["image"].shape[1] != data_config.image_size:
+    arrays["image"] = pipeline.resize_images(arrays["image"], data_config.image_size)
   return arrays
 
 
-def get_datasets(config: ml_collections.ConfigDict, num_classes: int,
-                 *, need_train: bool = True) -> tuple[Optional[Any], Any]:
-  """(train, eval) datasets for ``config.data``; train is None when ``need_train`` is False."""
-  name = config.name
+def get_datasets(data_config: ml_collections.ConfigDict, num_classes: int,
+                 *, need_train: bool = True) -> tuple[Optional[Dataset], Dataset]:
+  """(train, eval) datasets of ``data_config`` (``config.data``); train is None when
+  ``need_train`` is False. Each is a ``Dataset``."""
+  name = data_config.name
   if name not in DATASETS:
     raise DataError(f"Unknown data.name={name!r}; use one of {DATASETS}.")
-  mean, std = tuple(config.mean), tuple(config.std)
+  mean, std = tuple(data_config.mean), tuple(data_config.std)
   train = None
   if name == "synthetic":
     streams = {"test": 1, "val": 2, "validation": 2}
-    if config.eval_split not in streams:
-      raise DataError(f"data.eval_split={config.eval_split!r} for synthetic data; use 'test' "
+    if data_config.eval_split not in streams:
+      raise DataError(f"data.eval_split={data_config.eval_split!r} for synthetic data; use 'test' "
                       "or 'val' (held-out streams for reporting and for choosing options).")
-    counts = (("num_train", config.num_train),) if need_train else ()
-    for field, count in counts + (("num_eval", config.num_eval),):
+    counts = (("num_train", data_config.num_train),) if need_train else ()
+    for field, count in counts + (("num_eval", data_config.num_eval),):
       if not isinstance(count, int) or isinstance(count, bool) or count < 1:
         raise DataError(f"data.{field}={count!r}: synthetic data needs a positive number of "
                         f"examples, e.g. --config.data.{field}=1000.")
     try:
       if need_train:
-        train = synthetic.make_split(config.num_train, image_size=config.image_size,
-                                     seed=config.seed)
-      eval_arrays = synthetic.make_split(config.num_eval, image_size=config.image_size,
-                                         seed=config.seed + streams[config.eval_split])
+        train = synthetic.make_split(data_config.num_train, image_size=data_config.image_size,
+                                     seed=data_config.seed)
+      eval_arrays = synthetic.make_split(data_config.num_eval, image_size=data_config.image_size,
+                                         seed=data_config.seed + streams[data_config.eval_split])
     except ValueError as e:  # Names the argument, not the config field.
-      raise DataError(f"synthetic data with data.image_size={config.image_size!r}, "
-                      f"data.seed={config.seed!r}: {e}") from e
+      raise DataError(f"synthetic data with data.image_size={data_config.image_size!r}, "
+                      f"data.seed={data_config.seed!r}: {e}") from e
   elif name == "text":
-    train, eval_arrays, names = text.make_text_splits(config, num_classes,
+    train, eval_arrays, names = text.make_text_splits(data_config, num_classes,
                                                       need_train=need_train)
     train_ds = TextDataset(train, num_classes, names) if need_train else None
     eval_ds = TextDataset(eval_arrays, num_classes, names)
     if train_ds is not None:
-      warn_unused_classes(train["label"], num_classes, f"the CSV {config.path}")
+      warn_unused_classes(train["label"], num_classes, f"the CSV {data_config.path}")
     return train_ds, eval_ds
   elif name == "medmnist":
-    if not config.path:
+    if not data_config.path:
       raise DataError("data.path is empty: pass --config.data.path=/path/to/<subset>.npz "
                       "(an official MedMNIST file).")
     if need_train:
-      train = _medmnist_split(config, config.path, config.train_split)
-    eval_arrays = _medmnist_split(config, config.eval_path or config.path, config.eval_split)
+      train = _medmnist_split(data_config, data_config.path, data_config.train_split)
+    eval_arrays = _medmnist_split(data_config, data_config.eval_path or data_config.path,
+                                  data_config.eval_split)
   else:
-    data_dir = config.data_dir or None
-    train = (TfdsImageNet(config.train_split, config.image_size, mean, std, data_dir)
+    data_dir = data_config.data_dir or None
+    train = (TfdsImageNet(data_config.train_split, data_config.image_size, mean, std, data_dir)
              if need_train else None)
-    return train, TfdsImageNet(config.eval_split, config.image_size, mean,
+    return train, TfdsImageNet(data_config.eval_split, data_config.image_size, mean,
                                std, data_dir)
 
-  augment = tuple(a for a in config.augment.split(",") if a)
+  augment = tuple(a for a in data_config.augment.split(",") if a)
   train_ds = (InMemoryDataset(train, num_classes, mean, std, augment)
               if train is not None else None)
   eval_ds = InMemoryDataset(eval_arrays, num_classes, mean, std)
@@ -281,7 +286,7 @@ def get_datasets(config: ml_collections.ConfigDict, num_classes: int,
     raise DataError(f"train images are {train_ds.image_shape} but eval images are "
                     f"{eval_ds.image_shape}; eval data must match the training format.")
   if train_ds is not None:
-    source = (f"{config.path} (split {config.train_split!r})" if name == "medmnist"
+    source = (f"{data_config.path} (split {data_config.train_split!r})" if name == "medmnist"
               else "the synthetic shapes")
     warn_unused_classes(train["label"], num_classes, source)
   return train_ds, eval_ds

@@ -439,13 +439,14 @@ def _show_texts(texts) -> str:
   return repr(texts)[:100]
 
 
-def make_text_splits(config: ml_collections.ConfigDict, num_classes: Optional[int] = None,
+def make_text_splits(data_config: ml_collections.ConfigDict, num_classes: Optional[int] = None,
                      *, need_train: bool = True) -> TextSplits:
   """Train and eval splits, tokenized, ready for `pipeline.batch_iterator`, and class names.
 
   Args:
-    config: with fields path (train CSV), eval_path (eval CSV; "" holds out a stratified
-      eval_fraction of ``path``, shuffled by split_seed), eval_fraction, split_seed, max_len,
+    data_config: ``config.data``, with fields path (train CSV), eval_path (eval CSV; "" holds
+      out a stratified eval_fraction of ``path``, shuffled by split_seed), eval_fraction,
+      split_seed, max_len,
       label_column, text_columns, label_base, has_header (the `load_csv` options, shared by
       both files), tokenizer_dir (a local tokenizer directory) and optionally class_names.
     num_classes: the model's number of classes, checked against the classes of the data.
@@ -460,33 +461,34 @@ def make_text_splits(config: ml_collections.ConfigDict, num_classes: Optional[in
     label_base=1), ``num_classes`` of them (the training data's largest label + 1 without it).
     The eval file's labels must be among the training classes.
   """
-  missing = [field for field in CONFIG_FIELDS if field not in config]
+  missing = [field for field in CONFIG_FIELDS if field not in data_config]
   if missing:
-    raise DataError(f"config lacks the text-data field(s) {missing}; it needs all of "
+    raise DataError(f"data config lacks the text-data field(s) {missing}; it needs all of "
                     f"{list(CONFIG_FIELDS)}.")
-  tokenizer = load_tokenizer(config.tokenizer_dir)
-  csv_options = dict(label_column=config.label_column, text_columns=config.text_columns,
-                     label_base=config.label_base, has_header=config.has_header, joiner=" ")
-  given_names = config.get("class_names") or ()
-  data, integer_labels, lines = _read_labelled_csv(config.path, class_names=given_names,
+  tokenizer = load_tokenizer(data_config.tokenizer_dir)
+  csv_options = dict(label_column=data_config.label_column,
+                     text_columns=data_config.text_columns, label_base=data_config.label_base,
+                     has_header=data_config.has_header, joiner=" ")
+  given_names = data_config.get("class_names") or ()
+  data, integer_labels, lines = _read_labelled_csv(data_config.path, class_names=given_names,
                                                    **csv_options)
   class_names = data.class_names
-  if config.eval_path:
+  if data_config.eval_path:
     eval_data, _, eval_lines = _read_labelled_csv(
-        config.eval_path, class_names=class_names or (), integer_labels=integer_labels,
+        data_config.eval_path, class_names=class_names or (), integer_labels=integer_labels,
         **csv_options)
     train_labels, eval_labels = data.labels, eval_data.labels
   else:
     try:
-      train_idx, eval_idx = stratified_split(data.labels, eval_fraction=config.eval_fraction,
-                                             seed=config.split_seed)
+      train_idx, eval_idx = stratified_split(data.labels, eval_fraction=data_config.eval_fraction,
+                                             seed=data_config.split_seed)
     except ValueError as e:
-      raise DataError(f"splitting {config.path} for training and eval: {e} Or pass an eval "
+      raise DataError(f"splitting {data_config.path} for training and eval: {e} Or pass an eval "
                       "file as data.eval_path.") from e
     train_labels, eval_labels = data.labels[train_idx], data.labels[eval_idx]
   if class_names is None:  # Integer labels without names: the file's own label values.
     count = num_classes or int(max(train_labels.max(), eval_labels.max())) + 1
-    class_names = tuple(str(config.label_base + i) for i in range(count))
+    class_names = tuple(str(data_config.label_base + i) for i in range(count))
   if num_classes is not None and len(class_names) != num_classes:
     if given_names:
       source, fix = (f"data.class_names has {len(class_names)} names",
@@ -494,7 +496,7 @@ def make_text_splits(config: ml_collections.ConfigDict, num_classes: Optional[in
                      "(or () to read them from the data), or model.num_classes to "
                      f"{len(class_names)}")
     else:
-      source, fix = (f"the CSV {config.path} has {len(class_names)} classes",
+      source, fix = (f"the CSV {data_config.path} has {len(class_names)} classes",
                      f"set model.num_classes={len(class_names)}, or list every class in "
                      "data.class_names if the training file lacks some")
     raise DataError(f"{source} ({', '.join(class_names)}) but model.num_classes="
@@ -502,14 +504,15 @@ def make_text_splits(config: ml_collections.ConfigDict, num_classes: Optional[in
   def tokenized(texts, path, lines, idx=None):
     if idx is not None:
       texts, lines = [texts[i] for i in idx], [lines[i] for i in idx]
-    return _tokenize_rows(tokenizer, texts, config.max_len, path, lines, config.tokenizer_dir)
+    return _tokenize_rows(tokenizer, texts, data_config.max_len, path, lines,
+                          data_config.tokenizer_dir)
 
-  if config.eval_path:
-    eval_arrays = tokenized(eval_data.texts, config.eval_path, eval_lines)
-    train = tokenized(data.texts, config.path, lines) if need_train else None
+  if data_config.eval_path:
+    eval_arrays = tokenized(eval_data.texts, data_config.eval_path, eval_lines)
+    train = tokenized(data.texts, data_config.path, lines) if need_train else None
   else:
-    eval_arrays = tokenized(data.texts, config.path, lines, eval_idx)
-    train = tokenized(data.texts, config.path, lines, train_idx) if need_train else None
+    eval_arrays = tokenized(data.texts, data_config.path, lines, eval_idx)
+    train = tokenized(data.texts, data_config.path, lines, train_idx) if need_train else None
   train = None if train is None else {**train, "label": train_labels}
   return TextSplits(train, {**eval_arrays, "label": eval_labels}, class_names)
 

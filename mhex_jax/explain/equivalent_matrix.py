@@ -19,7 +19,7 @@ which moves the evidence from where it is stored to where it came from. Routing 
 of ``mhex_token_saliency`` and ``mhex_patch_saliency`` (chosen on validation data);
 ``route="none"`` gives SPEC §4 as written, and ``token_saliency`` keeps the reference's
 defaults. Options beside it: the layer set, per-position feature normalisation and
-class-contrastive weights (all measured in the README).
+class-contrastive weights (all measured in docs/results.md).
 
 The explainers take the convention of every method (``explain.registry``),
 ``f(model, variables, inputs, targets, **options)``, inputs the images [B, H, W, C] or a text
@@ -38,13 +38,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mhex_jax import tasks
 from mhex_jax.errors import ConfigError
 from mhex_jax.explain import attribution
 from mhex_jax.explain import transformer
 from mhex_jax.explain.maps import normalize_maps
 from mhex_jax.models import common
 from mhex_jax.models import mhex as mhex_lib
-from mhex_jax.models import vit as vit_lib
 from mhex_jax.models.mhex import MHEXBlock
 
 FEATURE_NORMS = ("none", "centre", "layer_norm")
@@ -362,7 +362,7 @@ def mhex_token_saliency(model: Any, variables: Any, inputs: Mapping[str, jax.Arr
                         **options) -> TokenSaliency:
   """MHEX token saliency of a text Transformer from one forward pass (SPEC §4).
 
-  The defaults were chosen on held-out validation texts (README, "MHEX on Transformers"): the
+  The defaults were chosen on held-out validation texts (docs/results.md, "MHEX on Transformers"): the
   signed, LayerNorm-normalised CAM of the first layer, routed to the input tokens through the
   attention (our extension, not the paper's method). The reference's map, SPEC §4 exactly, is
   ``route="none", layers=(0, 1, 2), feature_norm="none"`` (signed row of E, ungated u + v).
@@ -409,7 +409,7 @@ def mhex_patch_saliency(model: Any, variables: Any, images: jax.Array,
                         beta_neg: float = -1.0, **options) -> Saliency:
   """MHEX image saliency of a ViT: patch-token maps on the patch grid, resized to the image.
 
-  The defaults were chosen on held-out validation images (README, "MHEX on Transformers"): the
+  The defaults were chosen on held-out validation images (docs/results.md, "MHEX on Transformers"): the
   signed, LayerNorm-normalised CAM of the last layer, routed to the input patches through the
   attention (``route_cams``): our extension of SPEC §4, not the paper's method.
   ``route="none", layers=(), feature_norm="none", beta_neg=0.0`` is SPEC §4 as written
@@ -458,11 +458,9 @@ def explanation(model: Any, variables: Any, inputs: Union[jax.Array, Mapping[str
   the dict), ``mhex_patch_saliency`` of a ViT, ``mhex_saliency`` of a CNN (inputs the
   images). ``targets=None`` explains the prediction of the same forward pass, and the result's
   ``targets`` says which classes those were."""
-  if isinstance(inputs, Mapping):
-    return mhex_token_saliency(model, variables, inputs, targets, **options)
-  if isinstance(model, vit_lib.ViT):
-    return mhex_patch_saliency(model, variables, inputs, targets, **options)
-  return mhex_saliency(model, variables, inputs, targets, **options)
+  maps = {"tokens": mhex_token_saliency, "patches": mhex_patch_saliency,
+          "features": mhex_saliency}
+  return maps[tasks.task_of(model).mhex_map](model, variables, inputs, targets, **options)
 
 
 def mhex_maps(model: Any, variables: Any, inputs: Union[jax.Array, Mapping[str, jax.Array]],

@@ -25,19 +25,19 @@ logits [B, K] or [L, B, K], ``layer`` a module path such as ``"Conv_1"``), e.g.
 """
 
 import functools
+import inspect
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 
+from mhex_jax import tasks
 from mhex_jax.errors import ConfigError
 from mhex_jax.explain import attribution
 from mhex_jax.explain import equivalent_matrix
 from mhex_jax.explain import image as image_explain
 from mhex_jax.explain import transformer as transformer_explain
 from mhex_jax.explain.maps import normalize_maps
-from mhex_jax.models import bert as bert_lib
-from mhex_jax.models import vit as vit_lib
 
 # name → f(model, variables, images, targets, **options) -> raw maps f32[B, H, W].
 IMAGE_METHODS: dict[str, Callable[..., jax.Array]] = {
@@ -66,10 +66,6 @@ TOKEN_METHODS: dict[str, Callable[..., jax.Array]] = {
 MHEX = "mhex"
 
 
-def is_text_model(model) -> bool:
-  return isinstance(model, bert_lib.BERT)
-
-
 def is_mhex_model(model) -> bool:
   """An mhex_jax backbone built with ``mhex=True``, or a user model declaring ``mhex = True``."""
   return bool(getattr(model, "mhex", False))
@@ -77,20 +73,13 @@ def is_mhex_model(model) -> bool:
 
 def available(model) -> tuple[str, ...]:
   """Names ``explainer`` accepts for ``model`` ("mhex" only for MHEX models)."""
+  task = tasks.task_of(model)
   names = [MHEX] if is_mhex_model(model) else []
-  if is_text_model(model):
-    return tuple(names + list(TOKEN_METHODS))
-  names += list(IMAGE_METHODS)
-  if isinstance(model, vit_lib.ViT) and model.class_token:
+  if task.image_methods:
+    names += list(IMAGE_METHODS)
+  if task.token_methods:
     names += list(TOKEN_METHODS)
   return tuple(names)
-
-
-def _tokens_to_image(model, token_maps: jax.Array, image_shape) -> jax.Array:
-  """ViT token maps [B, 1 + gh·gw] → image maps [B, H, W] (class token dropped)."""
-  grid = vit_lib.tokens_to_grid(token_maps[..., None], model.grid_size,
-                                model.class_token)[..., 0]
-  return jax.image.resize(grid, (grid.shape[0], *image_shape), "bilinear")
 
 
 def _check_name(name: str, model):
@@ -100,18 +89,35 @@ def _check_name(name: str, model):
                       f"(mhex={is_mhex_model(model)}); use one of {list(names)}.")
 
 
+def check_options(name: str, model, options) -> None:
+  """Raises a ConfigError naming the options ``name``'s function does not take (MHEX's are
+  checked by its map function, which takes them by keyword)."""
+  _check_name(name, model)
+  if name == MHEX:
+    return
+  function = IMAGE_METHODS.get(name) or TOKEN_METHODS[name]
+  parameters = inspect.signature(function).parameters
+  if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+    return
+  accepted = [p for p in list(parameters)[4:]]  # After (model, variables, inputs, targets).
+  unknown = sorted(set(options) - set(accepted))
+  if unknown:
+    raise ConfigError(f"eval.explainer_options.{name} sets {unknown}, which {name} does not "
+                      f"take; its options are {accepted}.")
+
+
 def _explain(name: str, model, variables, inputs, targets, **options) -> jax.Array:
   """Method ``name``'s maps on the registry's scale (see the module docstring)."""
   if name == MHEX:
     return equivalent_matrix.mhex_maps(model, variables, inputs, targets, **options)
   if targets is None:
     targets = predictions(model, variables, inputs)
-  if is_text_model(model):
-    return TOKEN_METHODS[name](model, variables, inputs, targets, **options)
   if name in IMAGE_METHODS:
     return normalize_maps(IMAGE_METHODS[name](model, variables, inputs, targets, **options))
-  tokens = TOKEN_METHODS[name](model, variables, {"image": inputs}, targets, **options)
-  return normalize_maps(_tokens_to_image(model, tokens, inputs.shape[1:3]))
+  task = tasks.task_of(model)
+  scores = TOKEN_METHODS[name](model, variables, task.token_method_inputs(inputs), targets,
+                               **options)
+  return task.token_maps(scores, inputs)
 
 
 def explainer(name: str, model, **options) -> Callable[[Any, Any, Any], jax.Array]:
@@ -133,7 +139,7 @@ def targeted_explainer(name: str, model, targets_mode: str,
   ``resolve_targets``). MHEX explains its predictions from the forward pass that gives them.
   """
   _check_name(name, model)
-  _check_targets_mode(targets_mode)
+  check_targets_mode(targets_mode)
 
   def explain(variables, inputs, labels):
     if name == MHEX and targets_mode == "predicted":
@@ -145,24 +151,20 @@ def targeted_explainer(name: str, model, targets_mode: str,
   return explain
 
 
-def _check_targets_mode(targets_mode: str):
+def check_targets_mode(targets_mode: str):
   if targets_mode not in ("labels", "predicted"):
     raise ConfigError(f"Unknown eval.targets={targets_mode!r}; use 'predicted' or 'labels'.")
 
 
 def predictions(model, variables, inputs) -> jax.Array:
   """int32[B]: the final head's prediction, from one eval-mode forward pass."""
-  if is_text_model(model):
-    logits = model.apply(variables, inputs["input_ids"], inputs["attention_mask"],
-                         inputs.get("token_type_ids"), train=False)
-  else:
-    logits = model.apply(variables, inputs, **attribution.eval_mode_kwargs(model.apply))
+  logits = tasks.task_of(model).forward(variables, inputs)
   return jnp.argmax(attribution.final_logits(logits), axis=-1).astype(jnp.int32)
 
 
 def resolve_targets(model, variables, inputs, targets_mode: str, labels: jax.Array) -> jax.Array:
   """int32[B]: ``labels`` or the final head's prediction (``targets_mode`` "predicted")."""
-  _check_targets_mode(targets_mode)
+  check_targets_mode(targets_mode)
   if targets_mode == "labels":
     return jnp.asarray(labels, jnp.int32)
   return predictions(model, variables, inputs)

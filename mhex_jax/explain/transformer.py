@@ -41,6 +41,7 @@ from typing import Any, Mapping, NamedTuple, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
+from mhex_jax import tasks
 from mhex_jax.explain import attribution
 from mhex_jax.models import common
 
@@ -48,46 +49,16 @@ OUTPUTS = ("signed", "abs", "relu")
 BASELINES = ("pad", "zeros")
 
 
-class _Tokens(NamedTuple):
-  """What every explainer needs to run a Transformer on ``inputs``."""
-  args: tuple  # positional model inputs after the variables
-  valid: jax.Array  # bool[B, T], True on non-padding tokens
-  class_token: bool  # whether token 0 is [CLS] / a class token
-
-
 def _tokens(model: Any, inputs: Mapping[str, jax.Array], *,
-            mask_special_keys: bool = False) -> _Tokens:
-  """The one adapter between ``inputs`` dicts and the BERT / ViT call signatures."""
+            mask_special_keys: bool = False) -> tasks.TokenInputs:
+  """The model's call on an ``inputs`` dict (``tasks.task_of(model).token_inputs``)."""
   if not isinstance(inputs, Mapping):
     raise ValueError(f"inputs must be a dict ({{'input_ids', ...}} or {{'image': images}}), got "
                      f"{type(inputs).__name__}; wrap images as {{'image': images}}.")
-  if "input_ids" in inputs:
-    missing = {"attention_mask"} - set(inputs)
-    if missing:
-      raise ValueError(f"Text inputs need {sorted(missing)}; got keys {sorted(inputs)}.")
-    ids, mask = inputs["input_ids"], inputs["attention_mask"]
-    valid = mask > 0
-    key_mask = mask
-    if mask_special_keys:
-      if "special_tokens_mask" not in inputs:
-        raise ValueError("mask_special_keys=True needs inputs['special_tokens_mask'] (bool[B, T],"
-                         " True on [CLS]/[SEP]/[PAD]); add it or pass mask_special_keys=False.")
-      keys = valid & ~inputs["special_tokens_mask"].astype(bool)
-      # An example of special tokens only would attend to nothing: it keeps its plain mask.
-      keys = jnp.where(jnp.any(keys, axis=1, keepdims=True), keys, valid)
-      key_mask = keys.astype(mask.dtype)
-    return _Tokens((ids, key_mask, inputs.get("token_type_ids")), valid, True)
-  if "image" in inputs:
-    images = inputs["image"]
-    grid_h, grid_w = model.grid_size
-    class_token = bool(model.class_token)
-    valid = jnp.ones((images.shape[0], grid_h * grid_w + int(class_token)), bool)
-    return _Tokens((images,), valid, class_token)
-  raise ValueError(f"inputs must hold 'input_ids' (BERT) or 'image' (ViT); got keys "
-                   f"{sorted(inputs)}.")
+  return tasks.task_of(model).token_inputs(inputs, mask_special_keys=mask_special_keys)
 
 
-def _finish(maps: jax.Array, tokens: _Tokens) -> jax.Array:
+def _finish(maps: jax.Array, tokens: tasks.TokenInputs) -> jax.Array:
   return jnp.where(tokens.valid, maps.astype(jnp.float32), 0.0)
 
 
@@ -102,7 +73,7 @@ def _check_start_layer(start_layer: int, num_layers: int):
                      f"layers; use 0..{num_layers - 1}.")
 
 
-def _query_row(matrix: jax.Array, tokens: _Tokens) -> jax.Array:
+def _query_row(matrix: jax.Array, tokens: tasks.TokenInputs) -> jax.Array:
   """[B, T, T] → [B, T]: the class-token row, or the mean of valid rows without one."""
   if tokens.class_token:
     return matrix[:, 0]
@@ -132,7 +103,7 @@ class _Pass(NamedTuple):
   layer_input_grads: list[jax.Array]  # ∂z_c/∂h^(l)
 
 
-def _gradient_pass(model: Any, variables: Any, tokens: _Tokens, targets: jax.Array) -> _Pass:
+def _gradient_pass(model: Any, variables: Any, tokens: tasks.TokenInputs, targets: jax.Array) -> _Pass:
   _, state, grads = attribution.perturbation_gradients(
       model.apply, common.strip_state(variables), tokens.args, jnp.asarray(targets, jnp.int32),
       collections=(common.ATTENTION, common.HIDDEN_STATES))
@@ -141,7 +112,7 @@ def _gradient_pass(model: Any, variables: Any, tokens: _Tokens, targets: jax.Arr
                common.hidden_states(state)[:-1], common.layer_input_perturbations(grads))
 
 
-def _attention(model: Any, variables: Any, tokens: _Tokens) -> list[jax.Array]:
+def _attention(model: Any, variables: Any, tokens: tasks.TokenInputs) -> list[jax.Array]:
   _, state = model.apply(common.strip_state(variables), *tokens.args, train=False,
                          mutable=[common.ATTENTION])
   return common.attention_probs(state)
@@ -300,7 +271,7 @@ def _first_layer_input(model: Any, variables: Any, args: tuple) -> jax.Array:
   return common.hidden_states(state)[0]
 
 
-def _baseline_args(tokens: _Tokens, pad_id: int) -> tuple:
+def _baseline_args(tokens: tasks.TokenInputs, pad_id: int) -> tuple:
   """Model inputs whose embedding output is the "pad" baseline."""
   if len(tokens.args) == 1:
     # ViT: a blank (all-zero) image keeps the class token and position embeddings.
@@ -364,7 +335,8 @@ def integrated_gradients(model: Any, variables: Any, inputs: Mapping[str, jax.Ar
 
 
 def _cat_terms(model: Any, variables: Any, inputs: Mapping[str, jax.Array], targets: jax.Array,
-               mask_special_keys: bool) -> tuple[list[jax.Array], list[jax.Array], _Tokens]:
+               mask_special_keys: bool
+               ) -> tuple[list[jax.Array], list[jax.Array], tasks.TokenInputs]:
   """Per-layer cat_l [B, T] and attention column means w_l [B, T] of one explanation pass."""
   tokens = _tokens(model, inputs, mask_special_keys=mask_special_keys)
   grads = _gradient_pass(model, variables, tokens, targets)

@@ -1,0 +1,680 @@
+"""Follows a config through the calls that pass it on, read from the source (ast), as a newcomer
+reading ``eval_lib.evaluate`` would: how many functions they stop at, in how many files, and how
+often they come back to the file they started in.
+
+    python tests/config_trace.py [--start mhex_jax.eval_lib.evaluate] [--param config] [--verbose]
+
+prints the stops, the files entered (each with its number of stops) and the re-entries of the
+start's file; ``--verbose`` first prints the walk, one stop a line, indented by call depth, as
+``module:function(tracked parameters)``, and the places the walk cannot follow. ``trace()``
+returns the same as a ``Trace`` (tests).
+
+What is counted:
+
+* The package: every ``*.py`` under its directory, parsed, never imported. Functions and methods
+  are known by qualified name (``mhex_jax.eval_lib.evaluate``,
+  ``mhex_jax.data.input_pipeline.InMemoryDataset.batches``); a nested function or lambda is read
+  as part of the function it is defined in, not as a stop of its own.
+* Calls are resolved as the reader resolves them, by each module's imports (``from mhex_jax
+  import eval_lib``, ``from mhex_jax.data import text as text_data``, ``from
+  mhex_jax.explain.maps import normalize_maps``, relative ones too), through re-exports of a
+  package's ``__init__`` (``models.create_model``, ``weights.load``), to the module's own
+  functions, to ``self.f``/``cls.f`` of the class or of its bases in the package, and from
+  ``Class(...)`` to ``Class.__init__`` (a dataclass's or Flax module's generated ``__init__`` has
+  no source to read: no stop). A name bound in the function (parameter, assignment, nested def)
+  hides the module's name. Calls that need the runtime type (``dataset.batches(...)``,
+  ``explain_fn(...)``, a function picked from a dict) and calls into anything outside the
+  package (jax, numpy, ml_collections) are not followed.
+* Tracking: the start function's parameter ``param`` is tracked. A call to a package function
+  passes the config on when any of its argument expressions mentions a tracked name
+  (``f(config)``, ``f(config.eval)``, ``f(eval_config=config.eval)``, ``f(**method_options(config,
+  model, name))``); in the callee, the parameters bound to those arguments are tracked
+  (positional by position, methods skip ``self``, keywords by name, the rest into ``*args`` /
+  ``**kwargs``; a ``*x`` or ``**x`` binds every parameter it may fill). A call that binds no
+  parameter (the argument went nowhere) is no stop.
+* Inside a function, a name also becomes tracked when it is assigned (``=``, ``:=``, augmented,
+  ``for``/comprehension/``with`` targets; anywhere in the function, order ignored) a *part of the
+  config*: a tracked name, an attribute or subscript of a part, a method call on a part
+  (``config.get("num_devices")``, ``config.eval.to_dict()``), a copy or conversion of a part by a
+  callable from outside the package that takes it as its only positional argument
+  (``ml_collections.ConfigDict(config.eval.to_dict())``, ``dict(config.model)``,
+  ``tuple(config.mean)``; not ``jnp.where(removed, baseline, images)``), or a container,
+  comprehension, ``or`` or
+  ``if``/``else`` of parts. Not parts: what a package function returns (``model =
+  model_lib.create_model(config)``: that function is a stop of its own; were its result "the
+  config", the model, the mesh and the datasets would drag in every file that takes one),
+  arithmetic and f-strings built from parts, a dict or object a part is stored into
+  (``report["x"] = config.x``), what a method of another object returns
+  (``dataset.batches(eval_config.batch_size)``). This refinement of "any assignment that mentions
+  a tracked name" is what keeps the walk to the config: the literal rule gives 502 stops in 25
+  files on e7eebb0.
+* The walk is depth-first, the calls of a function in reading order (``f(g(config))``: f, then
+  g; nested functions where they stand). Every visit is a stop, repeated ones included, and is
+  read again (the same helper reached from two call sites is two stops, with their callees); a
+  call to a function already on the current call path (recursion) is skipped.
+* Figures: stops = visits; files entered = distinct source files among the stops; re-entries of a
+  module = the times a stop in it follows, in visit order, a stop in another file, the first
+  entry aside (the reader comes back to the module's file to read another of its functions).
+  ``Trace.returns`` counts by the call stack instead: every return from a callee in another file
+  to one of the module's frames (each return to ``evaluate`` between two of its calls counts).
+
+Where the config goes on but the walk cannot follow, the trace says so (``Trace.unfollowed``,
+listed by ``--verbose``): a part stored in an attribute (``self.eval_config = config.eval``: the
+object's methods read it later, called on an object whose type the AST does not know), an object
+of a package class with fields and a generated ``__init__`` built from a part, a method some
+package class defines called on an object of unknown type (``dataset.batches(...)``), a function
+held in a variable. Moving the config into objects lowers the figures without shortening the
+reading: compare these places too.
+
+On e7eebb0, the code the issue describes, this gives 208 stops in 20 files and 9 re-entries of
+eval_lib (17 by the call stack), against the issue's 64, 20 and 13. The files match; 13 lies
+between the two re-entry counts (4 off each), and the visit order is the one reported because it
+counts reading another eval_lib function, not resuming ``evaluate`` between two calls. The
+issue's 64 stops are near this walk's 55 file visits (runs of consecutive stops in one file, also
+printed); the walk itself reads every helper of a helper, e.g. 67 stops in
+explain/equivalent_matrix.py, where the options of ``config.eval.mhex`` reach the same helpers
+by several call paths.
+"""
+
+import argparse
+import ast
+import collections
+import dataclasses
+import difflib
+import pathlib
+import re
+import sys
+from typing import Iterator, Optional
+
+PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "mhex_jax"
+START = "mhex_jax.eval_lib.evaluate"
+# A guard against a walk that multiplies (every repeated visit is walked again): the trace stops
+# there and says so instead of running for minutes.
+MAX_STOPS = 5000
+
+_FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef)
+
+
+@dataclasses.dataclass(frozen=True)
+class Stop:
+  """One visit of a function: ``module:function(params)`` at call depth ``depth``."""
+  depth: int
+  module: str  # Dotted: "mhex_jax.eval_lib".
+  function: str  # Within the module: "evaluate", "InMemoryDataset.batches".
+  params: tuple[str, ...]  # Its parameters that received the config or a part of it.
+  path: str  # The module's file, relative to the package's parent: "mhex_jax/eval_lib.py".
+
+  def __str__(self):
+    module = self.module.split(".", 1)[1] if "." in self.module else self.module
+    return f"{'  ' * self.depth}{module}:{self.function}({', '.join(self.params)})"
+
+
+@dataclasses.dataclass
+class Trace:
+  """The stops of one walk, in visit order, and the figures read from them."""
+  start: str
+  param: str
+  stops: list[Stop]
+  # Where the config goes on but the walk cannot follow: "path:line  code  (why)".
+  unfollowed: list[str] = dataclasses.field(default_factory=list)
+  truncated: bool = False  # The walk reached MAX_STOPS.
+
+  @property
+  def files(self) -> list[str]:
+    """Distinct files among the stops, in the order they were first entered."""
+    return list(dict.fromkeys(stop.path for stop in self.stops))
+
+  def stops_per_file(self) -> dict[str, int]:
+    return dict(collections.Counter(stop.path for stop in self.stops))
+
+  def reentries(self, module: str) -> int:
+    """How often the walk comes back to ``module`` (dotted, "mhex_jax.eval_lib", or the path):
+    a stop in it right after a stop in another file, the first entry aside."""
+    inside = [module in (stop.module, stop.path) for stop in self.stops]
+    entries = sum(1 for before, now in zip([False] + inside, inside) if now and not before)
+    return max(entries - 1, 0)
+
+  def returns(self, module: str) -> int:
+    """The call-stack count: how often a call into another file returns to a frame of
+    ``module`` (each return to ``evaluate`` between its calls counts)."""
+    inside = lambda stop: module in (stop.module, stop.path)
+    count, stack = 0, []
+    for stop in self.stops + [None]:  # None: the end, where every frame but the start returns.
+      while len(stack) > (stop.depth if stop else 1):
+        callee = stack.pop()
+        count += inside(stack[-1]) and not inside(callee)
+      if stop:
+        stack.append(stop)
+    return count
+
+  def file_visits(self) -> int:
+    """Runs of consecutive stops in one file: how often a file is opened (or opened again)."""
+    return sum(1 for i, stop in enumerate(self.stops)
+               if not i or stop.path != self.stops[i - 1].path)
+
+  def tree(self) -> str:
+    return "\n".join(str(stop) for stop in self.stops)
+
+  def summary(self) -> str:
+    start = self.stops[0]
+    per_file = self.stops_per_file()
+    lines = [f"Following {self.start}'s `{self.param}` through the calls that pass it on:",
+             f"  stops: {len(self.stops)}" + (f" (cut at {MAX_STOPS})" if self.truncated else "")
+             + f" ({self.file_visits()} file visits: runs of stops in one file)",
+             f"  files entered: {len(per_file)}"]
+    lines += [f"    {per_file[path]:4d}  {path}" for path in self.files]
+    lines.append(f"  re-entries of {start.path}: {self.reentries(start.module)} (returns to its "
+                 f"frames by the call stack: {self.returns(start.module)})")
+    lines.append(f"  not followed: {len(self.unfollowed)} places where it goes on unseen "
+                 "(--verbose lists them)")
+    return "\n".join(lines)
+
+
+def _module_name(root: pathlib.Path, path: pathlib.Path) -> str:
+  parts = (root.name,) + path.relative_to(root).with_suffix("").parts
+  return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _dotted(node: ast.expr) -> Optional[list[str]]:
+  """["a", "b", "c"] for the expression a.b.c, None for anything else."""
+  parts = []
+  while isinstance(node, ast.Attribute):
+    parts.append(node.attr)
+    node = node.value
+  return [node.id] + parts[::-1] if isinstance(node, ast.Name) else None
+
+
+def _is_tracked(node: ast.AST, tracked: set[str]) -> bool:
+  """Whether ``node`` is a tracked name (``config``) or a tracked attribute of ``self``
+  (``self.eval_config``, tracked as the string "self.eval_config")."""
+  if isinstance(node, ast.Name):
+    return node.id in tracked
+  return (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+          and f"{node.value.id}.{node.attr}" in tracked)
+
+
+def _is_dataclass(node: ast.ClassDef) -> bool:
+  """``@dataclasses.dataclass``, ``@dataclass``, with or without arguments."""
+  for decorator in node.decorator_list:
+    parts = _dotted(decorator.func if isinstance(decorator, ast.Call) else decorator)
+    if parts and parts[-1] == "dataclass":
+      return True
+  return False
+
+
+def _fields(node: ast.ClassDef) -> list[str]:
+  """A dataclass's fields, in order: the annotated names of its body (not ClassVars)."""
+  return [item.target.id for item in node.body
+          if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)
+          and "ClassVar" not in ast.unparse(item.annotation)]
+
+
+# Classes no method call resolves to by name: test doubles, and protocols (interfaces: their
+# methods have no body to read).
+_DOUBLE = re.compile(r"_*(Fake|Stub|Mock|Dummy|Spy)[A-Z_]")
+
+
+def _is_candidate(node: ast.ClassDef) -> bool:
+  return not _DOUBLE.match(node.name + "_") and not any(
+      (_dotted(base) or [""])[-1] == "Protocol" for base in node.bases)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Function:
+  module: str
+  qualname: str
+  node: ast.AST
+  cls: Optional[str]  # Qualified name of the class of a method.
+
+
+class _Package:
+  """The parsed modules, their functions and classes, and every module's names (imports and
+  top-level definitions) as the qualified names they stand for."""
+
+  def __init__(self, root: pathlib.Path):
+    self.name = root.name
+    self.trees, self.paths, self.names = {}, {}, {}
+    self.functions: dict[str, _Function] = {}
+    self.classes: dict[str, tuple[str, ast.ClassDef]] = {}
+    for path in sorted(root.rglob("*.py")):
+      module = _module_name(root, path)
+      self.trees[module] = ast.parse(path.read_text(), str(path))
+      self.paths[module] = path.relative_to(root.parent).as_posix()
+    for module, tree in self.trees.items():
+      self.names[module] = self._names(module, tree)
+    self.method_names = {name.rsplit(".", 1)[1] for name, fn in self.functions.items()
+                         if fn.cls}
+    # Method name -> the methods of that name of the classes a call on an object of unknown type
+    # may run (rule 2), in module and source order.
+    self.defining: dict[str, list[str]] = collections.defaultdict(list)
+    for name, fn in self.functions.items():
+      if fn.cls and _is_candidate(self.classes[fn.cls][1]):
+        self.defining[name.rsplit(".", 1)[1]].append(name)
+
+  def _names(self, module: str, tree: ast.Module) -> dict[str, str]:
+    names = {}
+    for node in ast.walk(tree):
+      if isinstance(node, ast.Import):
+        for alias in node.names:
+          if alias.name.split(".")[0] == self.name:
+            names[alias.asname or self.name] = alias.name if alias.asname else self.name
+      elif isinstance(node, ast.ImportFrom):
+        base = node.module or ""
+        if node.level:  # Relative: from the module's package, up level - 1 packages.
+          package = module.split(".")
+          if not self.paths[module].endswith("/__init__.py"):
+            package = package[:-1]
+          package = package[:len(package) - node.level + 1]
+          base = ".".join(package + ([node.module] if node.module else []))
+        if base.split(".")[0] == self.name:
+          for alias in node.names:
+            names[alias.asname or alias.name] = f"{base}.{alias.name}"
+    for node in tree.body:
+      if isinstance(node, _FUNCTIONS):
+        names[node.name] = f"{module}.{node.name}"
+        self.functions[names[node.name]] = _Function(module, names[node.name], node, None)
+      elif isinstance(node, ast.ClassDef):
+        cls = names[node.name] = f"{module}.{node.name}"
+        self.classes[cls] = (module, node)
+        for item in node.body:
+          if isinstance(item, _FUNCTIONS):
+            self.functions[f"{cls}.{item.name}"] = _Function(module, f"{cls}.{item.name}", item,
+                                                             cls)
+    return names
+
+  def lookup(self, dotted: str, seen: tuple[str, ...] = ()) -> Optional[str]:
+    """The function or class a dotted name stands for (through modules and re-exports), or
+    None."""
+    parts = dotted.split(".")
+    module = next((".".join(parts[:i]) for i in range(len(parts), 0, -1)
+                   if ".".join(parts[:i]) in self.trees), None)
+    rest = parts[len(module.split(".")):] if module else []
+    if not rest or dotted in seen:
+      return None
+    target = self.names[module].get(rest[0])
+    if target is None:
+      return None
+    if target != f"{module}.{rest[0]}":  # Imported into the module: follow the import.
+      return self.lookup(".".join([target] + rest[1:]), seen + (dotted,))
+    if len(rest) == 1:
+      return target if target in self.functions or target in self.classes else None
+    if len(rest) == 2 and target in self.classes:
+      return self.method(target, rest[1])
+    return None
+
+  def method(self, cls: str, name: str, seen: tuple[str, ...] = ()) -> Optional[str]:
+    """``cls.name``, or the first base class's in the package that defines it."""
+    if f"{cls}.{name}" in self.functions:
+      return f"{cls}.{name}"
+    module, node = self.classes[cls]
+    for base in node.bases:
+      parts = _dotted(base)
+      if parts and parts[0] in self.names[module] and cls not in seen:
+        found = self.lookup(".".join([self.names[module][parts[0]]] + parts[1:]))
+        if found in self.classes:
+          found = self.method(found, name, seen + (cls,))
+          if found:
+            return found
+    return None
+
+
+def _local_names(node: ast.AST) -> set[str]:
+  """Names bound in a function (parameters, assignments, nested definitions): they hide the
+  module's names of the same spelling."""
+  names = set()
+  for child in ast.walk(node):
+    if isinstance(child, ast.arg):
+      names.add(child.arg)
+    elif isinstance(child, ast.Name) and isinstance(child.ctx, ast.Store):
+      names.add(child.id)
+    elif isinstance(child, _FUNCTIONS + (ast.ClassDef,)) and child is not node:
+      names.add(child.name)
+  return names
+
+
+def _assignments(node: ast.AST) -> Iterator[tuple[ast.expr, ast.expr]]:
+  """(target, value) of every binding in a function: the value is what the target holds, or what
+  a loop target takes its items from."""
+  for child in ast.walk(node):
+    if isinstance(child, ast.Assign):
+      yield from ((target, child.value) for target in child.targets)
+    elif isinstance(child, (ast.AnnAssign, ast.AugAssign, ast.NamedExpr)) and child.value:
+      yield child.target, child.value
+    elif isinstance(child, (ast.For, ast.AsyncFor, ast.comprehension)):
+      yield child.target, child.iter
+    elif isinstance(child, ast.withitem) and child.optional_vars is not None:
+      yield child.optional_vars, child.context_expr
+
+
+def _pairs(target: ast.expr, value: ast.expr) -> Iterator[tuple[ast.expr, ast.expr]]:
+  """``a, b = x, y`` as (a, x) and (b, y); any other binding as itself."""
+  if (isinstance(target, (ast.Tuple, ast.List)) and isinstance(value, (ast.Tuple, ast.List))
+      and len(target.elts) == len(value.elts)):
+    for t, v in zip(target.elts, value.elts):
+      yield from _pairs(t, v)
+  else:
+    yield target, value
+
+
+def _bound_names(target: ast.expr) -> Iterator[str]:
+  """The names an assignment binds: ``a``, ``a, *b`` (not ``report["x"]`` nor ``self.x``: the
+  dict or object then holds a part of the config, but is no part of it)."""
+  if isinstance(target, ast.Name):
+    yield target.id
+  elif isinstance(target, (ast.Tuple, ast.List)):
+    for element in target.elts:
+      yield from _bound_names(element)
+  elif isinstance(target, ast.Starred):
+    yield from _bound_names(target.value)
+
+
+class _Walk:
+  """One depth-first walk from a start function; ``stops`` fills as it goes."""
+
+  def __init__(self, package: _Package):
+    self.package = package
+    self.stops: list[Stop] = []
+    self.truncated = False
+    self.unfollowed: dict[str, None] = {}  # Ordered set: "path:line  code  (why)".
+    self.sites: set[tuple[str, int, int]] = set()  # Instantiations whose methods were read.
+
+  def callee(self, fn: _Function, call: ast.Call,
+             local: set[str]) -> tuple[Optional[str], bool, Optional[str]]:
+    """(qualified name of the package function ``call`` runs, whether it is called bound, so
+    that its first parameter is self/cls, the class it instantiates), or Nones."""
+    parts = _dotted(call.func)
+    if not parts:
+      return None, False, None
+    if parts[0] in ("self", "cls") and fn.cls and len(parts) == 2:
+      return self.package.method(fn.cls, parts[1]), True, None
+    if parts[0] in local or parts[0] not in self.package.names[fn.module]:
+      return None, False, None
+    found = self.package.lookup(".".join([self.package.names[fn.module][parts[0]]] + parts[1:]))
+    if found in self.package.classes:
+      return self.package.method(found, "__init__"), True, found
+    return found, False, None
+
+  def is_part(self, node: ast.expr, tracked: set[str], fn: _Function, local: set[str],
+              read: bool = False) -> bool:
+    """Whether ``node`` is the config or a part, copy or collection of parts of it (see the
+    module docstring); with ``read``, only the config, a field read from it or a copy of one:
+    what a copy or conversion takes as its one positional argument (``default_rng([seed, i])``
+    and ``jnp.where(removed, baseline, images)`` are new values)."""
+    if _is_tracked(node, tracked):
+      return True
+    if isinstance(node, ast.Name):
+      return False
+    if isinstance(node, (ast.Attribute, ast.Subscript, ast.Starred)):
+      return self.is_part(node.value, tracked, fn, local, read)
+    if isinstance(node, ast.Call):
+      if isinstance(node.func, ast.Attribute) and self.is_part(node.func.value, tracked, fn,
+                                                               local, read):
+        return True  # config.get(...), config.eval.to_dict(), ...
+      outside = _dotted(node.func)
+      if (outside and outside[0] not in local
+          and not self.package.names[fn.module].get(outside[0], "").startswith(
+              self.package.name + ".")):  # A builtin or another library's callable.
+        return len(node.args) == 1 and self.is_part(node.args[0], tracked, fn, local, read=True)
+      return False
+    if read:
+      return False
+    if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+      return any(self.is_part(e, tracked, fn, local) for e in node.elts)
+    if isinstance(node, ast.Dict):
+      return any(self.is_part(v, tracked, fn, local) for v in node.values)
+    if isinstance(node, (ast.ListComp, ast.SetComp, ast.GeneratorExp, ast.DictComp)):
+      return any(self.is_part(g.iter, tracked, fn, local) for g in node.generators)
+    if isinstance(node, ast.BoolOp):
+      return any(self.is_part(v, tracked, fn, local) for v in node.values)
+    if isinstance(node, ast.IfExp):
+      return any(self.is_part(v, tracked, fn, local) for v in (node.body, node.orelse))
+    return False
+
+  def tracked_names(self, fn: _Function, params: tuple[str, ...], local: set[str]) -> set[str]:
+    tracked = set(params)
+    bindings = list(_assignments(fn.node))
+    grown = True
+    while grown:  # Order ignored: until no binding adds a name.
+      grown = False
+      for target, value in bindings:
+        if self.is_part(value, tracked, fn, local):
+          for name in _bound_names(target):
+            if name not in tracked:
+              tracked.add(name)
+              grown = True
+    return tracked
+
+  @staticmethod
+  def calls(node: ast.AST, tracked: set[str]) -> Iterator[tuple[ast.Call, set[str]]]:
+    """Every call in ``node`` and below it, in reading order, with the tracked names it sees (a
+    nested function's or lambda's parameters hide the outer names in its body)."""
+    if isinstance(node, _FUNCTIONS + (ast.Lambda,)):
+      args = node.args
+      for outer in node.decorator_list if isinstance(node, _FUNCTIONS) else []:
+        yield from _Walk.calls(outer, tracked)
+      for default in args.defaults + [d for d in args.kw_defaults if d is not None]:
+        yield from _Walk.calls(default, tracked)
+      hidden = {a.arg for a in args.posonlyargs + args.args + args.kwonlyargs
+                + [args.vararg, args.kwarg] if a}
+      inner = {name for name in tracked if name.split(".")[0] not in hidden}
+      for part in node.body if isinstance(node.body, list) else [node.body]:
+        yield from _Walk.calls(part, inner)
+      return
+    if isinstance(node, ast.Call):
+      yield node, tracked
+    for child in ast.iter_child_nodes(node):
+      yield from _Walk.calls(child, tracked)
+
+  @staticmethod
+  def mentions(node: ast.AST, tracked: set[str]) -> bool:
+    return any(_is_tracked(n, tracked) for n in ast.walk(node))
+
+  def bind(self, callee: _Function, call: ast.Call, tracked: set[str],
+           bound: bool) -> tuple[str, ...]:
+    """The callee's parameters that receive an argument mentioning a tracked name."""
+    args = callee.node.args
+    positional = [a.arg for a in args.posonlyargs + args.args]
+    by_keyword = [a.arg for a in args.args + args.kwonlyargs]
+    decorators = {d.id for d in callee.node.decorator_list if isinstance(d, ast.Name)}
+    if (callee.cls and "staticmethod" not in decorators
+        and (bound or "classmethod" in decorators) and positional):
+      by_keyword = [name for name in by_keyword if name != positional[0]]
+      positional = positional[1:]
+    star = [args.vararg.arg] if args.vararg else []
+    double_star = [args.kwarg.arg] if args.kwarg else []
+    named = {kw.arg for kw in call.keywords if kw.arg}
+    out = []
+    for i, arg in enumerate(call.args):
+      if not self.mentions(arg, tracked):
+        continue
+      if isinstance(arg, ast.Starred):
+        out += positional[i:] + star
+      else:
+        out += [positional[i]] if i < len(positional) else star
+    for kw in call.keywords:
+      if not self.mentions(kw.value, tracked):
+        continue
+      if kw.arg is None:
+        out += [name for name in by_keyword if name not in positional[:len(call.args)]
+                and name not in named] + double_star
+      else:
+        out += [kw.arg] if kw.arg in by_keyword else double_star
+    return tuple(dict.fromkeys(out))
+
+  def bind_fields(self, cls: str, call: ast.Call, tracked: set[str]) -> list[str]:
+    """The fields of dataclass ``cls`` that ``call`` (its generated ``__init__``) fills with an
+    argument mentioning a tracked name, as "self.<field>"."""
+    fields = _fields(self.package.classes[cls][1])
+    named = {kw.arg for kw in call.keywords if kw.arg}
+    out = []
+    for i, arg in enumerate(call.args):
+      if self.mentions(arg, tracked):
+        out += fields[i:] if isinstance(arg, ast.Starred) else fields[i:i + 1]
+    for kw in call.keywords:
+      if self.mentions(kw.value, tracked):
+        out += ([f for f in fields[len(call.args):] if f not in named] if kw.arg is None
+                else [kw.arg] if kw.arg in fields else [])
+    return [f"self.{name}" for name in dict.fromkeys(out)]
+
+  def visit(self, qualname: str, params: tuple[str, ...], depth: int,
+            call_path: tuple[str, ...], keeps: bool = False) -> list[str]:
+    """Visits ``qualname`` with ``params`` tracked and what it calls with the config. With
+    ``keeps`` (``__init__`` or a method of an object that keeps the config, rule 1), returns
+    the attributes of ``self`` it stores a part in ("self.x"); otherwise they are noted."""
+    if len(self.stops) >= MAX_STOPS:
+      self.truncated = True
+      return []
+    fn = self.package.functions[qualname]
+    stop = Stop(depth, fn.module, qualname[len(fn.module) + 1:], params,
+                self.package.paths[fn.module])
+    self.stops.append(stop)
+    local = _local_names(fn.node)
+    tracked = self.tracked_names(fn, params, local)
+    nested = {node.name for node in ast.walk(fn.node)
+              if isinstance(node, _FUNCTIONS) and node is not fn.node}
+    stored = []
+    for call, seen in (found for statement in fn.node.body
+                       for found in self.calls(statement, tracked)):
+      target, bound, cls = self.callee(fn, call, local)
+      if target in call_path:  # Recursion: already being read.
+        continue
+      if cls is not None:
+        self.instantiate(stop, call, seen, cls, target, depth + 1, call_path)
+      elif target is not None:
+        passed = self.bind(self.package.functions[target], call, seen, bound)
+        if passed:  # A method of the same object (self.f) stores on the same self.
+          own = keeps and bound and _dotted(call.func)[0] == "self"
+          stored += self.visit(target, passed, depth + 1, call_path + (target,), own)
+      elif not self.by_name(fn, call, seen, local, nested, depth + 1, call_path):
+        self.note_unfollowed(stop, fn, call, seen, local, nested)
+    for target, value in (pair for binding in _assignments(fn.node)
+                          for pair in _pairs(*binding)):
+      root = _dotted(target) if isinstance(target, ast.Attribute) else None
+      if (root and root[0] not in tracked and ".".join(root[:2]) not in tracked
+          and self.is_part(value, tracked, fn, local)):
+        if keeps and fn.cls and root[0] == "self" and len(root) == 2:
+          stored.append(f"self.{root[1]}")
+        else:
+          self.note(stop, target, f"{ast.unparse(target)} = {ast.unparse(value)}",
+                    "kept in an object")
+    return list(dict.fromkeys(stored))
+
+  def instantiate(self, stop: Stop, call: ast.Call, tracked: set[str], cls: str,
+                  init: Optional[str], depth: int, call_path: tuple[str, ...]) -> None:
+    """Rule 1: ``cls(...)`` with the config visits ``init`` (``cls.__init__``, None for a
+    generated one), then, once per instantiation site, every other method of ``cls`` that reads
+    an attribute of ``self`` holding a part (stored by ``__init__`` or by a method read before,
+    or a dataclass field filled with one)."""
+    node = self.package.classes[cls][1]
+    if init is not None:
+      passed = self.bind(self.package.functions[init], call, tracked, True)
+      if not passed:
+        return
+      stored = self.visit(init, passed, depth, call_path + (init,), keeps=True)
+    elif _is_dataclass(node):
+      stored = self.bind_fields(cls, call, tracked)
+    else:  # A generated __init__ without fields to read (a Flax module, a NamedTuple).
+      if (any(self.mentions(arg, tracked) for arg in call.args + call.keywords)
+          and any(isinstance(item, ast.AnnAssign) for item in node.body)):
+        self.note(stop, call, ast.unparse(call), "kept in an object: generated __init__")
+      return
+    site = (stop.path, call.lineno, call.col_offset)
+    if not stored or site in self.sites:
+      return
+    self.sites.add(site)
+    for item in node.body:
+      qualname = f"{cls}.{item.name}" if isinstance(item, _FUNCTIONS) else None
+      if not qualname or item.name == "__init__" or qualname in call_path:
+        continue
+      reads = [name for name in stored
+               if any(_is_tracked(n, {name}) and isinstance(n.ctx, ast.Load)
+                      for n in ast.walk(item))]
+      if reads:
+        more = self.visit(qualname, tuple(reads), depth, call_path + (qualname,), keeps=True)
+        stored += [name for name in more if name not in stored]
+
+  def by_name(self, fn: _Function, call: ast.Call, tracked: set[str], local: set[str],
+              nested: set[str], depth: int, call_path: tuple[str, ...]) -> bool:
+    """Rule 2: ``x.m(...)`` on an object of unknown type runs ``m`` of every candidate class
+    that defines it, when they are at most 3, all in one module; visits those that receive the
+    config. False when the call is no such method call or the name does not resolve."""
+    parts = _dotted(call.func)
+    if (not parts or len(parts) < 2 or parts[0] not in local or parts[0] in nested
+        or parts[0] in tracked or ".".join(parts[:2]) in tracked
+        or (parts[0] in ("self", "cls") and len(parts) == 2)):
+      return False  # Outside the package, the config's own method, self's attribute.
+    methods = self.package.defining.get(parts[-1], [])
+    modules = {self.package.functions[name].module for name in methods}
+    if not 1 <= len(methods) <= 3 or len(modules) != 1:
+      return False
+    for name in methods:
+      passed = self.bind(self.package.functions[name], call, tracked, True)
+      if passed and name not in call_path:
+        self.visit(name, passed, depth, call_path + (name,))
+    return True
+
+  def note_unfollowed(self, stop: Stop, fn: _Function, call: ast.Call, tracked: set[str],
+                      local: set[str], nested: set[str]) -> None:
+    """Notes a call that takes the config but that the walk cannot follow: a method of an
+    object of unknown type that more than 3 package classes, or classes of several modules,
+    define (``f.write``), a function held in a variable (``read(config.model_init)``)."""
+    if not any(self.mentions(arg, tracked) for arg in call.args + call.keywords):
+      return
+    parts = _dotted(call.func)
+    if (not parts or parts[0] not in local or parts[0] in nested or parts[0] in tracked
+        or ".".join(parts[:2]) in tracked):
+      return  # Outside the package, a function read with this one, or the config's own method.
+    if len(parts) == 1:
+      self.note(stop, call, ast.unparse(call), "a function held in a variable")
+    elif parts[-1] in self.package.method_names:
+      methods = self.package.defining.get(parts[-1], [])
+      modules = {self.package.functions[name].module for name in methods}
+      self.note(stop, call, ast.unparse(call), "a method of an object of unknown type: "
+                f"{len(methods)} classes in {len(modules)} modules define it")
+
+  def note(self, stop: Stop, node: ast.AST, text: str, why: str) -> None:
+    text = text if len(text) <= 60 else text[:57] + "..."
+    self.unfollowed.setdefault(f"{stop.path}:{node.lineno}  {text}  ({why})", None)
+
+
+def trace(start: str = START, param: str = "config", root: pathlib.Path = PACKAGE) -> Trace:
+  """Walks from function ``start`` (dotted: "mhex_jax.eval_lib.evaluate") of the package in
+  directory ``root`` with its parameter ``param`` tracked."""
+  package = _Package(pathlib.Path(root))
+  if start not in package.functions:
+    close = difflib.get_close_matches(start, package.functions, n=5, cutoff=0.5)
+    raise ValueError(f"{start} is no function of {root}" + (f"; did you mean {close}?" if close
+                                                            else ""))
+  node = package.functions[start].node
+  names = [a.arg for a in node.args.posonlyargs + node.args.args + node.args.kwonlyargs]
+  if param not in names:
+    raise ValueError(f"{start} has no parameter {param!r} (it has {names}); pass --param.")
+  walk = _Walk(package)
+  walk.visit(start, (param,), 0, (start,))
+  return Trace(start, param, walk.stops, list(walk.unfollowed), walk.truncated)
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--start", default=START,
+                      help=f"Dotted name of the function to start at (default: {START}).")
+  parser.add_argument("--param", default="config",
+                      help="Its parameter holding the config (default: config).")
+  parser.add_argument("--root", default=str(PACKAGE), help="The package's directory.")
+  parser.add_argument("--verbose", action="store_true",
+                      help="Print the walk: one stop a line, indented by call depth.")
+  args = parser.parse_args(argv)
+  try:
+    result = trace(args.start, args.param, pathlib.Path(args.root))
+  except ValueError as e:  # A start the refactor renamed: the message names the nearest ones.
+    parser.error(str(e))
+  if args.verbose:
+    print(result.tree())
+    print("\nNot followed (the config goes on there, but the AST cannot tell where to):")
+    print("\n".join(f"  {place}" for place in result.unfollowed) or "  nothing")
+    print()
+  print(result.summary())
+
+
+if __name__ == "__main__":
+  sys.exit(main())
