@@ -22,9 +22,10 @@ What is counted:
   functions, to ``self.f``/``cls.f`` of the class or of its bases in the package, and from
   ``Class(...)`` to ``Class.__init__`` (a dataclass's or Flax module's generated ``__init__`` has
   no source to read: no stop). A name bound in the function (parameter, assignment, nested def)
-  hides the module's name. Calls that need the runtime type (``dataset.batches(...)``,
-  ``explain_fn(...)``, a function picked from a dict) and calls into anything outside the
-  package (jax, numpy, ml_collections) are not followed.
+  hides the module's name. A method called on an object of unknown type is resolved by its name
+  (rule 2 below). Calls that need the runtime type otherwise (``explain_fn(...)``, a function
+  picked from a dict) and calls into anything outside the package (jax, numpy, ml_collections)
+  are not followed.
 * Tracking: the start function's parameter ``param`` is tracked. A call to a package function
   passes the config on when any of its argument expressions mentions a tracked name
   (``f(config)``, ``f(config.eval)``, ``f(eval_config=config.eval)``, ``f(**method_options(config,
@@ -34,20 +35,42 @@ What is counted:
   parameter (the argument went nowhere) is no stop.
 * Inside a function, a name also becomes tracked when it is assigned (``=``, ``:=``, augmented,
   ``for``/comprehension/``with`` targets; anywhere in the function, order ignored) a *part of the
-  config*: a tracked name, an attribute or subscript of a part, a method call on a part
-  (``config.get("num_devices")``, ``config.eval.to_dict()``), a copy or conversion of a part by a
-  callable from outside the package that takes it as its only positional argument
-  (``ml_collections.ConfigDict(config.eval.to_dict())``, ``dict(config.model)``,
-  ``tuple(config.mean)``; not ``jnp.where(removed, baseline, images)``), or a container,
-  comprehension, ``or`` or
-  ``if``/``else`` of parts. Not parts: what a package function returns (``model =
-  model_lib.create_model(config)``: that function is a stop of its own; were its result "the
-  config", the model, the mesh and the datasets would drag in every file that takes one),
-  arithmetic and f-strings built from parts, a dict or object a part is stored into
-  (``report["x"] = config.x``), what a method of another object returns
+  config*: a tracked name or attribute of ``self`` (rule 1), an attribute or subscript of a
+  part, a method call on a part (``config.get("num_devices")``, ``config.eval.to_dict()``), a
+  copy or conversion of a part by a callable from outside the package that takes it as its only
+  positional argument (``ml_collections.ConfigDict(config.eval.to_dict())``,
+  ``dict(config.model)``, ``tuple(config.mean)``; not ``jnp.where(removed, baseline, images)``),
+  or a container, comprehension, ``or`` or ``if``/``else`` of parts. Not parts: what a package
+  function returns (``model = model_lib.create_model(config)``: that function is a stop of its
+  own; were its result "the config", the model, the mesh and the datasets would drag in every
+  file that takes one), arithmetic and f-strings built from parts, a dict or object a part is
+  stored into (``report["x"] = config.x``), what a method of another object returns
   (``dataset.batches(eval_config.batch_size)``). This refinement of "any assignment that mentions
-  a tracked name" is what keeps the walk to the config: the literal rule gives 502 stops in 25
-  files on e7eebb0.
+  a tracked name" is what keeps the walk to the config: the literal rule gives 571 stops in 26
+  files on e7eebb0 (502 in 25 without rules 1 and 2).
+* Rule 1, objects that keep the config. When ``Class(...)`` gets an argument that mentions a
+  tracked name, ``Class.__init__`` is visited as any callee, and the attributes of ``self`` it
+  stores a part in (``self.eval_config = config.eval``, ``self.a, self.b = config.a, x``; also
+  in the methods it calls on ``self``) are the object's tracked attributes. A
+  ``@dataclasses.dataclass`` without an ``__init__`` of its own has no such stop: its fields
+  filled by such an argument are the tracked attributes (by position in the order of the
+  annotated names of its body, by keyword, ``*x``/``**x`` every field they may fill). Then every
+  other method of the class's body, in source order, that reads a tracked attribute is a stop,
+  in the class's file, at the depth of ``__init__``, with the attributes it reads as its tracked
+  names, printed ``self.x`` (``evaluators:Explainers.run(self.eval_config, self.data_config)``,
+  ``data.input_pipeline:InMemoryDataset.batches(self.mean, self.std)``); an attribute such a
+  method stores a part in is tracked for the methods after it. This happens once per
+  instantiation site: when the walk reads the site again, ``__init__`` is a stop again, its
+  methods are not. A Flax module or a NamedTuple built from a part stays unfollowed (noted).
+* Rule 2, a method called on an object of unknown type (``x.m(...)``, ``self.x.m(...)``, ``x``
+  a name of the function that is no tracked name, e.g. ``task = tasks.task_of(model)``;
+  ``dataset.batches(...)``): ``m`` of every class of the package that defines it in its body,
+  test doubles (``Fake*``, ``Stub*``, ``Mock*``, ``Dummy*``, ``Spy*``) and protocols (an
+  interface's methods have no body) aside, when those are at most 3 classes, all of one module
+  (``ImageTask.check_eval_config`` and ``TextTask.check_eval_config`` of tasks.py): each one
+  that receives the config (bound as a method) is a stop, in source order; its ``self`` is
+  unknown, so what it stores on ``self`` is noted. More than 3 classes, or classes of several
+  modules: not followed, noted.
 * The walk is depth-first, the calls of a function in reading order (``f(g(config))``: f, then
   g; nested functions where they stand). Every visit is a stop, repeated ones included, and is
   read again (the same helper reached from two call sites is two stops, with their callees); a
@@ -59,21 +82,22 @@ What is counted:
   to one of the module's frames (each return to ``evaluate`` between two of its calls counts).
 
 Where the config goes on but the walk cannot follow, the trace says so (``Trace.unfollowed``,
-listed by ``--verbose``): a part stored in an attribute (``self.eval_config = config.eval``: the
-object's methods read it later, called on an object whose type the AST does not know), an object
-of a package class with fields and a generated ``__init__`` built from a part, a method some
-package class defines called on an object of unknown type (``dataset.batches(...)``), a function
-held in a variable. Moving the config into objects lowers the figures without shortening the
-reading: compare these places too.
+listed by ``--verbose``): a part stored in an attribute outside rule 1 (on another object, or on
+the ``self`` of a method read outside an object's rule-1 walk, e.g. reached by rule 2), a Flax
+module or NamedTuple (fields, a generated ``__init__``) built from a part, a method called on an
+object of unknown type that rule 2 does not resolve (with how many classes in how many modules
+define it), a function held in a variable. A function picked from a dict (``maps[kind](...)``)
+is neither followed nor listed.
 
-On e7eebb0, the code the issue describes, this gives 208 stops in 20 files and 9 re-entries of
-eval_lib (17 by the call stack), against the issue's 64, 20 and 13. The files match; 13 lies
-between the two re-entry counts (4 off each), and the visit order is the one reported because it
-counts reading another eval_lib function, not resuming ``evaluate`` between two calls. The
-issue's 64 stops are near this walk's 55 file visits (runs of consecutive stops in one file, also
-printed); the walk itself reads every helper of a helper, e.g. 67 stops in
-explain/equivalent_matrix.py, where the options of ``config.eval.mhex`` reach the same helpers
-by several call paths.
+On e7eebb0, the code the issue describes, this gives 304 stops in 21 files and 11 re-entries of
+eval_lib (26 by the call stack), against the issue's 64, 20 and 13, and 107 file visits (runs of
+consecutive stops in one file, also printed). Before rules 1 and 2 it gave 208 stops in the
+issue's 20 files, 9 re-entries (17) and 55 file visits: the rules add the dataset objects'
+methods and the ``batches`` of every ``dataset.batches(...)`` (data/imagenet.py is the one more
+file). 13 lies between the two re-entry counts; the visit order is the one reported because it
+counts reading another eval_lib function, not resuming ``evaluate`` between two calls. The walk
+reads every helper of a helper, e.g. 67 stops in explain/equivalent_matrix.py, where the options
+of ``config.eval.mhex`` reach the same helpers by several call paths.
 """
 
 import argparse
@@ -101,7 +125,9 @@ class Stop:
   depth: int
   module: str  # Dotted: "mhex_jax.eval_lib".
   function: str  # Within the module: "evaluate", "InMemoryDataset.batches".
-  params: tuple[str, ...]  # Its parameters that received the config or a part of it.
+  # Its parameters that received the config or a part of it; for a method of an object that
+  # keeps the config (rule 1), the attributes it reads: "self.eval_config".
+  params: tuple[str, ...]
   path: str  # The module's file, relative to the package's parent: "mhex_jax/eval_lib.py".
 
   def __str__(self):
@@ -617,7 +643,7 @@ class _Walk:
                       local: set[str], nested: set[str]) -> None:
     """Notes a call that takes the config but that the walk cannot follow: a method of an
     object of unknown type that more than 3 package classes, or classes of several modules,
-    define (``f.write``), a function held in a variable (``read(config.model_init)``)."""
+    define (rule 2), a function held in a variable (``read(config.model_init)``)."""
     if not any(self.mentions(arg, tracked) for arg in call.args + call.keywords):
       return
     parts = _dotted(call.func)
