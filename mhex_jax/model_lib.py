@@ -7,6 +7,7 @@ Layering: ``models`` (the Flax modules, built from constructor arguments) ← ``
 from typing import Any
 
 import flax.linen as nn
+import jax.numpy as jnp
 import ml_collections
 
 from mhex_jax import models
@@ -14,19 +15,36 @@ from mhex_jax import weights
 from mhex_jax.errors import ConfigError
 
 
+_RESNETS = {"resnet18": 18, "resnet34": 34, "resnet50": 50}
+MODELS = {**{name: models.ResNet for name in _RESNETS}, "bert": models.BERT, "vit": models.ViT}
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def model_arguments(model_name: str) -> list[str]:
+  """The constructor arguments ``config.model`` may hold for ``model_name`` (ResNet's depth
+  comes from the name)."""
+  if model_name not in MODELS:
+    raise ConfigError(f"Unknown model_name={model_name!r}; use one of {sorted(MODELS)}.")
+  fields = set(MODELS[model_name].__dataclass_fields__) - {"parent", "name"}
+  return sorted(fields - {"depth"} if model_name in _RESNETS else fields)
+
+
 def create_model(config: ml_collections.ConfigDict) -> nn.Module:
-  """``config.model_name``'s model with ``config.model`` as its constructor arguments.
+  """``config.model_name``'s model with ``config.model`` as its constructor arguments (dtype
+  as a name, "float32" or "bfloat16"); any other key is a ConfigError naming it and the
+  allowed ones.
 
   With ``config.model_init`` (a Hugging Face BERT/ViT checkpoint directory) its config.json
   supplies the architecture, dropout rates and init range; ``config.model`` may override the
   latter, and may repeat architecture fields only with the checkpoint's values.
   """
+  model_name = config.model_name
+  allowed = model_arguments(model_name)  # An unknown name first.
   arguments = dict(config.model)
   if config.get("model_init"):
-    models.model_arguments(config.model_name)  # An unknown name first.
-    read = weights.ARCHITECTURE_READERS.get(config.model_name)
+    read = weights.ARCHITECTURE_READERS.get(model_name)
     if read is None:
-      raise ConfigError(f"model_init is set but model_name={config.model_name!r} has no "
+      raise ConfigError(f"model_init is set but model_name={model_name!r} has no "
                         f"Hugging Face import; use one of {sorted(weights.ARCHITECTURE_READERS)} "
                         "or set model_init=''.")
     from_checkpoint = read(config.model_init)
@@ -39,7 +57,22 @@ def create_model(config: ml_collections.ConfigDict) -> nn.Module:
                       for k in clash)
           + "; set these fields to the checkpoint's values or leave model_init=''.")
     arguments = {**from_checkpoint, **arguments}
-  return models.create_model(config.model_name, arguments)
+  stray = sorted(set(arguments) - set(allowed))
+  if stray:
+    raise ConfigError(f"model.{stray[0]} is not an argument of {model_name} "
+                      f"({MODELS[model_name].__name__}): remove "
+                      f"{', '.join('model.' + k for k in stray)}; its arguments are "
+                      f"{', '.join(allowed)}.")
+  if "dtype" in arguments:
+    if arguments["dtype"] not in _DTYPES:
+      raise ConfigError(f"Unknown model.dtype={arguments['dtype']!r}; use one of "
+                        f"{sorted(_DTYPES)}.")
+    arguments["dtype"] = _DTYPES[arguments["dtype"]]
+  if model_name in _RESNETS:
+    if arguments.get("mhex_stages") is not None:
+      arguments["mhex_stages"] = tuple(arguments["mhex_stages"])
+    return models.ResNet(depth=_RESNETS[model_name], **arguments)
+  return MODELS[model_name](**arguments)
 
 
 def load_pretrained(config: ml_collections.ConfigDict, model: nn.Module, params: Any) -> Any:

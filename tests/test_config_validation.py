@@ -13,7 +13,7 @@ import pytest
 from configs import default
 from mhex_jax import config_lib
 from mhex_jax import eval_lib
-from mhex_jax import models
+from mhex_jax import model_lib
 from mhex_jax import train_lib
 
 
@@ -125,7 +125,7 @@ def test_a_stray_model_key_is_named_with_the_allowed_ones(tmp_path, model_name, 
   config = importlib.import_module(f"configs.{config_name}").get_config()
   config.model_name = model_name
   config.model[key] = 999
-  allowed = ", ".join(models.model_arguments(model_name))
+  allowed = ", ".join(model_lib.model_arguments(model_name))
   with pytest.raises(config_lib.ConfigError,
                      match=rf"model\.{key} is not an argument of {model_name} \(\w+\): remove "
                            rf"model\.{key}; its arguments are {allowed}\.$"):
