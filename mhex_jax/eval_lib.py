@@ -31,6 +31,7 @@ classifier, as the reference protocol does); its architecture comes from that wo
 ``config.json``.
 """
 
+import functools
 import json
 from typing import Any
 
@@ -93,28 +94,51 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                            need_train=False)
   replicated = sharding_lib.replicated(mesh)
   variables = checkpoints.restore_variables(workdir, model, eval_ds.dummy_inputs(), replicated)
-  scored_by = None
+  scorer_variables = None
   if scorer is not None:
-    scored_by = (scorer, checkpoints.restore_variables(config.eval.scorer_workdir, scorer,
-                                                       eval_ds.dummy_inputs(), replicated))
+    scorer_variables = checkpoints.restore_variables(config.eval.scorer_workdir, scorer,
+                                                     eval_ds.dummy_inputs(), replicated)
   out_dir = files.workdir_path(workdir) / "eval"
   if jax.process_index() == 0:
     out_dir.mkdir(parents=True, exist_ok=True)
-  units = [evaluators.Accuracy(model, eval_ds, config.eval.batch_size, mesh),
-           evaluators.Explainers(model, methods, eval_ds, config, mesh, out_dir, scored_by)]
-  if config.eval.collaboration_examples:
-    units.append(evaluators.Collaboration(
-        model, methods_lib.method(config.eval, model, registry.MHEX), eval_ds, config.eval,
-        mesh, config.eval.collaboration_examples, out_dir))
-  report: dict[str, Any] = {
-      "scorer_workdir": config.eval.scorer_workdir or workdir,
-      "class_names": input_pipeline.class_names(config.data, config.model.num_classes)}
-  for unit in units:
+  report: dict[str, Any] = {}
+  for unit in evaluators_of(config, model, methods, eval_ds, mesh, out_dir, scorer,
+                            scorer_variables):
     report.update(unit.run(variables))
+  report["scorer_workdir"] = config.eval.scorer_workdir or workdir
+  report["class_names"] = input_pipeline.class_names(config.data, config.model.num_classes)
   if jax.process_index() == 0:
     write_report(report, config.eval, tasks.task_of(model).metric_names, out_dir)
   logging.info("Report: %s", json.dumps(report))
   return report
+
+
+def evaluators_of(config: ml_collections.ConfigDict, model, methods, dataset, mesh, out_dir,
+                  scorer=None, scorer_variables=None) -> list:
+  """The configured evaluators, in report order: accuracy, the explainers of ``methods``
+  (scored by ``scorer`` with ``scorer_variables``, by default the explained model) and, with
+  ``eval.collaboration_examples``, the collaboration analysis."""
+  eval_config = config.eval
+  first = eval_config.get("first_example", 0)
+  task = tasks.task_of(model)
+  units = [
+      evaluators.Accuracy(model, dataset, eval_config.batch_size, mesh),
+      evaluators.Explainers(
+          model, methods, dataset, mesh,
+          metrics_fn=task.metrics_fn(scorer or model, eval_config, config.data,
+                                     dataset.has_masks),
+          render=functools.partial(task.render, data_config=config.data),
+          class_names=input_pipeline.class_names(config.data, config.model.num_classes),
+          batch_size=eval_config.batch_size, first_example=first,
+          num_explain=eval_config.num_explain, targets=eval_config.targets,
+          num_gallery=eval_config.num_gallery, save_maps=eval_config.get("save_maps", False),
+          out_dir=out_dir, scorer_variables=scorer_variables)]
+  if eval_config.collaboration_examples:
+    units.append(evaluators.Collaboration(
+        model, methods_lib.method(eval_config, model, registry.MHEX), dataset, mesh,
+        batch_size=eval_config.batch_size, first_example=first,
+        num_examples=eval_config.collaboration_examples, out_dir=out_dir))
+  return units
 
 
 def write_report(report: dict[str, Any], eval_config: ml_collections.ConfigDict, metrics,

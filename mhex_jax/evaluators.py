@@ -8,19 +8,19 @@
 * ``Collaboration``: the gradient collaboration analysis of MHEX image models (per-block
   gradient cosines against MHEX's SAD and p(label), and the mean occlusion quality map).
 
-They are built with everything they read (model, dataset, mesh, the config section they need)
-and hold no state between runs, so a training loop or a notebook can run one on its own.
+They are built with everything they read, as plain values (model, dataset, mesh, batch size,
+the examples to explain, ...; ``eval_lib.evaluate`` reads them from the config), and hold no
+state between runs, so a training loop or a notebook can run one on its own without a config.
 Programs are jitted once per evaluator and method: the explained examples are sharded over the
 mesh's data axis, the variables replicated, and every process gathers the same results.
 """
 
 import time
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 from absl import logging
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from mhex_jax import files
@@ -28,7 +28,6 @@ from mhex_jax import plotting
 from mhex_jax import sharding as sharding_lib
 from mhex_jax import tasks
 from mhex_jax.data import dataset as dataset_lib
-from mhex_jax.data import input_pipeline
 from mhex_jax.explain import methods as methods_lib
 from mhex_jax.metrics import collaboration
 from mhex_jax.metrics import image as image_metrics
@@ -63,19 +62,16 @@ class Accuracy:
             "num_examples": count}
 
 
-def explained_batches(dataset: dataset_lib.Dataset, eval_config: ml_collections.ConfigDict,
-                      fields: Sequence[str],
-                      num_explain: Optional[int] = None) -> Iterator[tuple[dict, np.ndarray]]:
-  """(this process' batch, keep) for eval examples ``eval.first_example`` ..
-  ``eval.first_example + num_explain − 1`` (``eval.num_explain`` by default); ``keep`` marks
-  them in the *global* batch, in batch order (``sharding_lib.gather_batch``), so every
-  process agrees on it."""
-  first = eval_config.get("first_example", 0)
-  end = first + (eval_config.num_explain if num_explain is None else num_explain)
+def explained_batches(dataset: dataset_lib.Dataset, fields: Sequence[str], *, batch_size: int,
+                      first: int, count: int) -> Iterator[tuple[dict, np.ndarray]]:
+  """(this process' batch of ``fields``, keep) for eval examples ``first`` .. ``first + count
+  − 1`` in batches of ``batch_size``; ``keep`` marks them in the *global* batch, in batch order
+  (``sharding_lib.gather_batch``), so every process agrees on it."""
+  end = first + count
   # Every eval batch but the last is full: the batches before ``first`` are skipped by index.
-  start = first // eval_config.batch_size
-  seen = start * eval_config.batch_size
-  for batch in dataset.batches(eval_config.batch_size, train=False, start=start):
+  start = first // batch_size
+  seen = start * batch_size
+  for batch in dataset.batches(batch_size, train=False, start=start):
     if seen >= end:
       return
     valid = sharding_lib.gather_batch(batch["valid"])
@@ -135,102 +131,111 @@ class Explainers:
     model: the explained model.
     methods: ``explain.methods.resolve``'s methods, in report order.
     dataset: the eval dataset.
-    config: the experiment config (its ``eval`` and ``data`` sections are read).
     mesh: the device mesh.
-    out_dir: where process 0 writes ``per_example.npz`` and the page of maps; None writes
-      nothing.
-    scorer: (model, variables) scoring the maps; None scores with the explained model.
+    metrics_fn: the task's per-batch metric suite (``tasks.ImageTask.metrics_fn``), scored by
+      the explained model or another classifier.
+    class_names: the name of every class (the captions of the page of maps).
+    batch_size, first_example, num_explain: the examples explained: ``num_explain`` from
+      ``first_example`` on, in eval batches of ``batch_size``.
+    targets: "predicted" (the model's predictions) or "labels".
+    num_gallery: how many examples the page of maps shows.
+    save_maps: whether ``per_example.npz`` holds the maps too.
+    render: ``render(out_dir, batch, maps, captions)`` writes the page of maps (``task.render``).
+    out_dir: where process 0 writes ``per_example.npz`` and the page; None writes nothing.
+    scorer_variables: the variables ``metrics_fn`` scores with; None: the explained model's.
   """
 
   def __init__(self, model, methods: Sequence[methods_lib.Method],
-               dataset: dataset_lib.Dataset, config: ml_collections.ConfigDict, mesh,
-               out_dir=None, scorer=None):
+               dataset: dataset_lib.Dataset, mesh, *, metrics_fn: tasks.MetricsFn,
+               class_names: Sequence[str], batch_size: int, num_explain: int,
+               first_example: int = 0, targets: str = "predicted", num_gallery: int = 8,
+               save_maps: bool = False, render: Optional[Callable] = None, out_dir=None,
+               scorer_variables=None):
     self.model, self.methods, self.dataset, self.mesh = model, tuple(methods), dataset, mesh
-    self.eval_config, self.data_config = config.eval, config.data
-    self.class_names = input_pipeline.class_names(config.data, config.model.num_classes)
-    self.out_dir, self.scorer = out_dir, scorer
+    self.class_names, self.targets = list(class_names), targets
+    self.window = dict(batch_size=batch_size, first=first_example, count=num_explain)
+    self.num_gallery, self.save_maps = num_gallery, save_maps
+    self.render, self.out_dir, self.scorer_variables = render, out_dir, scorer_variables
     self.task = tasks.task_of(model)
     self.fields = self.task.batch_fields(dataset.has_masks)
+    self.metric_step = metric_step(metrics_fn, mesh)
 
   def run(self, variables) -> dict[str, Any]:
     """{"methods": {name: metric means + "num_examples"}}."""
     if not self.methods:
       return {"methods": {}}
-    scorer, scorer_variables = self.scorer or (self.model, variables)
-    step = metric_step(self.task.metrics_fn(scorer, self.eval_config, self.data_config,
-                                            self.dataset.has_masks), self.mesh)
+    scorer_variables = variables if self.scorer_variables is None else self.scorer_variables
     results, maps, per_example, targets = {}, {}, {}, None
     for method in self.methods:
       logging.info("Explaining with %s.", method.name)
       results[method.name], maps[method.name], targets, per_example[method.name] = (
-          self._explain(method, step, variables, scorer_variables))
+          self._explain(method, variables, scorer_variables))
     first = self._gallery_batch(len(targets))  # On every process: it may gather.
     if self.out_dir is not None and jax.process_index() == 0:
-      save_per_example(self.out_dir / "per_example.npz", per_example,
-                       self.eval_config.get("first_example", 0))
+      save_per_example(self.out_dir / "per_example.npz", per_example, self.window["first"])
       captions = [f"label {self.class_names[l]} / explained {self.class_names[t]}"
                   for l, t in zip(first["label"], targets)]
-      self.task.render(self.out_dir, first, maps, captions, self.data_config)
+      if self.render is not None:
+        self.render(self.out_dir, first, maps, captions)
     return {"methods": results}
 
-  def _explain(self, method, step, variables, scorer_variables):
+  def _explain(self, method, variables, scorer_variables):
     """Runs ``method``'s program over the explained examples.
 
     Returns:
-      (metric means + "num_examples", maps of the first ``eval.num_gallery`` examples, their
+      (metric means + "num_examples", maps of the first ``num_gallery`` examples, their
       targets, the per-example arrays: every metric, "targets", "mask_nonempty" with masks and
-      "maps" with ``eval.save_maps``), the same on every process. Pointing games average over
-      the examples whose mask holds a pixel (None when none does).
+      "maps" with ``save_maps``), the same on every process. Pointing games average over the
+      examples whose mask holds a pixel (None when none does).
     """
-    explain_fn = method.targeted_explainer(self.model, self.eval_config.targets)
+    explain_fn = method.targeted_explainer(self.model, self.targets)
     inputs = self.task.inputs
     explain = jax.jit(lambda v, batch: explain_fn(v, inputs(batch), batch["label"]),
                       in_shardings=(sharding_lib.replicated(self.mesh),
                                     sharding_lib.batch_sharded(self.mesh)))
-    eval_config = self.eval_config
     parts: dict[str, list[np.ndarray]] = {}
-    count = 0
+    count, total = 0, self.window["count"]
     start = time.time()
-    for batch, keep in explained_batches(self.dataset, eval_config, self.fields):
+    for batch, keep in explained_batches(self.dataset, self.fields, **self.window):
       batch = sharding_lib.shard_batch(batch, self.mesh)
       batch_maps, batch_targets = explain(variables, batch)
-      out, batch_maps = step(scorer_variables, batch, batch_maps, batch_targets)
+      out, batch_maps = self.metric_step(scorer_variables, batch, batch_maps, batch_targets)
       out["targets"] = batch_targets
-      if eval_config.get("save_maps") or not parts:  # The first batch holds the gallery's.
+      if self.save_maps or not parts:  # The first batch holds the gallery's maps.
         out["maps"] = batch_maps
       for key, values in sharding_lib.gather_batch(out).items():
         parts.setdefault(key, []).append(values[keep])
       count += int(keep.sum())
       elapsed = time.time() - start
-      logging.info("%s: %d/%d examples, %.0f s, about %.0f s left.", method.name, count,
-                   eval_config.num_explain, elapsed,
-                   elapsed / count * max(eval_config.num_explain - count, 0))
+      logging.info("%s: %d/%d examples, %.0f s, about %.0f s left.", method.name, count, total,
+                   elapsed, elapsed / count * max(total - count, 0))
     per_example = {key: np.concatenate(values) for key, values in parts.items()}
     nonempty = per_example.pop(image_metrics.MASK_WEIGHT, None)
     if nonempty is not None:
       per_example["mask_nonempty"] = nonempty > 0
-    n = min(eval_config.num_gallery, count)
+    n = min(self.num_gallery, count)
     gallery_maps, gallery_targets = per_example["maps"][:n], per_example["targets"][:n]
-    if not eval_config.get("save_maps"):
+    if not self.save_maps:
       del per_example["maps"]
     return (metric_means(method.name, per_example), gallery_maps, gallery_targets,
             per_example)
 
   def _gallery_batch(self, n: int) -> dict[str, np.ndarray]:
     """The first ``n`` explained examples of the first explained batch (the gallery's rows)."""
-    batch, keep = next(explained_batches(self.dataset, self.eval_config, self.fields))
+    batch, keep = next(explained_batches(self.dataset, self.fields, **self.window))
     return {k: v[keep][:n] for k, v in sharding_lib.gather_batch(batch).items()}
 
 
 class Collaboration:
-  """The gradient collaboration analysis over the first ``num_examples`` explained examples:
-  per-block gradient cosines s_ℓ, their correlation with MHEX's SAD and with p(label), and the
-  mean occlusion quality map (7×7 grid, ``quality_map.png`` in ``out_dir``)."""
+  """The gradient collaboration analysis over ``num_examples`` eval examples from
+  ``first_example`` on: per-block gradient cosines s_ℓ, their correlation with MHEX's SAD and
+  with p(label), and the mean occlusion quality map (7×7 grid, ``quality_map.png`` in
+  ``out_dir``)."""
 
-  def __init__(self, model, mhex: methods_lib.Method, dataset: dataset_lib.Dataset,
-               eval_config: ml_collections.ConfigDict, mesh, num_examples: int, out_dir=None):
-    self.dataset, self.eval_config, self.mesh = dataset, eval_config, mesh
-    self.num_examples, self.out_dir = num_examples, out_dir
+  def __init__(self, model, mhex: methods_lib.Method, dataset: dataset_lib.Dataset, mesh, *,
+               batch_size: int, num_examples: int, first_example: int = 0, out_dir=None):
+    self.dataset, self.mesh, self.out_dir = dataset, mesh, out_dir
+    self.window = dict(batch_size=batch_size, first=first_example, count=num_examples)
     explain_fn = mhex.explainer(model)
 
     def step(variables, batch):
@@ -248,8 +253,7 @@ class Collaboration:
   def run(self, variables) -> dict[str, Any]:
     """{"collaboration": the correlations, "quality_map" and "num_examples"}."""
     parts = []
-    for batch, keep in explained_batches(self.dataset, self.eval_config, ("image", "label"),
-                                         self.num_examples):
+    for batch, keep in explained_batches(self.dataset, ("image", "label"), **self.window):
       out = sharding_lib.gather_batch(
           self._step(variables, sharding_lib.shard_batch(batch, self.mesh)))
       parts.append([x[keep] for x in out])

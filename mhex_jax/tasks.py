@@ -16,7 +16,7 @@ Text models are ``models.BERT``; every other module is an image classifier (a Re
 any ``flax.linen`` module taking images), as ``explain.registry`` documents.
 """
 
-from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax

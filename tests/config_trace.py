@@ -2,12 +2,23 @@
 reading ``eval_lib.evaluate`` would: how many functions they stop at, in how many files, and how
 often they come back to the file they started in.
 
-    python tests/config_trace.py [--start mhex_jax.eval_lib.evaluate] [--param config] [--verbose]
+    python tests/config_trace.py [--start mhex_jax.eval_lib.evaluate] [--param config]
+        [--sections [--configs configs]] [--verbose]
 
 prints the stops, the files entered (each with its number of stops) and the re-entries of the
 start's file; ``--verbose`` first prints the walk, one stop a line, indented by call depth, as
 ``module:function(tracked parameters)``, and the places the walk cannot follow. ``trace()``
 returns the same as a ``Trace`` (tests).
+
+"The config" has two definitions here:
+
+* Values, the default: the config and every value read or derived from it, leaves included.
+  ``config.eval.batch_size`` passed to ``evaluators.Accuracy(...)`` is followed, an int, through
+  ``dataset.batches``, ``pipeline.batch_iterator``, ``batch_indices`` and ``process_rows``.
+* Sections, ``--sections`` (``trace(..., sections=True)``): the config is the ConfigDict and its
+  sections (the whole config, or its train, data or eval section, ...), not the numbers and
+  strings read from them. The rules below hold for both; "With --sections" after them says
+  which values they apply to then.
 
 What is counted:
 
@@ -89,6 +100,54 @@ object of unknown type that rule 2 does not resolve (with how many classes in ho
 define it), a function held in a variable. A function picked from a dict (``maps[kind](...)``)
 is neither followed nor listed.
 
+With ``--sections``, only the config and its sections are tracked. Everything above (what a call
+runs, rules 1 and 2, the walk order, stops, files, re-entries, unfollowed places) stays as it
+is, applied to section values only; "a part" above is then "a section":
+
+* The sections are read from the shipped configs, not guessed: ``load_sections`` imports each
+  ``configs/*.py`` by path (PYTHONPATH=the repository: they import ``mhex_jax.config_lib``) and
+  collects, from ``get_config()`` and from ``get_config(arg)`` for every argument its
+  ``check_arg(arg, (...))`` accepts, the dotted path of every ``ml_collections.ConfigDict``: ""
+  (the whole config), "model", "model_load", "data", "train", "eval", "eval.mhex",
+  "eval.variants", "eval.variants.<name>", "eval.explainer_options" and its "<name>"s. A section
+  whose children are sections in every config (``eval.variants``, ``eval.explainer_options``)
+  also gets "<path>.*", any of its children. ``trace(sections=paths)`` takes the paths instead
+  (tests); the start's ``param`` is "", the whole config.
+* Each tracked name carries its path: in the callee, the parameter bound to ``config.eval`` is
+  "eval", so ``eval_config.mhex`` is a section and ``eval_config.batch_size`` a leaf.
+  ``--verbose`` shows it: ``tasks:TextTask.metrics_fn(eval_config: config.eval, data_config:
+  config.data)``. Attributes of ``self`` (rule 1) and dataclass fields keep the path they got.
+* A section is a tracked name; an attribute, ``["key"]`` or ``.get("key", ...)`` of a section
+  when its path plus the key is a section, a non-literal key (``eval_config.variants[variant]``,
+  ``explainer_options.get(name, {})``) when the path is "<path>.*"; a copy or conversion:
+  ``.to_dict()``, ``.copy()``, ``.copy_and_resolve_references()``, ``dict(s)``,
+  ``ml_collections.ConfigDict(s.to_dict())`` (``dict``, ``ConfigDict``, ``FrozenConfigDict``,
+  ``copy``, ``deepcopy``, ``OrderedDict``, ``MappingProxyType``: a callable from outside the
+  package taking it as its one positional argument); an ``or`` or ``if``/``else`` of sections;
+  the loop variable of ``for v in s.values()``/``for k, v in s.items()`` of a "<path>.*" section
+  and of ``for c in (saved, config)``.
+* A section's options: a comprehension over its items or a dict literal with ``**s``
+  (``{k: v for k, v in config.eval.mhex.to_dict().items() if v is not None}``) is the pseudo
+  path "eval.mhex{}", shown ``{**config.eval.mhex}``: held as a section (passed on, kept on
+  ``self``), its items read as leaves (``options["layers"]``); ``options.update(...)`` and
+  ``options["layers"] = tuple(...)`` change nothing.
+* A leaf is any other attribute or item of a section (``config.eval.batch_size``,
+  ``config.data.mean``, ``eval_config.targets``), its keys (``for name in s``, ``list(s)``),
+  what a builtin or another library makes of a section (``len(s)``,
+  ``json.dumps(s.to_dict())``) and anything computed from leaves. It is not tracked: passing it
+  to a function is not passing the config on, no stop; an object keeping it is no rule-1 object.
+* An argument passes the config on when it is a section (its parameter gets the path), or when
+  it mentions one other than by reading a leaf from it, the default's rule: ``f(g(config))``,
+  ``f([config.eval])``. Its parameter then holds what is made from a section, the pseudo path
+  "eval()", shown ``f(config.eval)``, held and read as the options are. So the MHEX options that
+  ``method`` builds, ``Method(name, "mhex", mhex_options(eval_config, model, variant))``, stay
+  tracked (``Method.explainer(self.options: f(config.eval))``), and so does the function of
+  ``_explain_step(targeted_method_explainer(config, model, name), ...)`` on e7eebb0.
+* ``**x`` of a section, of its options or of what is made from one fills named parameters with
+  leaves: it binds only a ``**kwargs`` parameter (to the options, "<path>{}" or "<path>(){}"),
+  no dataclass field nor the field of a Flax module (no note); ``*x`` of one passes keys or
+  leaves, nothing.
+
 On e7eebb0, the code the issue describes, this gives 304 stops in 21 files and 11 re-entries of
 eval_lib (26 by the call stack), against the issue's 64, 20 and 13, and 107 file visits (runs of
 consecutive stops in one file, also printed). Before rules 1 and 2 it gave 208 stops in the
@@ -98,6 +157,11 @@ file). 13 lies between the two re-entry counts; the visit order is the one repor
 counts reading another eval_lib function, not resuming ``evaluate`` between two calls. The walk
 reads every helper of a helper, e.g. 67 stops in explain/equivalent_matrix.py, where the options
 of ``config.eval.mhex`` reach the same helpers by several call paths.
+
+With ``--sections`` e7eebb0 gives 67 stops in 9 files, 6 re-entries of eval_lib (8 by the call
+stack), 22 file visits and nothing unfollowed: the data pipelines, metrics, checkpoints, files,
+sharding and plotting only ever receive leaves; explain/equivalent_matrix.py keeps 17 stops,
+the helpers that take ``**options`` (not those that take named options), by two call paths.
 """
 
 import argparse
@@ -105,12 +169,14 @@ import ast
 import collections
 import dataclasses
 import difflib
+import importlib.util
 import pathlib
 import re
 import sys
-from typing import Iterator, Optional
+from typing import Iterable, Iterator, Optional, Union
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "mhex_jax"
+CONFIGS = PACKAGE.parent / "configs"  # The shipped configs, whose sections --sections tracks.
 START = "mhex_jax.eval_lib.evaluate"
 # A guard against a walk that multiplies (every repeated visit is walked again): the trace stops
 # there and says so instead of running for minutes.
@@ -129,10 +195,15 @@ class Stop:
   # keeps the config (rule 1), the attributes it reads: "self.eval_config".
   params: tuple[str, ...]
   path: str  # The module's file, relative to the package's parent: "mhex_jax/eval_lib.py".
+  # With --sections, the section each parameter holds, as a path of the config's schema: "" the
+  # whole config, "eval", "eval.variants.*", "eval.mhex{}" (its options copied into a dict).
+  sections: tuple[str, ...] = ()
 
   def __str__(self):
     module = self.module.split(".", 1)[1] if "." in self.module else self.module
-    return f"{'  ' * self.depth}{module}:{self.function}({', '.join(self.params)})"
+    params = (self.params if not self.sections else
+              [f"{name}: {_shown(path)}" for name, path in zip(self.params, self.sections)])
+    return f"{'  ' * self.depth}{module}:{self.function}({', '.join(params)})"
 
 
 @dataclasses.dataclass
@@ -144,6 +215,7 @@ class Trace:
   # Where the config goes on but the walk cannot follow: "path:line  code  (why)".
   unfollowed: list[str] = dataclasses.field(default_factory=list)
   truncated: bool = False  # The walk reached MAX_STOPS.
+  sections: bool = False  # Whether only the config and its sections were tracked (--sections).
 
   @property
   def files(self) -> list[str]:
@@ -184,7 +256,8 @@ class Trace:
   def summary(self) -> str:
     start = self.stops[0]
     per_file = self.stops_per_file()
-    lines = [f"Following {self.start}'s `{self.param}` through the calls that pass it on:",
+    what = f"`{self.param}`" + (" (the config and its sections)" if self.sections else "")
+    lines = [f"Following {self.start}'s {what} through the calls that pass it on:",
              f"  stops: {len(self.stops)}" + (f" (cut at {MAX_STOPS})" if self.truncated else "")
              + f" ({self.file_visits()} file visits: runs of stops in one file)",
              f"  files entered: {len(per_file)}"]
@@ -194,6 +267,93 @@ class Trace:
     lines.append(f"  not followed: {len(self.unfollowed)} places where it goes on unseen "
                  "(--verbose lists them)")
     return "\n".join(lines)
+
+
+# --sections: the suffixes of pseudo paths, values held as a section but whose items are read as
+# leaves: a dict of a section's options ("eval.mhex{}", a copy of config.eval.mhex's items, e.g.
+# filtered by a comprehension, shown {**config.eval.mhex}), and what a package function or a
+# container makes from a section ("eval()", shown f(config.eval); its items "eval(){}").
+CONTENT, MADE = "{}", "()"
+# Callables from outside the package that copy a mapping: of a section, they return a section.
+_MAPPING_COPIES = frozenset({"dict", "ConfigDict", "FrozenConfigDict", "copy", "deepcopy",
+                             "MappingProxyType", "OrderedDict"})
+# Methods of a ConfigDict (or of a dict of its options) that return a copy of it.
+_COPY_METHODS = frozenset({"to_dict", "copy", "copy_and_resolve_references"})
+
+
+def _join(path: str, key: str) -> str:
+  return f"{path}.{key}" if path else key
+
+
+def _base(path: str) -> str:
+  """The section a path or pseudo path stands for: "eval" for "eval", "eval{}" and "eval()"."""
+  return path.removesuffix(CONTENT).removesuffix(MADE)
+
+
+def _marked(path: Optional[str], marker: str) -> Optional[str]:
+  """The pseudo path of the items (``marker`` CONTENT) of what ``path`` stands for, or of what
+  is made from its section (MADE); None stays None."""
+  if path is None:
+    return None
+  return path.removesuffix(CONTENT) + CONTENT if marker == CONTENT else _base(path) + MADE
+
+
+def _shown(path: str) -> str:
+  """A path as the reader writes it: "" config, "eval" config.eval, "eval.mhex{}"
+  {**config.eval.mhex}, "eval()" f(config.eval), "eval(){}" {**f(config.eval)}."""
+  if path.endswith(CONTENT):
+    return f"{{**{_shown(path.removesuffix(CONTENT))}}}"
+  name = "config" + (f".{_base(path)}" if _base(path) else "")
+  return f"f({name})" if path.endswith(MADE) else name
+
+
+def _first(paths: Iterable[Optional[str]]) -> Optional[str]:
+  return next((path for path in paths if path is not None), None)
+
+
+def load_sections(configs: pathlib.Path = CONFIGS) -> frozenset[str]:
+  """The config's sections: the dotted paths of every ``ml_collections.ConfigDict`` in the
+  configs that ``get_config()`` of each ``configs/*.py`` returns, also for each argument its
+  ``config_lib.check_arg(arg, (...))`` accepts ("" the whole config, "eval", "eval.mhex",
+  "eval.variants.mhex_spec", ...). A section whose children are all sections, in every config
+  (``eval.variants``, ``eval.explainer_options``), also gets "<path>.*": any of its children,
+  also the ones read with a non-literal key (``eval_config.variants[variant]``), and below it
+  "<path>.*.<rest>" for its children's sections. The modules are imported (by path), so the
+  package their configs build on must be importable (PYTHONPATH=the repository)."""
+  import ml_collections  # Only --sections needs it (and the configs' own imports).
+  paths, children = {""}, collections.defaultdict(set)  # path -> "section" / "leaf" children.
+
+  def collect(node, path):
+    for key, value in node.items():
+      if isinstance(value, ml_collections.ConfigDict):
+        paths.add(_join(path, key))
+        children[path].add("section")
+        collect(value, _join(path, key))
+      else:
+        children[path].add("leaf")
+
+  root = str(pathlib.Path(configs).resolve().parent)  # The repository, while they are read.
+  sys.path.insert(0, root)
+  try:
+    for file in sorted(pathlib.Path(configs).glob("*.py")):
+      if file.name == "__init__.py":
+        continue
+      spec = importlib.util.spec_from_file_location(f"_config_trace_{file.stem}", file)
+      module = importlib.util.module_from_spec(spec)
+      spec.loader.exec_module(module)
+      arguments = [None]
+      for node in ast.walk(ast.parse(file.read_text())):
+        if (isinstance(node, ast.Call) and (_dotted(node.func) or [""])[-1] == "check_arg"
+            and len(node.args) > 1):
+          arguments += [a for a in ast.literal_eval(node.args[1]) if a not in arguments]
+      for argument in arguments:
+        collect(module.get_config() if argument is None else module.get_config(argument), "")
+  finally:
+    sys.path.remove(root)
+  for parent in sorted(p for p, kinds in children.items() if kinds == {"section"}):
+    below = [p[len(parent) + 1:].partition(".")[2] for p in paths if p.startswith(parent + ".")]
+    paths |= {_join(_join(parent, "*"), rest) if rest else _join(parent, "*") for rest in below}
+  return frozenset(paths)
 
 
 def _module_name(root: pathlib.Path, path: pathlib.Path) -> str:
@@ -210,7 +370,7 @@ def _dotted(node: ast.expr) -> Optional[list[str]]:
   return [node.id] + parts[::-1] if isinstance(node, ast.Name) else None
 
 
-def _is_tracked(node: ast.AST, tracked: set[str]) -> bool:
+def _is_tracked(node: ast.AST, tracked: Union[set[str], dict[str, str]]) -> bool:
   """Whether ``node`` is a tracked name (``config``) or a tracked attribute of ``self``
   (``self.eval_config``, tracked as the string "self.eval_config")."""
   if isinstance(node, ast.Name):
@@ -394,11 +554,26 @@ def _bound_names(target: ast.expr) -> Iterator[str]:
     yield from _bound_names(target.value)
 
 
-class _Walk:
-  """One depth-first walk from a start function; ``stops`` fills as it goes."""
+def _loops(node: ast.AST) -> set[int]:
+  """The ids of the targets of ``for`` loops and comprehensions in ``node``: they take the items
+  of their value, not the value."""
+  return {id(child.target) for child in ast.walk(node)
+          if isinstance(child, (ast.For, ast.AsyncFor, ast.comprehension))}
 
-  def __init__(self, package: _Package):
+
+def _key(node: ast.expr) -> Optional[str]:
+  """The key of ``x["key"]`` or ``x.get("key", ...)``: a string literal, else None."""
+  return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
+
+
+class _Walk:
+  """One depth-first walk from a start function; ``stops`` fills as it goes. With ``sections``
+  (the schema's section paths), only the config and its sections are tracked, each tracked name
+  with its path; without, every value read from the config is, and every path is ""."""
+
+  def __init__(self, package: _Package, sections: Optional[frozenset[str]] = None):
     self.package = package
+    self.sections = sections
     self.stops: list[Stop] = []
     self.truncated = False
     self.unfollowed: dict[str, None] = {}  # Ordered set: "path:line  code  (why)".
@@ -420,12 +595,25 @@ class _Walk:
       return self.package.method(found, "__init__"), True, found
     return found, False, None
 
-  def is_part(self, node: ast.expr, tracked: set[str], fn: _Function, local: set[str],
+  def outside(self, func: ast.expr, fn: _Function, local: set[str]) -> Optional[list[str]]:
+    """The dotted name of a callable from outside the package (a builtin, another library's),
+    or None."""
+    parts = _dotted(func)
+    if (parts and parts[0] not in local
+        and not self.package.names[fn.module].get(parts[0], "").startswith(
+            self.package.name + ".")):
+      return parts
+    return None
+
+  def is_part(self, node: ast.expr, tracked: dict[str, str], fn: _Function, local: set[str],
               read: bool = False) -> bool:
     """Whether ``node`` is the config or a part, copy or collection of parts of it (see the
     module docstring); with ``read``, only the config, a field read from it or a copy of one:
     what a copy or conversion takes as its one positional argument (``default_rng([seed, i])``
-    and ``jnp.where(removed, baseline, images)`` are new values)."""
+    and ``jnp.where(removed, baseline, images)`` are new values). With sections: whether it is
+    the config or a section (``section``)."""
+    if self.sections is not None:
+      return self.section(node, tracked, fn, local) is not None
     if _is_tracked(node, tracked):
       return True
     if isinstance(node, ast.Name):
@@ -436,10 +624,7 @@ class _Walk:
       if isinstance(node.func, ast.Attribute) and self.is_part(node.func.value, tracked, fn,
                                                                local, read):
         return True  # config.get(...), config.eval.to_dict(), ...
-      outside = _dotted(node.func)
-      if (outside and outside[0] not in local
-          and not self.package.names[fn.module].get(outside[0], "").startswith(
-              self.package.name + ".")):  # A builtin or another library's callable.
+      if self.outside(node.func, fn, local):  # A builtin or another library's callable.
         return len(node.args) == 1 and self.is_part(node.args[0], tracked, fn, local, read=True)
       return False
     if read:
@@ -456,22 +641,151 @@ class _Walk:
       return any(self.is_part(v, tracked, fn, local) for v in (node.body, node.orelse))
     return False
 
-  def tracked_names(self, fn: _Function, params: tuple[str, ...], local: set[str]) -> set[str]:
-    tracked = set(params)
+  def child(self, path: Optional[str], key: Optional[str]) -> Optional[str]:
+    """The path of section ``path``'s child ``key`` (None: a key that is no literal) when that
+    child is a section, else None (a leaf, or anything read from a dict of options)."""
+    if path is None or path != _base(path):
+      return None
+    if key is not None and _join(path, key) in self.sections:
+      return _join(path, key)
+    return _join(path, "*") if _join(path, "*") in self.sections else None
+
+  def section(self, node: ast.AST, tracked: dict[str, str], fn: _Function,
+              local: set[str]) -> Optional[str]:
+    """With sections: the path of the section ``node`` is (see the module docstring), or None:
+    a tracked name; an attribute, subscript or ``.get`` of a section that is a section of the
+    schema; a copy (``.to_dict()``, ``dict(s)``, ``ConfigDict(s.to_dict())``); ``or``,
+    ``if``/``else``; a dict literal with ``**s`` or a comprehension over a section's items
+    ("<path>{}", a dict of its options); a container holding a section ("<path>()")."""
+    if _is_tracked(node, tracked):
+      return tracked[node.id if isinstance(node, ast.Name) else f"{node.value.id}.{node.attr}"]
+    find = lambda child: self.section(child, tracked, fn, local)
+    if isinstance(node, ast.Attribute):
+      return self.child(find(node.value), node.attr)
+    if isinstance(node, ast.Subscript):
+      return self.child(find(node.value), _key(node.slice))
+    if isinstance(node, ast.Call):
+      if isinstance(node.func, ast.Attribute):
+        owner = find(node.func.value)
+        if owner is not None:
+          if node.func.attr == "get" and node.args:
+            return self.child(owner, _key(node.args[0]))
+          return owner if node.func.attr in _COPY_METHODS else None
+      outside = self.outside(node.func, fn, local)
+      if outside and outside[-1] in _MAPPING_COPIES and len(node.args) == 1:
+        return find(node.args[0])
+      return None
+    if isinstance(node, ast.BoolOp):
+      return _first(map(find, node.values))
+    if isinstance(node, ast.IfExp):
+      return _first(map(find, (node.body, node.orelse)))
+    if isinstance(node, (ast.ListComp, ast.SetComp, ast.GeneratorExp, ast.DictComp)):
+      return _marked(self.iterated(node.generators[0].iter, tracked, fn, local), CONTENT)
+    if isinstance(node, ast.Dict):
+      return _first([_marked(_first(find(v) for k, v in zip(node.keys, node.values)
+                                    if k is None), CONTENT),
+                     _marked(_first(map(find, node.values)), MADE)])
+    if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+      return _marked(_first(map(find, node.elts)), MADE)
+    return None
+
+  def iterated(self, node: ast.expr, tracked: dict[str, str], fn: _Function,
+               local: set[str]) -> Optional[str]:
+    """The section whose items a loop over ``node`` reads: ``s``, ``s.items()``, ``s.values()``,
+    ``s.keys()``, ``s.to_dict().items()``; None for anything else."""
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and not node.args
+        and node.func.attr in ("items", "values", "keys")):
+      node = node.func.value
+    return self.section(node, tracked, fn, local)
+
+  def mentioned(self, node: ast.AST, tracked: dict[str, str], fn: _Function,
+                local: set[str]) -> Optional[str]:
+    """With sections: the path of the first section in ``node`` (``f(config.eval)``,
+    ``f(g(config))``), a leaf read from one not counting (``f(config.eval.batch_size)``)."""
+    found = self.section(node, tracked, fn, local)
+    if found is not None or isinstance(node, ast.Name):
+      return found
+    read_from = lambda value: self.section(value, tracked, fn, local) is not None
+    if isinstance(node, ast.Attribute) and read_from(node.value):
+      return None  # A leaf.
+    if isinstance(node, ast.Subscript) and read_from(node.value):
+      children = [node.slice]
+    elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+          and read_from(node.func.value)):
+      children = node.args + node.keywords  # A leaf (config.get("x")), or what it takes.
+    elif isinstance(node, ast.Call) and self.outside(node.func, fn, local):
+      # A builtin or another library reads a section it is given (len(s), list(s): keys,
+      # json.dumps(s.to_dict()): a string); its copies are sections (above).
+      children = [arg for arg in node.args + [kw.value for kw in node.keywords]
+                  if not read_from(arg.value if isinstance(arg, ast.Starred) else arg)]
+    else:
+      children = ast.iter_child_nodes(node)
+    return _first(self.mentioned(c, tracked, fn, local) for c in children)
+
+  def passes(self, node: ast.AST, tracked: dict[str, str], fn: _Function,
+             local: set[str]) -> Optional[str]:
+    """The path an argument expression passes on: "" without sections if it mentions a tracked
+    name; with sections, the section it is, else "<path>()" if it mentions one; else None."""
+    if self.sections is None:
+      return "" if self.mentions(node, tracked) else None
+    found = self.section(node, tracked, fn, local)
+    if found is None:
+      found = _marked(self.mentioned(node, tracked, fn, local), MADE)
+    return found
+
+  def starred(self, node: ast.expr, tracked: dict[str, str], fn: _Function,
+              local: set[str]) -> Optional[str]:
+    """What ``*node`` passes on to each parameter it fills: as ``passes``, but with sections
+    the items of a section or of a dict of its options are keys and leaves (None)."""
+    if self.sections is not None and self.section(node, tracked, fn, local) is not None:
+      return None
+    return self.passes(node, tracked, fn, local)
+
+  def tracked_names(self, fn: _Function, params: dict[str, str],
+                    local: set[str]) -> dict[str, str]:
+    tracked = dict(params)
     bindings = list(_assignments(fn.node))
+    loops = _loops(fn.node) if self.sections is not None else set()
     grown = True
     while grown:  # Order ignored: until no binding adds a name.
       grown = False
       for target, value in bindings:
-        if self.is_part(value, tracked, fn, local):
-          for name in _bound_names(target):
-            if name not in tracked:
-              tracked.add(name)
-              grown = True
+        for name, path in self.bound(target, value, id(target) in loops, tracked, fn, local):
+          if name not in tracked:
+            tracked[name] = path
+            grown = True
     return tracked
 
+  def bound(self, target: ast.expr, value: ast.expr, loop: bool, tracked: dict[str, str],
+            fn: _Function, local: set[str]) -> Iterator[tuple[str, str]]:
+    """The names a binding tracks, with their paths."""
+    if self.sections is None:
+      if self.is_part(value, tracked, fn, local):
+        yield from ((name, "") for name in _bound_names(target))
+      return
+    if loop:  # A section's keys are names, its values sections only in a collection of them.
+      if isinstance(value, (ast.Tuple, ast.List, ast.Set)) and isinstance(target, ast.Name):
+        item = _first(self.section(e, tracked, fn, local) for e in value.elts)
+        if item is not None:  # for c in (saved, config): c is the config.
+          yield target.id, item
+        return
+      if (isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute)
+          and value.func.attr in ("values", "items") and not value.args):
+        item = self.child(self.section(value.func.value, tracked, fn, local), None)
+        if item is not None and value.func.attr == "values" and isinstance(target, ast.Name):
+          yield target.id, item
+        elif (item is not None and isinstance(target, (ast.Tuple, ast.List))
+              and len(target.elts) == 2 and isinstance(target.elts[1], ast.Name)):
+          yield target.elts[1].id, item
+      return
+    for name, part in _pairs(target, value):
+      path = self.section(part, tracked, fn, local) if isinstance(name, ast.Name) else None
+      if path is not None:
+        yield name.id, path
+
   @staticmethod
-  def calls(node: ast.AST, tracked: set[str]) -> Iterator[tuple[ast.Call, set[str]]]:
+  def calls(node: ast.AST,
+            tracked: dict[str, str]) -> Iterator[tuple[ast.Call, dict[str, str]]]:
     """Every call in ``node`` and below it, in reading order, with the tracked names it sees (a
     nested function's or lambda's parameters hide the outer names in its body)."""
     if isinstance(node, _FUNCTIONS + (ast.Lambda,)):
@@ -482,7 +796,7 @@ class _Walk:
         yield from _Walk.calls(default, tracked)
       hidden = {a.arg for a in args.posonlyargs + args.args + args.kwonlyargs
                 + [args.vararg, args.kwarg] if a}
-      inner = {name for name in tracked if name.split(".")[0] not in hidden}
+      inner = {name: path for name, path in tracked.items() if name.split(".")[0] not in hidden}
       for part in node.body if isinstance(node.body, list) else [node.body]:
         yield from _Walk.calls(part, inner)
       return
@@ -492,12 +806,13 @@ class _Walk:
       yield from _Walk.calls(child, tracked)
 
   @staticmethod
-  def mentions(node: ast.AST, tracked: set[str]) -> bool:
+  def mentions(node: ast.AST, tracked: dict[str, str]) -> bool:
     return any(_is_tracked(n, tracked) for n in ast.walk(node))
 
-  def bind(self, callee: _Function, call: ast.Call, tracked: set[str],
-           bound: bool) -> tuple[str, ...]:
-    """The callee's parameters that receive an argument mentioning a tracked name."""
+  def bind(self, callee: _Function, call: ast.Call, tracked: dict[str, str], bound: bool,
+           fn: _Function, local: set[str]) -> dict[str, str]:
+    """The callee's parameters that receive an argument mentioning a tracked name (with
+    sections: a section), each with the path it receives."""
     args = callee.node.args
     positional = [a.arg for a in args.posonlyargs + args.args]
     by_keyword = [a.arg for a in args.args + args.kwonlyargs]
@@ -509,68 +824,86 @@ class _Walk:
     star = [args.vararg.arg] if args.vararg else []
     double_star = [args.kwarg.arg] if args.kwarg else []
     named = {kw.arg for kw in call.keywords if kw.arg}
-    out = []
+    out = {}
     for i, arg in enumerate(call.args):
-      if not self.mentions(arg, tracked):
-        continue
       if isinstance(arg, ast.Starred):
-        out += positional[i:] + star
+        path = self.starred(arg.value, tracked, fn, local)
+        names = positional[i:] + star
       else:
-        out += [positional[i]] if i < len(positional) else star
+        path = self.passes(arg, tracked, fn, local)
+        names = [positional[i]] if i < len(positional) else star
+      out.update((name, path) for name in names if path is not None and name not in out)
     for kw in call.keywords:
-      if not self.mentions(kw.value, tracked):
-        continue
       if kw.arg is None:
-        out += [name for name in by_keyword if name not in positional[:len(call.args)]
-                and name not in named] + double_star
+        path = self.passes(kw.value, tracked, fn, local)
+        names = [name for name in by_keyword if name not in positional[:len(call.args)]
+                 and name not in named] + double_star
+        if self.sections is not None:
+          # **x, x a section or a dict of its options (or mentioning one): its leaves fill the
+          # named parameters, a dict of its options the **kwargs one.
+          path, names = _marked(path, CONTENT), double_star
       else:
-        out += [kw.arg] if kw.arg in by_keyword else double_star
-    return tuple(dict.fromkeys(out))
+        path = self.passes(kw.value, tracked, fn, local)
+        names = [kw.arg] if kw.arg in by_keyword else double_star
+      out.update((name, path) for name in names if path is not None and name not in out)
+    return out
 
-  def bind_fields(self, cls: str, call: ast.Call, tracked: set[str]) -> list[str]:
+  def bind_fields(self, cls: str, call: ast.Call, tracked: dict[str, str], fn: _Function,
+                  local: set[str]) -> dict[str, str]:
     """The fields of dataclass ``cls`` that ``call`` (its generated ``__init__``) fills with an
-    argument mentioning a tracked name, as "self.<field>"."""
+    argument mentioning a tracked name (with sections: a section), as "self.<field>", with
+    their paths."""
     fields = _fields(self.package.classes[cls][1])
     named = {kw.arg for kw in call.keywords if kw.arg}
-    out = []
+    out = {}
     for i, arg in enumerate(call.args):
-      if self.mentions(arg, tracked):
-        out += fields[i:] if isinstance(arg, ast.Starred) else fields[i:i + 1]
+      if isinstance(arg, ast.Starred):
+        path, names = self.starred(arg.value, tracked, fn, local), fields[i:]
+      else:
+        path, names = self.passes(arg, tracked, fn, local), fields[i:i + 1]
+      out.update((name, path) for name in names if path is not None and name not in out)
     for kw in call.keywords:
-      if self.mentions(kw.value, tracked):
-        out += ([f for f in fields[len(call.args):] if f not in named] if kw.arg is None
-                else [kw.arg] if kw.arg in fields else [])
-    return [f"self.{name}" for name in dict.fromkeys(out)]
+      if kw.arg is None:  # With sections, **x fills fields with leaves: none is tracked.
+        path = self.passes(kw.value, tracked, fn, local) if self.sections is None else None
+        names = [f for f in fields[len(call.args):] if f not in named]
+      else:
+        path = self.passes(kw.value, tracked, fn, local)
+        names = [kw.arg] if kw.arg in fields else []
+      out.update((name, path) for name in names if path is not None and name not in out)
+    return {f"self.{name}": path for name, path in out.items()}
 
-  def visit(self, qualname: str, params: tuple[str, ...], depth: int,
-            call_path: tuple[str, ...], keeps: bool = False) -> list[str]:
+  def visit(self, qualname: str, params: dict[str, str], depth: int,
+            call_path: tuple[str, ...], keeps: bool = False) -> dict[str, str]:
     """Visits ``qualname`` with ``params`` tracked and what it calls with the config. With
     ``keeps`` (``__init__`` or a method of an object that keeps the config, rule 1), returns
-    the attributes of ``self`` it stores a part in ("self.x"); otherwise they are noted."""
+    the attributes of ``self`` it stores a part in ("self.x", with its path); otherwise they are
+    noted."""
     if len(self.stops) >= MAX_STOPS:
       self.truncated = True
-      return []
+      return {}
     fn = self.package.functions[qualname]
-    stop = Stop(depth, fn.module, qualname[len(fn.module) + 1:], params,
-                self.package.paths[fn.module])
+    stop = Stop(depth, fn.module, qualname[len(fn.module) + 1:], tuple(params),
+                self.package.paths[fn.module],
+                tuple(params.values()) if self.sections is not None else ())
     self.stops.append(stop)
     local = _local_names(fn.node)
     tracked = self.tracked_names(fn, params, local)
     nested = {node.name for node in ast.walk(fn.node)
               if isinstance(node, _FUNCTIONS) and node is not fn.node}
-    stored = []
+    stored = {}
     for call, seen in (found for statement in fn.node.body
                        for found in self.calls(statement, tracked)):
       target, bound, cls = self.callee(fn, call, local)
       if target in call_path:  # Recursion: already being read.
         continue
       if cls is not None:
-        self.instantiate(stop, call, seen, cls, target, depth + 1, call_path)
+        self.instantiate(stop, fn, local, call, seen, cls, target, depth + 1, call_path)
       elif target is not None:
-        passed = self.bind(self.package.functions[target], call, seen, bound)
+        passed = self.bind(self.package.functions[target], call, seen, bound, fn, local)
         if passed:  # A method of the same object (self.f) stores on the same self.
           own = keeps and bound and _dotted(call.func)[0] == "self"
-          stored += self.visit(target, passed, depth + 1, call_path + (target,), own)
+          more = self.visit(target, passed, depth + 1, call_path + (target,), own)
+          stored.update((name, path) for name, path in more.items() if name not in stored)
       elif not self.by_name(fn, call, seen, local, nested, depth + 1, call_path):
         self.note_unfollowed(stop, fn, call, seen, local, nested)
     for target, value in (pair for binding in _assignments(fn.node)
@@ -579,28 +912,35 @@ class _Walk:
       if (root and root[0] not in tracked and ".".join(root[:2]) not in tracked
           and self.is_part(value, tracked, fn, local)):
         if keeps and fn.cls and root[0] == "self" and len(root) == 2:
-          stored.append(f"self.{root[1]}")
+          path = "" if self.sections is None else self.section(value, tracked, fn, local)
+          stored.setdefault(f"self.{root[1]}", path)
         else:
           self.note(stop, target, f"{ast.unparse(target)} = {ast.unparse(value)}",
                     "kept in an object")
-    return list(dict.fromkeys(stored))
+    return stored
 
-  def instantiate(self, stop: Stop, call: ast.Call, tracked: set[str], cls: str,
-                  init: Optional[str], depth: int, call_path: tuple[str, ...]) -> None:
+  def instantiate(self, stop: Stop, fn: _Function, local: set[str], call: ast.Call,
+                  tracked: dict[str, str], cls: str, init: Optional[str], depth: int,
+                  call_path: tuple[str, ...]) -> None:
     """Rule 1: ``cls(...)`` with the config visits ``init`` (``cls.__init__``, None for a
     generated one), then, once per instantiation site, every other method of ``cls`` that reads
     an attribute of ``self`` holding a part (stored by ``__init__`` or by a method read before,
     or a dataclass field filled with one)."""
     node = self.package.classes[cls][1]
     if init is not None:
-      passed = self.bind(self.package.functions[init], call, tracked, True)
+      passed = self.bind(self.package.functions[init], call, tracked, True, fn, local)
       if not passed:
         return
       stored = self.visit(init, passed, depth, call_path + (init,), keeps=True)
     elif _is_dataclass(node):
-      stored = self.bind_fields(cls, call, tracked)
+      stored = self.bind_fields(cls, call, tracked, fn, local)
     else:  # A generated __init__ without fields to read (a Flax module, a NamedTuple).
-      if (any(self.mentions(arg, tracked) for arg in call.args + call.keywords)
+      # With sections, **x fills the fields with leaves.
+      given = [self.starred(a.value, tracked, fn, local) if isinstance(a, ast.Starred)
+               else self.passes(a, tracked, fn, local) for a in call.args]
+      given += [self.passes(kw.value, tracked, fn, local) for kw in call.keywords
+                if kw.arg or self.sections is None]
+      if (any(path is not None for path in given)
           and any(isinstance(item, ast.AnnAssign) for item in node.body)):
         self.note(stop, call, ast.unparse(call), "kept in an object: generated __init__")
       return
@@ -612,14 +952,14 @@ class _Walk:
       qualname = f"{cls}.{item.name}" if isinstance(item, _FUNCTIONS) else None
       if not qualname or item.name == "__init__" or qualname in call_path:
         continue
-      reads = [name for name in stored
+      reads = {name: path for name, path in stored.items()
                if any(_is_tracked(n, {name}) and isinstance(n.ctx, ast.Load)
-                      for n in ast.walk(item))]
+                      for n in ast.walk(item))}
       if reads:
-        more = self.visit(qualname, tuple(reads), depth, call_path + (qualname,), keeps=True)
-        stored += [name for name in more if name not in stored]
+        more = self.visit(qualname, reads, depth, call_path + (qualname,), keeps=True)
+        stored.update((name, path) for name, path in more.items() if name not in stored)
 
-  def by_name(self, fn: _Function, call: ast.Call, tracked: set[str], local: set[str],
+  def by_name(self, fn: _Function, call: ast.Call, tracked: dict[str, str], local: set[str],
               nested: set[str], depth: int, call_path: tuple[str, ...]) -> bool:
     """Rule 2: ``x.m(...)`` on an object of unknown type runs ``m`` of every candidate class
     that defines it, when they are at most 3, all in one module; visits those that receive the
@@ -634,17 +974,18 @@ class _Walk:
     if not 1 <= len(methods) <= 3 or len(modules) != 1:
       return False
     for name in methods:
-      passed = self.bind(self.package.functions[name], call, tracked, True)
+      passed = self.bind(self.package.functions[name], call, tracked, True, fn, local)
       if passed and name not in call_path:
         self.visit(name, passed, depth, call_path + (name,))
     return True
 
-  def note_unfollowed(self, stop: Stop, fn: _Function, call: ast.Call, tracked: set[str],
+  def note_unfollowed(self, stop: Stop, fn: _Function, call: ast.Call, tracked: dict[str, str],
                       local: set[str], nested: set[str]) -> None:
     """Notes a call that takes the config but that the walk cannot follow: a method of an
     object of unknown type that more than 3 package classes, or classes of several modules,
     define (rule 2), a function held in a variable (``read(config.model_init)``)."""
-    if not any(self.mentions(arg, tracked) for arg in call.args + call.keywords):
+    if not any(self.passes(arg, tracked, fn, local) is not None
+               for arg in call.args + call.keywords):
       return
     parts = _dotted(call.func)
     if (not parts or parts[0] not in local or parts[0] in nested or parts[0] in tracked
@@ -663,9 +1004,14 @@ class _Walk:
     self.unfollowed.setdefault(f"{stop.path}:{node.lineno}  {text}  ({why})", None)
 
 
-def trace(start: str = START, param: str = "config", root: pathlib.Path = PACKAGE) -> Trace:
+def trace(start: str = START, param: str = "config", root: pathlib.Path = PACKAGE,
+          sections: Union[bool, Iterable[str]] = False,
+          configs: pathlib.Path = CONFIGS) -> Trace:
   """Walks from function ``start`` (dotted: "mhex_jax.eval_lib.evaluate") of the package in
-  directory ``root`` with its parameter ``param`` tracked."""
+  directory ``root`` with its parameter ``param`` tracked. ``sections``: False tracks every
+  value read from the config; True only the config and its sections, the schema read from the
+  configs in ``configs`` (``load_sections``); a collection of paths, those as the schema ("" the
+  whole config, "eval", "eval.variants.*", ...). ``param`` holds the whole config."""
   package = _Package(pathlib.Path(root))
   if start not in package.functions:
     close = difflib.get_close_matches(start, package.functions, n=5, cutoff=0.5)
@@ -675,9 +1021,13 @@ def trace(start: str = START, param: str = "config", root: pathlib.Path = PACKAG
   names = [a.arg for a in node.args.posonlyargs + node.args.args + node.args.kwonlyargs]
   if param not in names:
     raise ValueError(f"{start} has no parameter {param!r} (it has {names}); pass --param.")
-  walk = _Walk(package)
-  walk.visit(start, (param,), 0, (start,))
-  return Trace(start, param, walk.stops, list(walk.unfollowed), walk.truncated)
+  if sections is True:
+    sections = load_sections(configs)
+  schema = None if sections is False or sections is None else frozenset(sections) | {""}
+  walk = _Walk(package, schema)
+  walk.visit(start, {param: ""}, 0, (start,))
+  return Trace(start, param, walk.stops, list(walk.unfollowed), walk.truncated,
+               schema is not None)
 
 
 def main(argv=None) -> None:
@@ -687,11 +1037,18 @@ def main(argv=None) -> None:
   parser.add_argument("--param", default="config",
                       help="Its parameter holding the config (default: config).")
   parser.add_argument("--root", default=str(PACKAGE), help="The package's directory.")
+  parser.add_argument("--sections", action="store_true",
+                      help="Track only the config and its sections (ConfigDicts), not the "
+                      "values read from them.")
+  parser.add_argument("--configs", default=str(CONFIGS),
+                      help="With --sections, the directory of the configs whose sections are "
+                      "read (default: the repository's configs/).")
   parser.add_argument("--verbose", action="store_true",
                       help="Print the walk: one stop a line, indented by call depth.")
   args = parser.parse_args(argv)
   try:
-    result = trace(args.start, args.param, pathlib.Path(args.root))
+    result = trace(args.start, args.param, pathlib.Path(args.root), args.sections,
+                   pathlib.Path(args.configs))
   except ValueError as e:  # A start the refactor renamed: the message names the nearest ones.
     parser.error(str(e))
   if args.verbose:

@@ -1,6 +1,8 @@
 """tests/config_trace.py, the count behind the issue's "following evaluate's config: stops, files
-entered, eval_lib re-entries": exact on a package small enough to count by hand, and running on
-mhex_jax (its figures change with the refactor, so only that it finds the walk is asserted)."""
+entered, eval_lib re-entries": exact on packages small enough to count by hand, for both
+definitions of the config (every value read from it, the default; its sections, --sections), and
+running on mhex_jax (its figures change with the refactor, so only that it finds the walk is
+asserted)."""
 
 import textwrap
 
@@ -182,6 +184,155 @@ def test_tiny_package_counted_by_hand(tiny):
       "classes in 2 modules define it)"]
 
 
+# --sections: a.f hands b.g the eval section (a stop), b.k a leaf (none), b.explain the options
+# of eval.mhex with ** (a stop: its **options takes them; b.scaled, named parameters only, gets
+# leaves), and c.Reader keeps the eval section, not a leaf (rule 1: run is a stop, size is not).
+# b.g reads eval_config.mhex and a variant by a non-literal key: sections of the schema.
+SECTIONS = {"", "data", "eval", "eval.mhex", "eval.variants", "eval.variants.*"}
+SECTIONS_TINY = {
+    "__init__.py": "",
+    "a.py": """
+        from pkg import b
+        from pkg.c import Reader
+
+
+        def f(config):
+          b.g(config.eval)  # A section: a stop.
+          b.k(config.eval.batch_size)  # A leaf: no stop.
+          b.k(b.h(config.eval.mhex, None))  # What h makes of a section: k is a stop, then h.
+          options = {k: v for k, v in config.eval.mhex.to_dict().items() if v is not None}
+          options["layers"] = tuple(options["layers"])  # Still the options of eval.mhex.
+          b.explain(**options)  # Its **options takes them: a stop.
+          b.scaled(**options)  # Named parameters only: leaves, no stop.
+          return Reader(config.eval, config.data.path).run()
+        """,
+    "b.py": """
+        def g(eval_config):
+          mhex = eval_config.mhex  # A section of the schema.
+          h(mhex, eval_config.methods)  # methods: a leaf.
+          for name in eval_config.variants:  # Keys: names, no sections.
+            h(eval_config.variants[name], name)  # A non-literal key of eval.variants.*.
+
+
+        def h(mhex_config, methods):
+          return k(methods)
+
+
+        def k(n):
+          return n
+
+
+        def explain(model=None, **options):
+          return k(options["layers"])  # An item of the options: a leaf.
+
+
+        def scaled(scale=1.0, layers=()):
+          return scale
+        """,
+    "c.py": """
+        from pkg import b
+
+
+        class Reader:
+
+          def __init__(self, eval_config, path):
+            self.eval_config = eval_config  # A section: kept.
+            self.path = path  # A leaf: not kept.
+
+          def size(self):
+            return len(self.path)  # Reads no section: no stop.
+
+          def run(self):
+            b.k(self.eval_config.batch_size)
+            return b.g(self.eval_config)
+        """,
+}
+# A config module as configs/*.py: eval.variants holds sections only with the argument "variants".
+TINY_CONFIG = """
+    import ml_collections
+
+
+    def check_arg(arg, allowed):
+      assert arg is None or arg in allowed, arg
+
+
+    def get_config(arg=None):
+      check_arg(arg, ("variants",))
+      config = ml_collections.ConfigDict()
+      config.model_name = "m"
+      config.data = ml_collections.ConfigDict({"path": ""})
+      config.eval = ml_collections.ConfigDict(
+          {"batch_size": 8, "methods": "", "mhex": {"layers": (0,)}, "variants": {}})
+      if arg == "variants":
+        config.eval.variants.first = {"layers": (1,)}
+      return config
+    """
+
+
+@pytest.fixture
+def sections_tiny(tmp_path):
+  return _package(tmp_path / "pkg", SECTIONS_TINY)
+
+
+def test_sections_counted_by_hand(sections_tiny):
+  trace = config_trace.trace("pkg.a.f", root=sections_tiny, sections=SECTIONS)
+  assert [(s.depth, s.module, s.function, s.params, s.sections) for s in trace.stops] == [
+      (0, "pkg.a", "f", ("config",), ("",)),
+      (1, "pkg.b", "g", ("eval_config",), ("eval",)),
+      (2, "pkg.b", "h", ("mhex_config",), ("eval.mhex",)),  # Not methods, nor k(methods).
+      (2, "pkg.b", "h", ("mhex_config",), ("eval.variants.*",)),
+      # b.k(config.eval.batch_size): no stop.
+      (1, "pkg.b", "k", ("n",), ("eval.mhex()",)),  # k(h(...)): made from a section.
+      (1, "pkg.b", "h", ("mhex_config",), ("eval.mhex",)),
+      (1, "pkg.b", "explain", ("options",), ("eval.mhex{}",)),  # Not model; k(...): a leaf.
+      (1, "pkg.c", "Reader.__init__", ("eval_config",), ("eval",)),  # Not path.
+      (1, "pkg.c", "Reader.run", ("self.eval_config",), ("eval",)),  # Rule 1; not size.
+      (2, "pkg.b", "g", ("eval_config",), ("eval",)),  # b.k(...batch_size): no stop.
+      (3, "pkg.b", "h", ("mhex_config",), ("eval.mhex",)),
+      (3, "pkg.b", "h", ("mhex_config",), ("eval.variants.*",)),
+  ]
+  assert trace.stops_per_file() == {"pkg/a.py": 1, "pkg/b.py": 9, "pkg/c.py": 2}
+  # Files in visit order: a b b b b b b c c b b b, 4 runs; never back in a.py, once in b.py. By
+  # the call stack, a.py's frame is returned to from g, k, h, explain, Reader.__init__ and
+  # Reader.run: 6.
+  assert trace.reentries("pkg.a") == 0 and trace.returns("pkg.a") == 6
+  assert trace.reentries("pkg.b") == 1 and trace.file_visits() == 4
+  assert trace.unfollowed == []
+  # The default follows every value: the leaves add 7 visits of k, scaled and Reader.size (21
+  # stops), and the parameters methods, model, path, scale and layers.
+  values = config_trace.trace("pkg.a.f", root=sections_tiny)
+  assert [str(stop) for stop in values.stops] == [
+      "a:f(config)", "  b:g(eval_config)", "    b:h(mhex_config, methods)", "      b:k(n)",
+      "    b:h(mhex_config, methods)", "      b:k(n)", "  b:k(n)", "  b:k(n)",
+      "  b:h(mhex_config)", "  b:explain(model, options)", "    b:k(n)",
+      "  b:scaled(scale, layers)", "  c:Reader.__init__(eval_config, path)",
+      "  c:Reader.size(self.path)", "  c:Reader.run(self.eval_config)", "    b:k(n)",
+      "    b:g(eval_config)", "      b:h(mhex_config, methods)", "        b:k(n)",
+      "      b:h(mhex_config, methods)", "        b:k(n)"]
+
+
+def test_sections_read_from_the_configs(tmp_path):
+  (tmp_path / "configs").mkdir()
+  (tmp_path / "configs" / "tiny.py").write_text(textwrap.dedent(TINY_CONFIG))
+  assert config_trace.load_sections(tmp_path / "configs") == {
+      "", "data", "eval", "eval.mhex", "eval.variants", "eval.variants.first",
+      "eval.variants.*"}
+
+
+def test_script_prints_the_sections(sections_tiny, tmp_path, capsys):
+  (tmp_path / "configs").mkdir()
+  (tmp_path / "configs" / "tiny.py").write_text(textwrap.dedent(TINY_CONFIG))
+  config_trace.main(["--root", str(sections_tiny), "--start", "pkg.a.f", "--sections",
+                     "--configs", str(tmp_path / "configs"), "--verbose"])
+  out = capsys.readouterr().out
+  assert out.startswith("a:f(config: config)\n  b:g(eval_config: config.eval)\n"
+                        "    b:h(mhex_config: config.eval.mhex)\n"
+                        "    b:h(mhex_config: config.eval.variants.*)\n"
+                        "  b:k(n: f(config.eval.mhex))\n  b:h(mhex_config: config.eval.mhex)\n"
+                        "  b:explain(options: {**config.eval.mhex})\n")
+  assert "`config` (the config and its sections)" in out and "stops: 12 (4 file visits" in out
+
+
 def test_a_name_more_than_3_classes_define_is_not_resolved(tmp_path):
   classes = "".join(f"\n\nclass Unit{i}:\n\n  def run(self, config):\n    return config\n"
                     for i in range(4))
@@ -220,3 +371,8 @@ def test_evaluate_of_the_package():
   trace = config_trace.trace("mhex_jax.eval_lib.evaluate")
   assert trace.stops[0].function == "evaluate" and trace.stops[0].path == "mhex_jax/eval_lib.py"
   assert len(trace.stops) > 5 and not trace.truncated
+  sections = config_trace.load_sections()  # The shipped configs.
+  assert {"", "model", "data", "train", "eval", "eval.mhex", "eval.variants.*"} <= sections
+  assert "eval.batch_size" not in sections
+  only = config_trace.trace("mhex_jax.eval_lib.evaluate", sections=sections)
+  assert only.stops[0].sections == ("",) and 1 < len(only.stops) < len(trace.stops)

@@ -294,11 +294,13 @@ def test_first_example_selects_a_later_range(image_workdirs):
   config.eval.num_explain = 8
   fields = ("image", "label")
   dataset = input_pipeline.get_datasets(config.data, 4, need_train=False)[1]
+  window = dict(batch_size=config.eval.batch_size, first=0, count=20)
   whole = np.concatenate([b["image"][k] for b, k in evaluators.explained_batches(
-      dataset, _with(config, num_explain=20).eval, fields)])
+      dataset, fields, **window)])
   config.eval.first_example = 11  # Straddles the batches of 16.
+  window = dict(window, first=11, count=8)
   later = np.concatenate([b["image"][k] for b, k in evaluators.explained_batches(
-      dataset, config.eval, fields)])
+      dataset, fields, **window)])
   np.testing.assert_array_equal(later, whole[11:19])
   config.eval.save_maps = True
   report = eval_lib.evaluate(config, image_workdirs["mhex"])
@@ -312,7 +314,7 @@ def test_first_example_selects_a_later_range(image_workdirs):
     maps = arrays["mhex/maps"]
     energy = arrays["mhex/energy_pointing_game"]
   masks = np.concatenate([b["mask"][k] for b, k in evaluators.explained_batches(
-      dataset, config.eval, ("image", "label", "mask"))])
+      dataset, ("image", "label", "mask"), **window)])
   assert maps.shape == (8, 16, 16) and maps.min() >= 0 and maps.max() <= 1
   np.testing.assert_allclose(energy, (maps * masks).sum((1, 2)) / maps.sum((1, 2)), rtol=1e-5)
 

@@ -14,7 +14,6 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from mhex_jax import eval_lib
 from mhex_jax import explain_lib
 from mhex_jax import model_lib
 from mhex_jax import train_lib

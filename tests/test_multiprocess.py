@@ -137,8 +137,9 @@ def _metrics_of_maps(config, workdir, maps, targets):
 
   metric_step = evaluators.metric_step(metrics_and_margins, mesh)
   parts, done = {}, 0
-  for batch, keep in evaluators.explained_batches(eval_ds, config.eval,
-                                                  ("image", "label", "mask")):
+  for batch, keep in evaluators.explained_batches(
+      eval_ds, ("image", "label", "mask"), batch_size=config.eval.batch_size,
+      first=config.eval.get("first_example", 0), count=config.eval.num_explain):
     rows = np.flatnonzero(keep)
     batch_maps = np.zeros(batch["image"].shape[:3], np.float32)
     batch_targets = np.zeros(len(keep), np.int32)
