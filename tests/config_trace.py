@@ -148,20 +148,24 @@ is, applied to section values only; "a part" above is then "a section":
   no dataclass field nor the field of a Flax module (no note); ``*x`` of one passes keys or
   leaves, nothing.
 
-On e7eebb0, the code the issue describes, this gives 304 stops in 21 files and 11 re-entries of
-eval_lib (26 by the call stack), against the issue's 64, 20 and 13, and 107 file visits (runs of
-consecutive stops in one file, also printed). Before rules 1 and 2 it gave 208 stops in the
-issue's 20 files, 9 re-entries (17) and 55 file visits: the rules add the dataset objects'
-methods and the ``batches`` of every ``dataset.batches(...)`` (data/imagenet.py is the one more
-file). 13 lies between the two re-entry counts; the visit order is the one reported because it
-counts reading another eval_lib function, not resuming ``evaluate`` between two calls. The walk
-reads every helper of a helper, e.g. 67 stops in explain/equivalent_matrix.py, where the options
-of ``config.eval.mhex`` reach the same helpers by several call paths.
+``functools.partial(f, ...)`` is read as the call of ``f`` it prepares (``registry.explainer``
+returns one).
 
-With ``--sections`` e7eebb0 gives 67 stops in 9 files, 6 re-entries of eval_lib (8 by the call
-stack), 22 file visits and nothing unfollowed: the data pipelines, metrics, checkpoints, files,
-sharding and plotting only ever receive leaves; explain/equivalent_matrix.py keeps 17 stops,
-the helpers that take ``**options`` (not those that take named options), by two call paths.
+On e7eebb0, the code the issue describes, this gives 360 stops in 23 files and 11 re-entries of
+eval_lib (26 by the call stack), against the issue's 64, 20 and 13, and 126 file visits (runs of
+consecutive stops in one file, also printed). Before rules 1 and 2 and partials it gave 208 stops
+in the issue's 20 files, 9 re-entries (17) and 55 file visits: the rules add the dataset objects'
+methods and the ``batches`` of every ``dataset.batches(...)`` (data/imagenet.py is one more
+file), partials the MHEX maps' helpers in models/common.py and models/mhex.py. 13 lies between
+the two re-entry counts; the visit order is the one reported because it counts reading another
+eval_lib function, not resuming ``evaluate`` between two calls. The walk reads every helper of a
+helper, e.g. 109 stops in explain/equivalent_matrix.py, where the options of
+``config.eval.mhex`` reach the same helpers by several call paths.
+
+With ``--sections`` e7eebb0 gives 78 stops in 9 files, 6 re-entries of eval_lib (8 by the call
+stack), 24 file visits and nothing unfollowed: the data pipelines, metrics, checkpoints, files,
+sharding and plotting only ever receive leaves; explain/equivalent_matrix.py keeps the helpers
+that take ``**options`` (not those that take named options), by several call paths.
 """
 
 import argparse
@@ -566,6 +570,15 @@ def _key(node: ast.expr) -> Optional[str]:
   return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
 
 
+def _unpartial(call: ast.Call) -> ast.Call:
+  """``functools.partial(f, *args, **kwargs)`` read as the call ``f(*args, **kwargs)`` it
+  prepares: the arguments are passed on to ``f`` (when it runs later, with more)."""
+  if _dotted(call.func) in (["functools", "partial"], ["partial"]) and call.args:
+    return ast.copy_location(ast.Call(func=call.args[0], args=call.args[1:],
+                                      keywords=call.keywords), call)
+  return call
+
+
 class _Walk:
   """One depth-first walk from a start function; ``stops`` fills as it goes. With ``sections``
   (the schema's section paths), only the config and its sections are tracked, each tracked name
@@ -893,6 +906,7 @@ class _Walk:
     stored = {}
     for call, seen in (found for statement in fn.node.body
                        for found in self.calls(statement, tracked)):
+      call = _unpartial(call)
       target, bound, cls = self.callee(fn, call, local)
       if target in call_path:  # Recursion: already being read.
         continue

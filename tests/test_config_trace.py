@@ -366,8 +366,18 @@ def test_a_moved_start_is_named(tiny):
     config_trace.trace("pkg.a.f", param="cfg", root=tiny)
 
 
+def test_a_partial_passes_the_config_on(tmp_path):
+  root = _package(tmp_path / "part", {
+      "__init__.py": "",
+      "main.py": ("import functools\n\n\ndef main(config):\n"
+                  "  later = functools.partial(use, config.eval)\n  return later\n\n\n"
+                  "def use(eval_config, x):\n  return eval_config.a + x\n")})
+  trace = config_trace.trace("part.main.main", root=root)
+  assert [(s.function, s.params) for s in trace.stops] == [("main", ("config",)),
+                                                          ("use", ("eval_config",))]
+
+
 def test_evaluate_of_the_package():
-  # Thresholds (fewer files and re-entries than the 20 and 13) come with the refactor.
   trace = config_trace.trace("mhex_jax.eval_lib.evaluate")
   assert trace.stops[0].function == "evaluate" and trace.stops[0].path == "mhex_jax/eval_lib.py"
   assert len(trace.stops) > 5 and not trace.truncated
@@ -376,3 +386,7 @@ def test_evaluate_of_the_package():
   assert "eval.batch_size" not in sections
   only = config_trace.trace("mhex_jax.eval_lib.evaluate", sections=sections)
   assert only.stops[0].sections == ("",) and 1 < len(only.stops) < len(trace.stops)
+  # A reader of evaluate comes back to eval_lib.py 3 times (11 and 6 on e7eebb0): the
+  # evaluators, the method resolution and the workdir checks have their own modules.
+  assert trace.reentries("mhex_jax/eval_lib.py") <= 3
+  assert only.reentries("mhex_jax/eval_lib.py") <= 3

@@ -458,9 +458,12 @@ def explanation(model: Any, variables: Any, inputs: Union[jax.Array, Mapping[str
   the dict), ``mhex_patch_saliency`` of a ViT, ``mhex_saliency`` of a CNN (inputs the
   images). ``targets=None`` explains the prediction of the same forward pass, and the result's
   ``targets`` says which classes those were."""
-  maps = {"tokens": mhex_token_saliency, "patches": mhex_patch_saliency,
-          "features": mhex_saliency}
-  return maps[tasks.task_of(model).mhex_map](model, variables, inputs, targets, **options)
+  kind = tasks.task_of(model).mhex_map
+  if kind == "tokens":
+    return mhex_token_saliency(model, variables, inputs, targets, **options)
+  if kind == "patches":
+    return mhex_patch_saliency(model, variables, inputs, targets, **options)
+  return mhex_saliency(model, variables, inputs, targets, **options)
 
 
 def mhex_maps(model: Any, variables: Any, inputs: Union[jax.Array, Mapping[str, jax.Array]],
