@@ -161,7 +161,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   # The model: config.model_name's class built with config.model as its constructor arguments
   # (``mhex_jax.model_lib.create_model``); each config sets both, from ``resnet_model``,
-  # ``bert_model`` or ``vit_model``. model_init: a Hugging Face checkpoint directory (BERT, ViT)
+  # ``bert_model`` or ``vit_model``. model_init: a Hugging Face checkpoint directory (BERT, ViT,
+  # ResNet) or, for a ResNet, a torchvision/timm state dict (.safetensors, .pth)
   # whose config.json gives the architecture and whose weights replace the fresh ones;
   # model_load: options of that import (new_head: a fresh classifier for a plain model).
   config.model_name = ""

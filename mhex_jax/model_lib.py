@@ -36,12 +36,13 @@ def create_model(config: ml_collections.ConfigDict) -> nn.Module:
 
   With ``config.model_init`` (a Hugging Face BERT/ViT checkpoint directory) its config.json
   supplies the architecture, dropout rates and init range; ``config.model`` may override the
-  latter, and may repeat architecture fields only with the checkpoint's values.
+  latter, and may repeat architecture fields only with the checkpoint's values. A ResNet's
+  architecture is its name (``load_pretrained`` checks the file's depth against it).
   """
   model_name = config.model_name
   allowed = model_arguments(model_name)  # An unknown name first.
   arguments = dict(config.model)
-  if config.get("model_init"):
+  if config.get("model_init") and model_name not in _RESNETS:  # A ResNet's is its name.
     read = weights.ARCHITECTURE_READERS.get(model_name)
     if read is None:
       raise ConfigError(f"model_init is set but model_name={model_name!r} has no "
@@ -75,9 +76,19 @@ def create_model(config: ml_collections.ConfigDict) -> nn.Module:
   return MODELS[model_name](**arguments)
 
 
-def load_pretrained(config: ml_collections.ConfigDict, model: nn.Module, params: Any) -> Any:
-  """``params`` (the freshly initialised parameters of ``model``) with those of
-  ``config.model_init`` imported; MHEX gates and heads (and a new classifier with
-  ``config.model_load.new_head``) keep their fresh values."""
-  return weights.load(model, params, config.model_init, **config.get("model_load", {}))
+def load_pretrained(config: ml_collections.ConfigDict, model: nn.Module,
+                    variables: dict[str, Any]) -> dict[str, Any]:
+  """``variables`` (the freshly initialised ``{"params", "batch_stats"}`` of ``model``) with
+  those of ``config.model_init`` imported: a Hugging Face BERT/ViT/ResNet directory, or for a
+  ResNet a torchvision/timm state dict (``.safetensors``, or ``.pth`` read without unpickling
+  code). MHEX gates and heads (and a new classifier with ``config.model_load.new_head``) keep
+  their fresh values."""
+  options = dict(config.get("model_load", {}))
+  if config.model_name in _RESNETS:
+    params, batch_stats, _ = weights.load_resnet_params(
+        model, variables["params"], variables.get("batch_stats", {}), config.model_init,
+        **options)
+    return {"params": params, "batch_stats": batch_stats}
+  return {**variables, "params": weights.load(model, variables["params"], config.model_init,
+                                              **options)}
 

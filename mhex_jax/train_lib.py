@@ -325,8 +325,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh,
   optimizer = create_optimizer(config.train, steps_per_epoch)
   state = create_train_state(model, optimizer, train_ds.dummy_inputs(), config.seed)
   if config.get("model_init"):
-    params = model_lib.load_pretrained(config, model, state.params)
-    state = state.replace(params=params, opt_state=optimizer.init(params))
+    variables = model_lib.load_pretrained(config, model, state.variables)
+    state = state.replace(params=variables["params"], batch_stats=variables["batch_stats"],
+                          opt_state=optimizer.init(variables["params"]))
   task = tasks.task_of(model)
   train_step = jit_train_step(make_train_step(model, optimizer, weights,
                                               config.train.label_smoothing, config.seed), mesh)

@@ -1,6 +1,8 @@
-"""Pretrained weights: Hugging Face BERT/ViT checkpoints into mhex_jax models (``hf_import.py``)."""
+"""Pretrained weights: Hugging Face BERT/ViT checkpoints (``hf_import.py``) and ResNet-18/34/50
+from Hugging Face or torchvision/timm files (``resnet_import.py``) into mhex_jax models."""
 
 from mhex_jax.weights.hf_import import (ARCHITECTURE, ARCHITECTURE_READERS, bert_config_from_hf,
                                         load, load_bert, load_vit,
                                         minilm_checkpoint_dir, read_safetensors,
                                         vit_config_from_hf)
+from mhex_jax.weights.resnet_import import load_resnet_params
