@@ -89,9 +89,9 @@ ARCHITECTURE = {"vocab_size", "hidden_size", "num_layers", "num_heads", "interme
                  "image_size", "patch_size", "num_channels", "qkv_bias", "class_token"}
 
 Transform = Callable[[np.ndarray], np.ndarray]
-_KEEP: Transform = lambda w: w
-_LINEAR: Transform = lambda w: w.T  # [out, in] → [in, out]
-_CONV: Transform = lambda w: np.transpose(w, (2, 3, 1, 0))  # OIHW → HWIO
+KEEP: Transform = lambda w: w
+LINEAR: Transform = lambda w: w.T  # [out, in] → [in, out]
+CONV: Transform = lambda w: np.transpose(w, (2, 3, 1, 0))  # OIHW → HWIO
 
 
 def minilm_checkpoint_dir() -> pathlib.Path:
@@ -177,7 +177,7 @@ def vit_config_from_hf(checkpoint_dir: str | os.PathLike) -> dict[str, Any]:
 
 def read_safetensors(checkpoint_dir: str | os.PathLike) -> dict[str, np.ndarray]:
   """All tensors of a checkpoint (single file or index + shards) as float32/int numpy arrays."""
-  return {k: v for k, (v, _) in _read_tensors(checkpoint_dir).items()}
+  return {k: v for k, (v, _) in read_tensors(checkpoint_dir).items()}
 
 
 def _weight_files(directory: pathlib.Path) -> list[pathlib.Path]:
@@ -200,7 +200,7 @@ def _weight_files(directory: pathlib.Path) -> list[pathlib.Path]:
   return files
 
 
-def _load_file(path: pathlib.Path) -> dict[str, np.ndarray]:
+def load_file(path: pathlib.Path) -> dict[str, np.ndarray]:
   try:
     try:
       return safetensors.numpy.load_file(path)
@@ -220,11 +220,11 @@ def _load_file(path: pathlib.Path) -> dict[str, np.ndarray]:
                        f"{e}; re-copy the checkpoint.") from e
 
 
-def _read_tensors(checkpoint_dir) -> dict[str, tuple[np.ndarray, pathlib.Path]]:
+def read_tensors(checkpoint_dir) -> dict[str, tuple[np.ndarray, pathlib.Path]]:
   """Every tensor of a checkpoint, float32 or integer, with the file it came from."""
   tensors = {}
   for path in _weight_files(_checkpoint_directory(checkpoint_dir)):
-    for key, value in _load_file(path).items():
+    for key, value in load_file(path).items():
       if np.issubdtype(value.dtype, np.floating):
         value = value.astype(np.float32)
       tensors[key] = (value, path)
@@ -252,11 +252,11 @@ class _Mapping:
   def __init__(self):
     self.entries: dict[tuple[str, ...], tuple[str, Transform]] = {}
 
-  def add(self, path: str, key: str, transform: Transform = _KEEP):
+  def add(self, path: str, key: str, transform: Transform = KEEP):
     self.entries[tuple(path.split("/"))] = (key, transform)
 
   def dense(self, path: str, key: str, bias: bool = True):
-    self.add(f"{path}/kernel", f"{key}.weight", _LINEAR)
+    self.add(f"{path}/kernel", f"{key}.weight", LINEAR)
     if bias:
       self.add(f"{path}/bias", f"{key}.bias")
 
@@ -290,7 +290,7 @@ def _vit_mapping(model: vit_lib.ViT, new_head: bool) -> _Mapping:
   m = _Mapping()
   m.add("cls_token", "embeddings.cls_token")
   m.add("position_embeddings", "embeddings.position_embeddings")
-  m.add("patch_embedding/kernel", "embeddings.patch_embeddings.projection.weight", _CONV)
+  m.add("patch_embedding/kernel", "embeddings.patch_embeddings.projection.weight", CONV)
   m.add("patch_embedding/bias", "embeddings.patch_embeddings.projection.bias")
   for i in range(model.num_layers):
     ours, theirs = f"layer_{i:02d}", f"encoder.layer.{i}"
@@ -328,7 +328,7 @@ def _fill_params(init_params: Any, mapping: _Mapping,
       continue
     used.add(key)
     tensor, origin = tensors[key]
-    expected = _checkpoint_shape(transform, flat[path].shape)
+    expected = checkpoint_shape(transform, flat[path].shape)
     if tensor.shape != expected:
       misshaped.append(f"{key}: checkpoint {tuple(tensor.shape)}, model expects {expected}")
       continue
@@ -359,11 +359,11 @@ def _fill_params(init_params: Any, mapping: _Mapping,
   return flax.traverse_util.unflatten_dict({p: jnp.asarray(v) for p, v in flat.items()})
 
 
-def _checkpoint_shape(transform: Transform, model_shape: tuple[int, ...]) -> tuple[int, ...]:
+def checkpoint_shape(transform: Transform, model_shape: tuple[int, ...]) -> tuple[int, ...]:
   """The checkpoint-layout shape that ``transform`` would turn into ``model_shape``."""
-  if transform is _LINEAR:
+  if transform is LINEAR:
     return tuple(model_shape[::-1])
-  if transform is _CONV:
+  if transform is CONV:
     h, w, i, o = model_shape
     return (o, i, h, w)
   return tuple(model_shape)
@@ -388,7 +388,7 @@ def _init_params(model, seed: int, *input_shapes: jax.ShapeDtypeStruct) -> Any:
 
 def _load_bert_params(model: bert_lib.BERT, params: Any, checkpoint_dir,
                       new_head: bool) -> Any:
-  tensors = _canonical_keys(_read_tensors(checkpoint_dir), "bert.")
+  tensors = _canonical_keys(read_tensors(checkpoint_dir), "bert.")
   mhex = model.mhex
 
   def skip(key):
@@ -402,7 +402,7 @@ def _load_bert_params(model: bert_lib.BERT, params: Any, checkpoint_dir,
 
 
 def _load_vit_params(model: vit_lib.ViT, params: Any, checkpoint_dir, new_head: bool) -> Any:
-  tensors = _canonical_keys(_read_tensors(checkpoint_dir), "vit.")
+  tensors = _canonical_keys(read_tensors(checkpoint_dir), "vit.")
   mhex = model.mhex
 
   def skip(key):

@@ -51,11 +51,6 @@ STANDARD_WIDTH = 64
 DEPTHS = {("basic", (2, 2, 2, 2)): 18, ("basic", (3, 4, 6, 3)): 34,
           ("bottleneck", (3, 4, 6, 3)): 50}
 
-Transform = Callable[[np.ndarray], np.ndarray]
-_KEEP: Transform = lambda w: w
-_LINEAR: Transform = lambda w: w.T  # [out, in] → [in, out]
-_CONV: Transform = lambda w: np.transpose(w, (2, 3, 1, 0))  # OIHW → HWIO
-
 
 class Layout(NamedTuple):
   """How one family of files names the modules of a ResNet."""
@@ -129,7 +124,7 @@ def load_resnet_params(model: resnet_lib.ResNet, init_params: Any, init_batch_st
       missing.append(key if key.startswith(layout.classifier + ".") else prefix + key)
       continue
     tensor = tensors[key]
-    expected = _file_shape(transform, leaf.shape)
+    expected = hf_import.checkpoint_shape(transform, leaf.shape)
     if tensor.value.shape != expected:
       misshaped.append(f"{tensor.key}: file {tuple(tensor.value.shape)}, model expects "
                        f"{expected}")
@@ -178,12 +173,12 @@ def _read(path: pathlib.Path) -> tuple[dict[str, _Tensor], Layout, str]:
   """The file's tensors by layout-relative key ("resnet." dropped), its layout and the prefix."""
   if path.is_dir():
     _check_hf_config(hf_import.read_config(path, "resnet"), path)  # Before reading the weights.
-    raw = {k: (v, f"{file}: {k}") for k, (v, file) in hf_import._read_tensors(path).items()}
+    raw = {k: (v, f"{file}: {k}") for k, (v, file) in hf_import.read_tensors(path).items()}
   elif not path.exists():
     raise FileNotFoundError(f"ResNet weights {path} do not exist; pass a Hugging Face checkpoint "
                             f"directory or a {SAFETENSORS_SUFFIX}/.pth state dict.")
   elif path.suffix == SAFETENSORS_SUFFIX:
-    raw = {k: (_as_float32(v), f"{path}: {k}") for k, v in hf_import._load_file(path).items()}
+    raw = {k: (_as_float32(v), f"{path}: {k}") for k, v in hf_import.load_file(path).items()}
   elif path.suffix in TORCH_SUFFIXES:
     raw = {k: (v, f"{path}: {k}") for k, v in _read_torch_file(path).items()}
   else:
@@ -316,9 +311,11 @@ def _mapping(model, layout: Layout, init_params, init_batch_stats, new_head: boo
              "proj_bn": layout.proj_bn}
   for j in (1, 2, 3):
     modules[f"conv{j}"], modules[f"bn{j}"] = layout.branch(j), layout.norm(j)
-  leaves = {("params", "kernel"): (".weight", _CONV), ("params", "scale"): (".weight", _KEEP),
-            ("params", "bias"): (".bias", _KEEP), ("batch_stats", "mean"): (".running_mean", _KEEP),
-            ("batch_stats", "var"): (".running_var", _KEEP)}
+  keep = hf_import.KEEP
+  leaves = {("params", "kernel"): (".weight", hf_import.CONV),
+            ("params", "scale"): (".weight", keep), ("params", "bias"): (".bias", keep),
+            ("batch_stats", "mean"): (".running_mean", keep),
+            ("batch_stats", "var"): (".running_var", keep)}
 
   entries, fresh = {}, []
   for collection, tree in (("params", init_params), ("batch_stats", init_batch_stats)):
@@ -330,19 +327,9 @@ def _mapping(model, layout: Layout, init_params, init_batch_stats, new_head: boo
       key = ".".join([block_names[p] if p in block_names else modules[p] for p in module_path])
       suffix, transform = leaves[collection, name]
       if module_path == ["classifier"] and name == "kernel":
-        transform = _LINEAR
+        transform = hf_import.LINEAR
       entries[collection, var_path] = (key + suffix, transform, leaf)
   return entries, fresh
-
-
-def _file_shape(transform: Transform, model_shape: tuple[int, ...]) -> tuple[int, ...]:
-  """The file-layout shape that ``transform`` turns into ``model_shape``."""
-  if transform is _LINEAR:
-    return tuple(model_shape[::-1])
-  if transform is _CONV:
-    h, w, i, o = model_shape
-    return (o, i, h, w)
-  return tuple(model_shape)
 
 
 def _problems(description, layout, tensors, model, missing, unexpected, misshaped,
