@@ -162,7 +162,8 @@ def load_resnet_params(model: resnet_lib.ResNet, init_params: Any, init_batch_st
 def _check_model(model):
   if not isinstance(model, resnet_lib.ResNet):
     raise WeightsError(f"ResNet weights load into models.resnet.ResNet, not "
-                       f"{type(model).__name__}; build the model with model_name 'resnet'.")
+                       f"{type(model).__name__}; build the model with model_name 'resnet18', "
+                       "'resnet34' or 'resnet50'.")
   if model.stem != "imagenet" or model.width != STANDARD_WIDTH:
     raise WeightsError(f"Pretrained ResNets have the ImageNet stem and width {STANDARD_WIDTH}; "
                        f"the model has stem={model.stem!r}, width={model.width}: build it with "
