@@ -53,6 +53,10 @@ from mhex_jax.explain import methods as methods_lib
 from mhex_jax.explain import registry
 
 
+# report.json's first keys, in order (the evaluators' entries follow).
+REPORT_HEAD = ("accuracy", "head_accuracy", "num_examples", "scorer_workdir", "class_names")
+
+
 def scorer_model(config: ml_collections.ConfigDict):
   """The model of ``config.eval.scorer_workdir`` (built from its saved config), checked to
   classify the explained model's classes; None without a scorer workdir."""
@@ -69,9 +73,12 @@ def scorer_model(config: ml_collections.ConfigDict):
 
 def markdown_table(methods: dict[str, dict[str, float]], metrics=None) -> str:
   """Methods × metrics as a markdown table (↓ marks metrics where lower is better); the
-  columns are ``metrics`` (a task's ``metric_names``), by default every metric reported."""
-  if metrics is None:
-    metrics = list(dict.fromkeys(m for r in methods.values() for m in r if m != "num_examples"))
+  columns are ``metrics`` (a task's ``metric_names``), by default every metric reported, in
+  the suites' order."""
+  if metrics is None:  # Every suite's metrics in table order, then any other reported.
+    known = tasks.ImageTask.metric_names + tasks.TextTask.metric_names
+    reported = [m for r in methods.values() for m in r if m != "num_examples"]
+    metrics = list(dict.fromkeys(known + tuple(reported)))
   columns = [m for m in metrics if any(m in r for r in methods.values())]
   header = ["method"] + [f"{m} ↓" if m in tasks.LOWER_IS_BETTER else m for m in columns]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -101,12 +108,14 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   out_dir = files.workdir_path(workdir) / "eval"
   if jax.process_index() == 0:
     out_dir.mkdir(parents=True, exist_ok=True)
-  report: dict[str, Any] = {}
+  report: dict[str, Any] = {
+      "scorer_workdir": config.eval.scorer_workdir or workdir,
+      "class_names": input_pipeline.class_names(config.data, config.model.num_classes)}
   for unit in evaluators_of(config, model, methods, eval_ds, mesh, out_dir, scorer,
                             scorer_variables):
     report.update(unit.run(variables))
-  report["scorer_workdir"] = config.eval.scorer_workdir or workdir
-  report["class_names"] = input_pipeline.class_names(config.data, config.model.num_classes)
+  # The accuracy first, as report.json has always listed it.
+  report = {**{k: report[k] for k in REPORT_HEAD}, **report}
   if jax.process_index() == 0:
     write_report(report, config.eval, tasks.task_of(model).metric_names, out_dir)
   logging.info("Report: %s", json.dumps(report))
@@ -118,6 +127,8 @@ def evaluators_of(config: ml_collections.ConfigDict, model, methods, dataset, me
   """The configured evaluators, in report order: accuracy, the explainers of ``methods``
   (scored by ``scorer`` with ``scorer_variables``, by default the explained model) and, with
   ``eval.collaboration_examples``, the collaboration analysis."""
+  if (scorer is None) != (scorer_variables is None):
+    raise ValueError("Pass the scorer model and its variables together, or neither.")
   eval_config = config.eval
   first = eval_config.get("first_example", 0)
   task = tasks.task_of(model)
@@ -125,8 +136,8 @@ def evaluators_of(config: ml_collections.ConfigDict, model, methods, dataset, me
       evaluators.Accuracy(model, dataset, eval_config.batch_size, mesh),
       evaluators.Explainers(
           model, methods, dataset, mesh,
-          metrics_fn=task.metrics_fn(scorer or model, eval_config, config.data,
-                                     dataset.has_masks),
+          metrics_fn=task.metrics_fn(model if scorer is None else scorer, eval_config,
+                                     config.data, dataset.has_masks),
           render=functools.partial(task.render, data_config=config.data),
           class_names=input_pipeline.class_names(config.data, config.model.num_classes),
           batch_size=eval_config.batch_size, first_example=first,
@@ -144,12 +155,12 @@ def evaluators_of(config: ml_collections.ConfigDict, model, methods, dataset, me
 def write_report(report: dict[str, Any], eval_config: ml_collections.ConfigDict, metrics,
                  out_dir) -> None:
   """``report.json`` and ``report.md`` (accuracy, what was explained, the methods table)."""
-  files.write_text(out_dir / "report.json", json.dumps(report, indent=2))
   first = eval_config.get("first_example", 0)
   explained = (f"the first {eval_config.num_explain} examples" if not first else
                f"examples {first}..{first + eval_config.num_explain - 1}")
-  files.write_text(
-      out_dir / "report.md",
-      f"Accuracy {report['accuracy']:.4f} on {report['num_examples']} examples; "
-      f"metrics over {explained}, scored by {report['scorer_workdir']}. Classes: "
-      f"{', '.join(report['class_names'])}.\n\n" + markdown_table(report["methods"], metrics))
+  summary = (f"Accuracy {report['accuracy']:.4f} on {report['num_examples']} examples; "
+             f"metrics over {explained}, scored by {report['scorer_workdir']}. Classes: "
+             f"{', '.join(report['class_names'])}.\n\n")
+  table = markdown_table(report["methods"], metrics)
+  files.write_text(out_dir / "report.json", json.dumps(report, indent=2))
+  files.write_text(out_dir / "report.md", summary + table)

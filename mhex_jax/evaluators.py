@@ -8,9 +8,10 @@
 * ``Collaboration``: the gradient collaboration analysis of MHEX image models (per-block
   gradient cosines against MHEX's SAD and p(label), and the mean occlusion quality map).
 
-They are built with everything they read, as plain values (model, dataset, mesh, batch size,
-the examples to explain, ...; ``eval_lib.evaluate`` reads them from the config), and hold no
-state between runs, so a training loop or a notebook can run one on its own without a config.
+They are built with everything they read, as values (model, dataset, mesh, batch size, the
+examples to explain, the task's metric suite; ``eval_lib.evaluators_of`` reads them from the
+config), and hold no state between runs but their compiled programs, so a training loop or a
+notebook can run one on its own.
 Programs are jitted once per evaluator and method: the explained examples are sharded over the
 mesh's data axis, the variables replicated, and every process gathers the same results.
 """
@@ -41,7 +42,7 @@ class Accuracy:
     task = tasks.task_of(model)
 
     def step(variables, batch):
-      head_logits = model.apply(variables, *task.model_args(batch), train=False)
+      head_logits = task.forward(variables, task.inputs(batch))
       valid = batch["valid"]
       correct = (jnp.argmax(head_logits, -1) == batch["label"][None]) & valid[None]
       return {"correct": jnp.sum(correct, axis=1), "count": jnp.sum(valid)}
@@ -159,6 +160,8 @@ class Explainers:
     self.task = tasks.task_of(model)
     self.fields = self.task.batch_fields(dataset.has_masks)
     self.metric_step = metric_step(metrics_fn, mesh)
+    # One program per method, jitted once: later runs (a training loop's) reuse them.
+    self.explain_steps = {method.name: self._explain_step(method) for method in self.methods}
 
   def run(self, variables) -> dict[str, Any]:
     """{"methods": {name: metric means + "num_examples"}}."""
@@ -188,11 +191,7 @@ class Explainers:
       "maps" with ``save_maps``), the same on every process. Pointing games average over the
       examples whose mask holds a pixel (None when none does).
     """
-    explain_fn = method.targeted_explainer(self.model, self.targets)
-    inputs = self.task.inputs
-    explain = jax.jit(lambda v, batch: explain_fn(v, inputs(batch), batch["label"]),
-                      in_shardings=(sharding_lib.replicated(self.mesh),
-                                    sharding_lib.batch_sharded(self.mesh)))
+    explain = self.explain_steps[method.name]
     parts: dict[str, list[np.ndarray]] = {}
     count, total = 0, self.window["count"]
     start = time.time()
@@ -220,6 +219,14 @@ class Explainers:
     return (metric_means(method.name, per_example), gallery_maps, gallery_targets,
             per_example)
 
+  def _explain_step(self, method):
+    """Jitted (variables, batch) -> (maps, targets) of ``method``."""
+    explain_fn = method.targeted_explainer(self.model, self.targets)
+    inputs = self.task.inputs
+    return jax.jit(lambda v, batch: explain_fn(v, inputs(batch), batch["label"]),
+                   in_shardings=(sharding_lib.replicated(self.mesh),
+                                 sharding_lib.batch_sharded(self.mesh)))
+
   def _gallery_batch(self, n: int) -> dict[str, np.ndarray]:
     """The first ``n`` explained examples of the first explained batch (the gallery's rows)."""
     batch, keep = next(explained_batches(self.dataset, self.fields, **self.window))
@@ -237,10 +244,11 @@ class Collaboration:
     self.dataset, self.mesh, self.out_dir = dataset, mesh, out_dir
     self.window = dict(batch_size=batch_size, first=first_example, count=num_examples)
     explain_fn = mhex.explainer(model)
+    forward = tasks.task_of(model).forward
 
     def step(variables, batch):
       images, labels = batch["image"], batch["label"]
-      score_fn = lambda x: jax.nn.softmax(model.apply(variables, x, train=False)[-1])
+      score_fn = lambda x: jax.nn.softmax(forward(variables, x)[-1])
       maps = explain_fn(variables, images, labels)
       return (collaboration.block_cosines(model, variables, images, labels),
               image_metrics.soft_average_drop(score_fn, images, maps, labels),

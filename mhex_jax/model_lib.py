@@ -76,6 +76,13 @@ def create_model(config: ml_collections.ConfigDict) -> nn.Module:
   return MODELS[model_name](**arguments)
 
 
+def check_pretrained(config: ml_collections.ConfigDict, model: nn.Module) -> None:
+  """What ``load_pretrained`` would refuse that can be told before any data is read (a ResNet's
+  shape, the weights file's existence; a BERT/ViT's directory was read by ``create_model``)."""
+  if config.get("model_init") and config.model_name in _RESNETS:
+    weights.check_resnet_init(model, config.model_init)
+
+
 def load_pretrained(config: ml_collections.ConfigDict, model: nn.Module,
                     variables: dict[str, Any]) -> dict[str, Any]:
   """``variables`` (the freshly initialised ``{"params", "batch_stats"}`` of ``model``) with

@@ -81,7 +81,7 @@ class ImageTask:
   def default_plain_method(self) -> str:
     """Without MHEX heads: the method that led the side-by-side tables for the model kind
     (energy pointing game on the ViT; Grad-CAM is the CNN standard)."""
-    return "gradient_relevance" if self.transformer else "grad_cam"
+    return "gradient_relevance" if self.token_methods else "grad_cam"
 
   @property
   def channels(self) -> int:
@@ -98,6 +98,10 @@ class ImageTask:
   def model_args(self, batch: Mapping[str, Any]) -> tuple:
     return (batch["image"],)
 
+  def inputs_of_args(self, args: Sequence[Any]):
+    """The explainers' form of positional model inputs (``dummy_inputs``)."""
+    return args[0]
+
   def forward(self, variables, inputs, **kwargs) -> jax.Array:
     """Head logits of ``inputs`` (images), eval mode unless ``kwargs`` say otherwise (a user
     model without a ``train`` argument is called without one)."""
@@ -105,8 +109,10 @@ class ImageTask:
     return self.model.apply(variables, inputs, **kwargs)
 
   def dummy_inputs(self, data_config: ml_collections.ConfigDict) -> tuple[np.ndarray, ...]:
-    """Model inputs of batch size 1 shaped as ``data_config`` describes."""
-    size = data_config.image_size
+    """Model inputs of batch size 1 shaped as ``data_config`` describes. Without
+    ``data.image_size`` (images kept at the data's own size) the model's own image size, else
+    32 px: a CNN's parameters and heads do not depend on the image size."""
+    size = data_config.get("image_size") or getattr(self.model, "image_size", None) or 32
     return (np.zeros((1, size, size, self.channels), np.float32),)
 
   def batch_fields(self, has_masks: bool) -> tuple[str, ...]:
@@ -145,8 +151,10 @@ class ImageTask:
     """The image suite (``metrics.image.explanation_metrics``) scored by ``scorer``."""
     del data_config
 
+    scorer_forward = ImageTask(scorer).forward
+
     def metrics_fn(scorer_variables, batch, maps, targets):
-      score_fn = lambda x: jax.nn.softmax(scorer.apply(scorer_variables, x, train=False)[-1])
+      score_fn = lambda x: jax.nn.softmax(scorer_forward(scorer_variables, x)[-1])
       out = image_metrics.explanation_metrics(
           score_fn, batch["image"], maps, targets, batch["mask"] if has_masks else None,
           baseline=eval_config.removal_baseline, deletion_steps=eval_config.deletion_steps,
@@ -194,6 +202,10 @@ class TextTask:
 
   def model_args(self, batch: Mapping[str, Any]) -> tuple:
     return tuple(batch[k] for k in self.input_keys)
+
+  def inputs_of_args(self, args: Sequence[Any]) -> dict[str, Any]:
+    """The explainers' form of positional model inputs (``dummy_inputs``)."""
+    return dict(zip(self.input_keys, args))
 
   def forward(self, variables, inputs: Mapping[str, Any], **kwargs) -> jax.Array:
     """Head logits of the token arrays ``inputs``, eval mode unless ``kwargs`` say otherwise."""
@@ -304,6 +316,8 @@ def removable_tokens(batch: Mapping[str, Any]) -> Any:
 def head_count(model: nn.Module, data_config: ml_collections.ConfigDict) -> int:
   """How many heads ``model`` has (its output's leading axis), from shapes alone: nothing is
   read, initialised or compiled."""
-  dummy = task_of(model).dummy_inputs(data_config)
-  heads = jax.eval_shape(lambda: model.apply(model.init(jax.random.key(0), *dummy), *dummy))
+  task = task_of(model)
+  dummy = task.dummy_inputs(data_config)
+  heads = jax.eval_shape(lambda: task.forward(model.init(jax.random.key(0), *dummy),
+                                              task.inputs_of_args(dummy)))
   return len(heads)

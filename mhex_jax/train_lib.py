@@ -308,6 +308,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh,
   if checkpoints_lib.has_steps(workdir):
     workdir_lib.check_resume(config, workdir)  # Before any data is read.
   model = model_lib.create_model(config)  # Before any data is read: a bad model fails fast,
+  model_lib.check_pretrained(config, model)  # its weights file,
   weights = head_weights(config.train, tasks.head_count(model, config.data))  # its heads too.
   train_ds, eval_ds = input_pipeline.get_datasets(config.data, config.model.num_classes)
   found = train_ds.class_names

@@ -29,7 +29,7 @@ What is counted:
 * Calls are resolved as the reader resolves them, by each module's imports (``from mhex_jax
   import eval_lib``, ``from mhex_jax.data import text as text_data``, ``from
   mhex_jax.explain.maps import normalize_maps``, relative ones too), through re-exports of a
-  package's ``__init__`` (``models.create_model``, ``weights.load``), to the module's own
+  package's ``__init__`` (``weights.load``, ``weights.load_resnet_params``), to the module's own
   functions, to ``self.f``/``cls.f`` of the class or of its bases in the package, and from
   ``Class(...)`` to ``Class.__init__`` (a dataclass's or Flax module's generated ``__init__`` has
   no source to read: no stop). A name bound in the function (parameter, assignment, nested def)
@@ -39,10 +39,10 @@ What is counted:
   are not followed.
 * Tracking: the start function's parameter ``param`` is tracked. A call to a package function
   passes the config on when any of its argument expressions mentions a tracked name
-  (``f(config)``, ``f(config.eval)``, ``f(eval_config=config.eval)``, ``f(**method_options(config,
-  model, name))``); in the callee, the parameters bound to those arguments are tracked
-  (positional by position, methods skip ``self``, keywords by name, the rest into ``*args`` /
-  ``**kwargs``; a ``*x`` or ``**x`` binds every parameter it may fill). A call that binds no
+  (``f(config)``, ``f(config.eval)``, ``f(eval_config=config.eval)``,
+  ``f(**mhex_options(eval_config, model))``); in the callee, the parameters bound to those
+  arguments are tracked (positional by position, methods skip ``self``, keywords by name, the
+  rest into ``*args`` / ``**kwargs``; a ``*x`` or ``**x`` binds every parameter it may fill). A call that binds no
   parameter (the argument went nowhere) is no stop.
 * Inside a function, a name also becomes tracked when it is assigned (``=``, ``:=``, augmented,
   ``for``/comprehension/``with`` targets; anywhere in the function, order ignored) a *part of the

@@ -20,6 +20,7 @@ from mhex_jax import model_lib
 from mhex_jax import tasks
 from mhex_jax.data import dataset as dataset_lib
 from mhex_jax.data import input_pipeline
+from mhex_jax.explain import methods as methods_lib
 from mhex_jax.models import bert, resnet, vit
 
 IMAGES = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
@@ -132,3 +133,15 @@ def test_every_dataset_declares_the_interface():
     assert isinstance(dataset, dataset_lib.Dataset), type(dataset).__name__
   assert train.class_names is None and text.class_names == ("a", "b", "c")
   assert evaluation.has_masks and not text.has_masks
+
+
+def test_methods_resolve_for_a_model_that_knows_nothing_of_mhex():
+  config = default.get_config()
+  config.eval.methods = "grad_cam"
+  assert methods_lib.resolve(config, UserCNN()) == (
+      methods_lib.Method("grad_cam", "grad_cam", {}),)
+  config.eval.methods = ""  # MHEX alone on an MHEX model: nothing on this one.
+  assert methods_lib.resolve(config, UserCNN()) == ()
+  config.eval.explainer_options.gradcam = {"layer": "Conv_0"}
+  with pytest.raises(ValueError, match=r"explainer_options.gradcam: 'gradcam' is no explainer"):
+    methods_lib.resolve(config, UserCNN())

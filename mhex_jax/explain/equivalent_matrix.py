@@ -362,10 +362,11 @@ def mhex_token_saliency(model: Any, variables: Any, inputs: Mapping[str, jax.Arr
                         **options) -> TokenSaliency:
   """MHEX token saliency of a text Transformer from one forward pass (SPEC §4).
 
-  The defaults were chosen on held-out validation texts (docs/results.md, "MHEX on Transformers"): the
-  signed, LayerNorm-normalised CAM of the first layer, routed to the input tokens through the
-  attention (our extension, not the paper's method). The reference's map, SPEC §4 exactly, is
-  ``route="none", layers=(0, 1, 2), feature_norm="none"`` (signed row of E, ungated u + v).
+  The defaults were chosen on held-out validation texts (docs/results.md, "MHEX on
+  Transformers"): the signed, LayerNorm-normalised CAM of the first layer, routed to the input
+  tokens through the attention (our extension, not the paper's method). The reference's map,
+  SPEC §4 exactly, is ``route="none", layers=(0, 1, 2), feature_norm="none"`` (signed row of E,
+  ungated u + v).
 
   Args:
     model: an MHEX text model (``BERT(mhex=True)``), called as ``model.apply(v, input_ids,
@@ -409,9 +410,10 @@ def mhex_patch_saliency(model: Any, variables: Any, images: jax.Array,
                         beta_neg: float = -1.0, **options) -> Saliency:
   """MHEX image saliency of a ViT: patch-token maps on the patch grid, resized to the image.
 
-  The defaults were chosen on held-out validation images (docs/results.md, "MHEX on Transformers"): the
-  signed, LayerNorm-normalised CAM of the last layer, routed to the input patches through the
-  attention (``route_cams``): our extension of SPEC §4, not the paper's method.
+  The defaults were chosen on held-out validation images (docs/results.md, "MHEX on
+  Transformers"): the signed, LayerNorm-normalised CAM of the last layer, routed to the input
+  patches through the attention (``route_cams``): our extension of SPEC §4, not the paper's
+  method.
   ``route="none", layers=(), feature_norm="none", beta_neg=0.0`` is SPEC §4 as written
   (positive evidence where the features sit, α-decay over the layers); on a ViT trained from
   scratch those maps show where the evidence is stored after attention has mixed the tokens,

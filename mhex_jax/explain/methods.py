@@ -49,21 +49,24 @@ def resolve(config: ml_collections.ConfigDict, model) -> tuple[Method, ...]:
   (ConfigErrors name the field and the fix)."""
   eval_config = config.eval
   task = tasks.task_of(model)
+  mhex = registry.is_mhex_model(model)
   registry.check_targets_mode(eval_config.targets)
   task.check_eval_config(eval_config)
-  if eval_config.collaboration_examples and not (task.collaboration and model.mhex):
+  if eval_config.collaboration_examples and not (task.collaboration and mhex):
     raise ConfigError("eval.collaboration_examples > 0 needs an MHEX image model (the analysis "
                       "follows the gradients of its gate kernels); set it to 0.")
   variants = list(eval_config.get("variants", {}))
-  if variants and not model.mhex:
+  if variants and not mhex:
     raise ConfigError(f"eval.variants {variants} are MHEX variants, but the model is plain "
                       "(model.mhex=False); remove them.")
   clash = set(variants) & set(registry.available(model))
   if clash:
     raise ConfigError(f"eval.variants {sorted(clash)} reuse explainer names; rename them.")
-  if model.mhex:  # Every variant's options, run or not, and those of plain MHEX.
+  if mhex:  # Every variant's options, run or not, and those of plain MHEX.
     for variant in [None] + variants:
       mhex_options(eval_config, model, variant)
+  for name, options in eval_config.explainer_options.items():  # Also those of unused methods.
+    registry.check_options(name, options)
   return tuple(method(eval_config, model, name) for name in _names(eval_config, model))
 
 
@@ -74,7 +77,7 @@ def method(eval_config: ml_collections.ConfigDict, model, name: str) -> Method:
     variant = None if name == registry.MHEX else name
     return Method(name, registry.MHEX, mhex_options(eval_config, model, variant))
   options = dict(eval_config.explainer_options.get(name, {}))
-  registry.check_options(name, model, options)
+  registry.check_options(name, options)
   return Method(name, name, options)
 
 
@@ -82,13 +85,14 @@ def _names(eval_config: ml_collections.ConfigDict, model) -> list[str]:
   names = [n.strip() for n in eval_config.methods.split(",") if n.strip()]
   variants = list(eval_config.get("variants", {}))
   if not names:
-    return [registry.MHEX] if model.mhex else []
+    return [registry.MHEX] if registry.is_mhex_model(model) else []
   if names == ["all"]:
     return list(registry.available(model)) + variants
   unknown = [n for n in names if n not in registry.available(model) and n not in variants]
   if unknown:
     raise ConfigError(f"eval.methods names {unknown}, which {type(model).__name__}"
-                      f"(mhex={model.mhex}) cannot run; use 'all' or a comma-separated subset "
+                      f"(mhex={registry.is_mhex_model(model)}) cannot run; use 'all' or a "
+                      "comma-separated subset "
                       f"of {list(registry.available(model)) + variants}.")
   return names
 

@@ -89,21 +89,25 @@ def _check_name(name: str, model):
                       f"(mhex={is_mhex_model(model)}); use one of {list(names)}.")
 
 
-def check_options(name: str, model, options) -> None:
-  """Raises a ConfigError naming the options ``name``'s function does not take (MHEX's are
-  checked by its map function, which takes them by keyword)."""
-  _check_name(name, model)
+def check_options(name: str, options) -> None:
+  """Raises a ConfigError when ``name`` is no explainer (``eval.explainer_options.<name>``) or
+  sets options its function does not take (MHEX's are checked by its map function, which takes
+  them by keyword)."""
   if name == MHEX:
     return
-  function = IMAGE_METHODS.get(name) or TOKEN_METHODS[name]
+  function = IMAGE_METHODS.get(name) or TOKEN_METHODS.get(name)
+  if function is None:
+    raise ConfigError(f"eval.explainer_options.{name}: {name!r} is no explainer; use one of "
+                      f"{sorted({**IMAGE_METHODS, **TOKEN_METHODS})}.")
   parameters = inspect.signature(function).parameters
   if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
     return
-  accepted = [p for p in list(parameters)[4:]]  # After (model, variables, inputs, targets).
+  accepted = list(parameters)[4:]  # After (model, variables, inputs, targets).
   unknown = sorted(set(options) - set(accepted))
   if unknown:
     raise ConfigError(f"eval.explainer_options.{name} sets {unknown}, which {name} does not "
-                      f"take; its options are {accepted}.")
+                      "take; " + (f"its options are {accepted}." if accepted else
+                                  "it takes no options."))
 
 
 def _explain(name: str, model, variables, inputs, targets, **options) -> jax.Array:

@@ -103,7 +103,8 @@ class _Pass(NamedTuple):
   layer_input_grads: list[jax.Array]  # ∂z_c/∂h^(l)
 
 
-def _gradient_pass(model: Any, variables: Any, tokens: tasks.TokenInputs, targets: jax.Array) -> _Pass:
+def _gradient_pass(model: Any, variables: Any, tokens: tasks.TokenInputs,
+                   targets: jax.Array) -> _Pass:
   _, state, grads = attribution.perturbation_gradients(
       model.apply, common.strip_state(variables), tokens.args, jnp.asarray(targets, jnp.int32),
       collections=(common.ATTENTION, common.HIDDEN_STATES))

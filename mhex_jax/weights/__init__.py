@@ -5,4 +5,5 @@ from mhex_jax.weights.hf_import import (ARCHITECTURE, ARCHITECTURE_READERS, bert
                                         load, load_bert, load_vit,
                                         minilm_checkpoint_dir, read_safetensors,
                                         vit_config_from_hf)
+from mhex_jax.weights.resnet_import import check_init as check_resnet_init
 from mhex_jax.weights.resnet_import import load_resnet_params

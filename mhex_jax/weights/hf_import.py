@@ -435,9 +435,10 @@ def load(model, init_params: Any, checkpoint_dir: str | os.PathLike, *,
     The parameters, same tree as ``init_params``. Every missing, left-over, mis-shaped or
     non-finite checkpoint tensor is reported in one WeightsError.
   """
-  load_params = {bert_lib.BERT: _load_bert_params, vit_lib.ViT: _load_vit_params}.get(type(model))
-  if load_params is not None:
-    return load_params(model, init_params, checkpoint_dir, new_head)
+  loaders = {bert_lib.BERT: _load_bert_params, vit_lib.ViT: _load_vit_params}
+  for cls, load_params in loaders.items():  # By weight format; subclasses load as their base.
+    if isinstance(model, cls):
+      return load_params(model, init_params, checkpoint_dir, new_head)
   raise WeightsError(f"Hugging Face checkpoints load into BERT or ViT, not "
                      f"{type(model).__name__}; build the model with model_name 'bert' or 'vit'.")
 

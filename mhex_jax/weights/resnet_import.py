@@ -111,7 +111,7 @@ def load_resnet_params(model: resnet_lib.ResNet, init_params: Any, init_batch_st
     and report["unused"] the file's keys that were not imported (its classifier, when the model
     keeps its own).
   """
-  _check_model(model)
+  check_model(model)
   path = pathlib.Path(path)
   tensors, layout, prefix = _read(path)
   _check_architecture(model, tensors, layout, path)
@@ -159,7 +159,8 @@ def load_resnet_params(model: resnet_lib.ResNet, init_params: Any, init_batch_st
   return params, batch_stats, report
 
 
-def _check_model(model):
+def check_model(model) -> None:
+  """Raises a WeightsError unless ``model`` is a ResNet of the shape published weights have."""
   if not isinstance(model, resnet_lib.ResNet):
     raise WeightsError(f"ResNet weights load into models.resnet.ResNet, not "
                        f"{type(model).__name__}; build the model with model_name 'resnet18', "
@@ -168,6 +169,19 @@ def _check_model(model):
     raise WeightsError(f"Pretrained ResNets have the ImageNet stem and width {STANDARD_WIDTH}; "
                        f"the model has stem={model.stem!r}, width={model.width}: build it with "
                        f"stem='imagenet', width={STANDARD_WIDTH}.")
+
+
+def check_init(model, path) -> None:
+  """What can be checked before any data is read: ``model`` has the shape published weights
+  have and ``path`` names a checkpoint directory or a weights file that exists."""
+  check_model(model)
+  path = pathlib.Path(path)
+  if not path.exists():
+    raise FileNotFoundError(f"ResNet weights {path} do not exist; pass a Hugging Face checkpoint "
+                            f"directory or a {SAFETENSORS_SUFFIX}/.pth state dict.")
+  if not path.is_dir() and path.suffix not in (SAFETENSORS_SUFFIX,) + TORCH_SUFFIXES:
+    raise WeightsError(f"{path} is neither a checkpoint directory nor a {SAFETENSORS_SUFFIX} or "
+                       f"{'/'.join(TORCH_SUFFIXES)} file; rename it if it is one of these.")
 
 
 def _read(path: pathlib.Path) -> tuple[dict[str, _Tensor], Layout, str]:
