@@ -5,10 +5,13 @@ r"""MHEX-BERT fine-tuned on AG News (default weights: all-MiniLM-L6-v2 from its 
     python eval.py --config=configs/bert_agnews.py \
         --config.data.path=PATH/agnews.csv --workdir=runs/agnews_mhex
 
-``:plain`` trains the plain classifier (pooler + dense) with the same recipe. Any local BERT
-checkpoint (config.json + model.safetensors + vocab) via ``--config.model_init=DIR``
-(and ``--config.data.tokenizer_dir=DIR``). Without ``data.eval_path`` the CSV is split 80/20,
-stratified by class, deterministically from ``data.split_seed``.
+``:plain`` trains the plain classifier (pooler + dense) with the same recipe. Any checkpoint of
+the BERT family (BERT, RoBERTa, XLM-RoBERTa, DistilBERT, ELECTRA's discriminator: config.json +
+model.safetensors + tokenizer files) via ``--config.model_init=DIR`` (or a hub id such as
+``distilbert-base-uncased``, downloaded into the Hugging Face cache on first use); the tokenizer
+follows from the same directory unless ``--config.data.tokenizer_dir`` names another. Without
+``data.eval_path`` the CSV is split 80/20, stratified by class, deterministically from
+``data.split_seed``.
 
 Your own CSV (header row, class names as labels, Excel's UTF-8 export all read as they are):
 
@@ -61,7 +64,8 @@ def get_config(arg=None):
   config.data.has_header = ml_collections.FieldReference("auto", field_type=object)
   # Class names in index order; () reads them from the data (see make_text_splits).
   config.data.class_names = ("World", "Sports", "Business", "Sci/Tech")
-  config.data.tokenizer_dir = minilm
+  # The checkpoint's own tokenizer: follows --config.model_init unless set on its own.
+  config.data.tokenizer_dir = config.get_ref("model_init") + ""
 
   config.train.batch_size = 32
   config.train.num_epochs = 2

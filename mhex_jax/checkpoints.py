@@ -302,3 +302,22 @@ def restore_variables(workdir: files.PathLike, model, dummy_inputs, sharding) ->
   checkpoints.close()
   logging.info("Restored %s at step %d.", workdir, restored.step)
   return {"params": {}, "batch_stats": {}, **restored.items[VARIABLES]}
+
+
+def restore_saved_variables(workdir: files.PathLike) -> dict[str, Any]:
+  """{"params", "batch_stats"} of ``workdir``'s latest intact checkpoint as saved, whatever
+  model the current config builds (starting a new run from it: ``weights.workdir_import``);
+  host arrays, checksums verified."""
+  directory = checkpoint_dir(workdir)
+  checkpoints = manager(workdir, create=False) if directory.exists() else None
+  step = checkpoints.latest_step() if checkpoints is not None else None
+  if step is None:
+    raise CheckpointError(f"No checkpoint in {directory}; train that workdir first, or point "
+                          "model_init at another one.")
+  metadata = checkpoints.item_metadata(step)[VARIABLES]
+  tree = getattr(metadata, "tree", metadata)
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), tree)
+  restored = restore(checkpoints, {VARIABLES: target})
+  checkpoints.close()
+  logging.info("Read %s at step %d.", workdir, restored.step)
+  return jax.tree.map(np.asarray, dict(restored.items[VARIABLES]))

@@ -28,9 +28,9 @@ _POSITIVE_INTS = ("train.batch_size", "train.num_epochs", "train.log_every_steps
                   "train.checkpoint_every_steps", "train.keep_checkpoints", "eval.batch_size",
                   "eval.num_explain", "eval.deletion_steps", "eval.deletion_chunk_size",
                   "model.num_classes", "model.input_channels", "model.num_channels")
-_NON_NEGATIVE = ("train.warmup_epochs", "train.weight_decay", "train.momentum",
-                 "eval.first_example", "eval.num_gallery", "eval.collaboration_examples",
-                 "eval.pointing_tolerance", "data.num_train", "data.num_eval")
+_NON_NEGATIVE = ("train.warmup_epochs", "train.end_learning_rate", "train.weight_decay",
+                 "train.momentum", "eval.first_example", "eval.num_gallery",
+                 "eval.collaboration_examples", "eval.pointing_tolerance", "data.num_train", "data.num_eval")
 _UNIT_INTERVAL = ("eval.mhex.alpha", "train.label_smoothing")
 # Fields with a fixed set of values (the modules that read them accept the same).
 _CHOICES = {"model_name": ("resnet18", "resnet34", "resnet50", "bert", "vit"),
@@ -97,6 +97,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: Optional[int] = Non
   learning_rate = _get(config, "train.learning_rate")
   if isinstance(learning_rate, (int, float)) and not learning_rate > 0:
     problems.append(f"train.learning_rate={learning_rate!r} must be > 0")
+  end = _get(config, "train.end_learning_rate")
+  if (isinstance(learning_rate, (int, float)) and isinstance(end, (int, float))
+      and end > learning_rate):
+    problems.append(f"train.end_learning_rate={end!r} must be at most train.learning_rate="
+                    f"{learning_rate!r} (the cosine decays to it)")
   image_size = _get(config, "data.image_size")
   if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
     problems.append(f"data.image_size={image_size!r} must be a positive integer")
@@ -195,6 +200,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.train.optimizer = "sgd"
   config.train.learning_rate = 0.1
   config.train.schedule = "cosine"
+  config.train.end_learning_rate = placeholder(float)  # The cosine's floor; None: 0.
   config.train.warmup_epochs = 1.0
   config.train.momentum = 0.9
   config.train.weight_decay = 5e-4

@@ -1,4 +1,5 @@
-"""Explain your own images and texts with a trained workdir (the library behind ``explain.py``).
+"""Explain your own images and texts with a trained workdir or a pretrained Hugging Face
+classifier, untrained here (the library behind ``explain.py``).
 
     from mhex_jax import explain_lib
     run = explain_lib.load("workdirs/default")     # model, variables, preprocessing, classes
@@ -6,14 +7,24 @@
     explain_lib.show(results)                      # overlays inline (matplotlib)
     results[0].predicted_name, results[0].probability
 
+    run = explain_lib.from_pretrained("DIR")       # a ...ForImageClassification checkpoint
+    results = run.explain_files(["cat.jpg"])       # every method the model takes
+
 ``load`` reads the config ``train.py`` saved in the workdir and restores the latest checkpoint.
-Images of any size and aspect are fitted to the model's input the way it was trained (``fit``:
-"crop" takes the centred square, the ImageNet configs' central 87.5% of it, "pad" pads to a
-square with the mean colour, "stretch" resizes), and every map is carried back onto the
-original image, at its own size (outside a crop the map is 0). Texts are tokenized with the
-workdir's tokenizer. Methods are the registry's names (``run.methods``); the default is MHEX on
-an MHEX model, else the best measured method for the model kind (the task's
-``default_plain_method``).
+``from_pretrained`` takes a checkpoint directory (or Hub id) as ``save_pretrained`` writes it:
+the plain model of its ``model_type`` (``weights.hf_config.MODEL_NAMES``) with its own
+classifier and ``id2label`` class names, its images made by its ``preprocessor_config.json``
+(``data.preprocess``; an image checkpoint without one is refused) or its texts by its
+tokenizer, and every post-hoc method of the registry for it by default.
+
+Images of any size and aspect are fitted to a workdir model's input the way it was trained
+(``fit``: "crop" takes the centred square, the ImageNet configs' central 87.5% of it, "pad" pads
+to a square with the mean colour, "stretch" resizes) or to a pretrained model's by its
+processor, and every map is carried back onto the original image, at its own size (outside a
+crop the map is 0). Texts are tokenized with the model's tokenizer and padded to the longest
+text of the call. Methods are the registry's names (``run.methods``, or "all"); a workdir's
+default is MHEX on an MHEX model, else the best measured method for the model kind (the
+task's ``default_plain_method``).
 """
 
 import dataclasses
@@ -29,6 +40,7 @@ import numpy as np
 from PIL import Image
 
 from mhex_jax import checkpoints
+from mhex_jax import config_lib
 from mhex_jax import files
 from mhex_jax import model_lib
 from mhex_jax import plotting
@@ -38,11 +50,13 @@ from mhex_jax import workdir as workdir_lib
 from mhex_jax.data import imagenet
 from mhex_jax.data import input_pipeline
 from mhex_jax.data import pipeline
+from mhex_jax.data import preprocess
 from mhex_jax.data import text
 from mhex_jax.errors import UserError
 from mhex_jax.explain import methods as methods_lib
 from mhex_jax.explain import registry
 from mhex_jax.explain.maps import normalize_maps
+from mhex_jax.weights import hf_config
 
 FITS = ("crop", "pad", "stretch")
 
@@ -77,12 +91,24 @@ class Explanation:
 
 
 class Run:
-  """A trained workdir ready to explain: ``config``, ``model``, ``variables``, ``classes``."""
+  """A model ready to explain: ``config``, ``model``, ``variables``, ``classes``.
 
-  def __init__(self, config: ml_collections.ConfigDict, model, variables, workdir: str):
+  Attributes:
+    workdir: the trained workdir it came from ("" for a pretrained checkpoint).
+    image_processor: a pretrained checkpoint's image preprocessing (``data.preprocess``), which
+      replaces ``fit``; None for a workdir.
+    default_methods: the methods run when none are named.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, model, variables, workdir: str, *,
+               image_processor: Optional[preprocess.ImageProcessor] = None,
+               default_methods: Optional[Sequence[str]] = None):
     self.config, self.model, self.variables, self.workdir = config, model, variables, workdir
     self.task = tasks.task_of(model)
     self.classes = input_pipeline.class_names(config.data, config.model.num_classes)
+    self.image_processor = image_processor
+    self.default_methods = tuple(default_methods or (
+        (registry.MHEX,) if self.model.mhex else (self.task.default_plain_method,)))
     self._compiled = {}
 
   @property
@@ -90,17 +116,15 @@ class Run:
     """Every method this model can be explained with."""
     return registry.available(self.model)
 
-  @property
-  def default_methods(self) -> tuple[str, ...]:
-    return (registry.MHEX,) if self.model.mhex else (self.task.default_plain_method,)
-
   def _check_methods(self, methods: Optional[Sequence[str]]) -> tuple[str, ...]:
     methods = tuple(methods) if methods else self.default_methods
+    if methods == ("all",):
+      return self.methods
     unknown = [m for m in methods if m not in self.methods]
     if unknown:
       raise UserError(f"Methods {unknown} are not available for this "
                       f"{type(self.model).__name__} (mhex={self.model.mhex}); use some of "
-                      f"{list(self.methods)}.")
+                      f"{list(self.methods)}, or 'all'.")
     return methods
 
   def class_index(self, target: Union[int, str]) -> int:
@@ -136,8 +160,15 @@ class Run:
     left, top = (width - side) / 2, (height - side) / 2
     return left, top, left + side, top + side
 
-  def prepare_image(self, image: np.ndarray, fit: str = "crop") -> tuple[np.ndarray, tuple]:
-    """uint8 [H, W, C] (C = 1 or 3, any size) -> (normalised model input [S, S, C'], box)."""
+  def prepare_image(self, image: np.ndarray,
+                    fit: Optional[str] = None) -> tuple[np.ndarray, tuple]:
+    """uint8 [H, W, C] (C = 1 or 3, any size) -> (normalised model input [S, S, C'], box): the
+    box (left, top, right, bottom) of the image the input covers. ``fit`` (default "crop")
+    is for workdir models; a pretrained model's processor fits its inputs."""
+    if self.image_processor is not None and fit is not None:
+      raise UserError(f"fit={fit!r} is for workdir models; a pretrained model's inputs are "
+                      f"made by its {preprocess.PROCESSOR_FILE}: leave fit unset.")
+    fit = fit or "crop"
     if fit not in FITS:
       raise UserError(f"fit={fit!r}; use one of {FITS}.")
     image = np.asarray(image)
@@ -148,6 +179,8 @@ class Run:
                       f"{image.dtype}{list(image.shape)}.")
     pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
     pil = pil.convert("L" if self.channels == 1 else "RGB")
+    if self.image_processor is not None:
+      return self.image_processor(np.asarray(pil).reshape(*image.shape[:2], self.channels))
     box = self._fit_box(image.shape[0], image.shape[1], fit)
     if fit == "pad":
       mean = tuple(int(round(255 * m)) for m in np.broadcast_to(
@@ -190,11 +223,12 @@ class Run:
 
   def explain_images(self, images: Sequence[np.ndarray], *,
                      methods: Optional[Sequence[str]] = None,
-                     target: Union[str, int] = "predicted", fit: str = "crop",
+                     target: Union[str, int] = "predicted", fit: Optional[str] = None,
                      sources: Optional[Sequence[str]] = None) -> list[Explanation]:
-    """Explains uint8 images [H, W, C] of any sizes; maps come back at each image's size."""
+    """Explains uint8 images [H, W, C] of any sizes; maps come back at each image's size.
+    ``fit`` (workdir models only, default "crop"): see ``prepare_image``."""
     if self.task.name != "image":
-      raise UserError("This workdir holds a text model; use explain_texts.")
+      raise UserError("This is a text model; use explain_texts.")
     methods = self._check_methods(methods)
     if not len(images):
       raise UserError("No images to explain.")
@@ -221,7 +255,7 @@ class Run:
                     target: Union[str, int] = "predicted") -> list[Explanation]:
     """Explains texts; maps are per token ([CLS] and [SEP] included, 0 on them)."""
     if self.task.name != "text":
-      raise UserError("This workdir holds an image model; use explain_images/explain_files.")
+      raise UserError("This is an image model; use explain_images/explain_files.")
     methods = self._check_methods(methods)
     texts = list(texts)
     empty = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
@@ -229,7 +263,8 @@ class Run:
       raise UserError(f"Texts must be non-empty strings; got {len(texts)} texts, empty or not "
                       f"strings at positions {empty}.")
     tokenizer = self.task.tokenizer(self.config.data)
-    arrays = text.tokenize(tokenizer, texts, self.config.data.max_len)
+    arrays = text.tokenize(tokenizer, texts, _text_length(tokenizer, texts,
+                                                          self.config.data.max_len))
     inputs = {k: jnp.asarray(v) for k, v in arrays.items()}
     probabilities = self._predict(inputs)
     targets = self._targets(probabilities, target)
@@ -257,6 +292,92 @@ def load(workdir: str, config: Optional[ml_collections.ConfigDict] = None) -> Ru
   return Run(config, model, variables, workdir)
 
 
+def from_pretrained(checkpoint: str) -> Run:
+  """A ``Run`` of a Hugging Face classifier as it is: ``checkpoint`` is a directory written by
+  ``save_pretrained`` (config.json, model.safetensors, and preprocessor_config.json for images
+  or the tokenizer files for texts) or a Hub id.
+
+  The model is the plain model of config.json's model_type (``weights.hf_config``) with the
+  checkpoint's classifier, one class per ``id2label`` name (the class names); its methods
+  default to every one ``registry.available`` offers. Everything the checkpoint lacks is refused
+  before any weight is read.
+  """
+  config = pretrained_config(checkpoint)
+  model = model_lib.create_model(config)
+  task, processor = tasks.task_of(model), None
+  if task.name == "image":
+    processor = preprocess.ImageProcessor.from_pretrained(config.model_init)
+    model = _sized_for(processor, model, config)
+  else:  # The tokenizer's files are checked before the weights are read.
+    config.data.max_len = _max_tokens(model, task.tokenizer(config.data))
+  dummy = tasks.task_of(model).dummy_inputs(config.data)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(config.seed), *dummy))
+  variables = {k: jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes.get(k, {}))
+               for k in ("params", "batch_stats")}
+  variables = model_lib.load_pretrained(config, model, variables)
+  return Run(config, model, variables, "", image_processor=processor,
+             default_methods=registry.available(model))
+
+
+def pretrained_config(checkpoint: str) -> ml_collections.ConfigDict:
+  """The config of the plain model that explains ``checkpoint`` as it is (``from_pretrained``):
+  its model_name and classes from config.json, its own classifier, its tokenizer."""
+  config = config_lib.base_config()
+  config.model_init = os.fspath(checkpoint)
+  config.model_init = os.fspath(model_lib.pretrained_path(config))  # A Hub id's snapshot.
+  path = hf_config.config_file(config.model_init)
+  hf = hf_config.read(config.model_init)
+  hf_config.check_classifier(hf, path)
+  names = hf_config.class_names(hf, path)
+  config.model_name = hf_config.model_name(hf, path)
+  config.model = ml_collections.ConfigDict({"num_classes": len(names), "mhex": False})
+  config.data.name = "pretrained"
+  config.data.class_names = tuple(names)
+  config.data.image_size = 0  # The model's own (ViT) or the processor's (CNN).
+  config.data.tokenizer_dir = config.model_init
+  config.data.max_len = 0  # Text models: set by from_pretrained from the model and tokenizer.
+  return config
+
+
+def _max_tokens(model, tokenizer) -> int:
+  """The most tokens per text ``model`` reads (RoBERTa's positions start after its padding
+  id) and ``tokenizer`` was made for."""
+  pad_id = getattr(model, "position_pad_id", None)
+  tokens = model.max_positions - (0 if pad_id is None else pad_id + 1)
+  limit = getattr(tokenizer, "model_max_length", None)
+  return min(tokens, limit) if isinstance(limit, int) and limit > 0 else tokens
+
+
+def _sized_for(processor: preprocess.ImageProcessor, model, config: ml_collections.ConfigDict):
+  """``model``, taking the processor's image size: a ViT that resizes its position embeddings
+  (DINOv2) is rebuilt for it, as transformers runs it; another must take it already."""
+  size = processor.output_size
+  if size is None:
+    raise UserError(f"{processor.source} resizes the shortest edge without a centre crop, so "
+                    "inputs would follow each image's aspect; add \"do_center_crop\": true and "
+                    "a \"crop_size\" {\"height\", \"width\"}.")
+  expected = getattr(model, "image_size", None)
+  if expected is None:  # A CNN takes any size.
+    return model
+  expected = (expected,) * 2 if isinstance(expected, int) else tuple(expected)
+  if tuple(size) == expected:
+    return model
+  if getattr(model, "position_interpolation", "none") != "none":
+    config.model.image_size = size[0] if size[0] == size[1] else tuple(size)
+    return model_lib.create_model(config)
+  raise UserError(f"{processor.source} makes {size[0]}×{size[1]} inputs but the model takes "
+                  f"{expected[0]}×{expected[1]} (config.json image_size); fix the processor's "
+                  "size/crop_size.")
+
+
+def _text_length(tokenizer, texts: Sequence[str], max_len: int) -> int:
+  """Tokens per row: the longest text's (specials included) rounded up to a multiple of 8,
+  at most ``max_len`` (texts beyond it are truncated)."""
+  longest = max(len(ids) for ids in tokenizer(list(texts), truncation=True,
+                                              max_length=max_len)["input_ids"])
+  return min(max_len, -(-longest // 8) * 8)
+
+
 def read_image(path: files.PathLike) -> np.ndarray:
   """A PNG/JPEG/... file as uint8 [H, W, C] (C = 1 or 3)."""
   try:
@@ -281,17 +402,18 @@ def _display_image(image: np.ndarray) -> np.ndarray:
 
 
 def _to_original(saliency: np.ndarray, box, shape) -> np.ndarray:
-  """A model-input map [S, S] back over the original image [H, W] (0 outside ``box``)."""
+  """A model-input map [h, w] back over the original image [H, W] (0 outside ``box``)."""
   height, width = shape
   left, top, right, bottom = box
   # Pixel centres of the original image, in model-input pixel coordinates.
-  size = saliency.shape[0]
-  xs = (np.arange(width) + 0.5 - left) / (right - left) * size - 0.5
-  ys = (np.arange(height) + 0.5 - top) / (bottom - top) * size - 0.5
-  inside = ((ys >= -0.5) & (ys <= size - 0.5))[:, None] & ((xs >= -0.5) & (xs <= size - 0.5))
-  x0 = np.clip(np.floor(xs), 0, size - 1).astype(int)
-  y0 = np.clip(np.floor(ys), 0, size - 1).astype(int)
-  x1, y1 = np.minimum(x0 + 1, size - 1), np.minimum(y0 + 1, size - 1)
+  size_y, size_x = saliency.shape
+  xs = (np.arange(width) + 0.5 - left) / (right - left) * size_x - 0.5
+  ys = (np.arange(height) + 0.5 - top) / (bottom - top) * size_y - 0.5
+  inside = (((ys >= -0.5) & (ys <= size_y - 0.5))[:, None]
+            & ((xs >= -0.5) & (xs <= size_x - 0.5)))
+  x0 = np.clip(np.floor(xs), 0, size_x - 1).astype(int)
+  y0 = np.clip(np.floor(ys), 0, size_y - 1).astype(int)
+  x1, y1 = np.minimum(x0 + 1, size_x - 1), np.minimum(y0 + 1, size_y - 1)
   fx = np.clip(xs - x0, 0, 1)[None, :]
   fy = np.clip(ys - y0, 0, 1)[:, None]
   s = np.asarray(saliency, np.float32)

@@ -4,6 +4,7 @@ Layering: ``models`` (the Flax modules, built from constructor arguments) ← ``
 (Hugging Face checkpoints into a built model's parameters) ← this module ← train/eval/explain.
 """
 
+import pathlib
 from typing import Any
 
 import flax.linen as nn
@@ -12,6 +13,7 @@ import ml_collections
 
 from mhex_jax import models
 from mhex_jax import weights
+from mhex_jax import workdir as workdir_lib
 from mhex_jax.errors import ConfigError
 
 
@@ -34,21 +36,18 @@ def create_model(config: ml_collections.ConfigDict) -> nn.Module:
   as a name, "float32" or "bfloat16"); any other key is a ConfigError naming it and the
   allowed ones.
 
-  With ``config.model_init`` (a Hugging Face BERT/ViT checkpoint directory) its config.json
-  supplies the architecture, dropout rates and init range; ``config.model`` may override the
-  latter, and may repeat architecture fields only with the checkpoint's values. A ResNet's
-  architecture is its name (``load_pretrained`` checks the file's depth against it).
+  With ``config.model_init`` (a Hugging Face BERT/ViT checkpoint directory, or its Hub id:
+  ``pretrained_path``) its config.json supplies the architecture, dropout rates and init range
+  (a workdir train.py wrote: its model's architecture);
+  ``config.model`` may override the latter, and may repeat architecture fields only with the
+  checkpoint's values. A ResNet's architecture is its name (``load_pretrained`` checks the
+  file's depth against it).
   """
   model_name = config.model_name
   allowed = model_arguments(model_name)  # An unknown name first.
   arguments = dict(config.model)
   if config.get("model_init") and model_name not in _RESNETS:  # A ResNet's is its name.
-    read = weights.ARCHITECTURE_READERS.get(model_name)
-    if read is None:
-      raise ConfigError(f"model_init is set but model_name={model_name!r} has no "
-                        f"Hugging Face import; use one of {sorted(weights.ARCHITECTURE_READERS)} "
-                        "or set model_init=''.")
-    from_checkpoint = read(config.model_init)
+    from_checkpoint = _pretrained_arguments(config)
     clash = sorted(k for k in set(arguments) & weights.ARCHITECTURE & set(from_checkpoint)
                    if arguments[k] != from_checkpoint[k])
     if clash:
@@ -76,26 +75,60 @@ def create_model(config: ml_collections.ConfigDict) -> nn.Module:
   return MODELS[model_name](**arguments)
 
 
+def _pretrained_arguments(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The constructor arguments ``config.model_init`` fixes: a checkpoint's config.json (its
+  architecture, dropout rates, init range) or a workdir's model (its architecture)."""
+  if weights.is_workdir(config.model_init):
+    saved_config = workdir_lib.load_config(config.model_init)
+    weights.check_workdir(config.model_init, config.model_name)
+    saved = create_model(saved_config)
+    return {k: tuple(v) if isinstance(v, list) else v
+            for k, v in ((k, getattr(saved, k)) for k in weights.ARCHITECTURE
+                         if hasattr(saved, k))}
+  read = weights.ARCHITECTURE_READERS.get(config.model_name)
+  if read is None:
+    raise ConfigError(f"model_init is set but model_name={config.model_name!r} has no "
+                      f"Hugging Face import; use one of {sorted(weights.ARCHITECTURE_READERS)} "
+                      "or set model_init=''.")
+  return read(pretrained_path(config))
+
+
+def pretrained_path(config: ml_collections.ConfigDict) -> pathlib.Path:
+  """The local path of ``config.model_init``: the path itself, or a Hugging Face Hub id's
+  snapshot, downloaded into huggingface_hub's cache the first time (``weights.hub``); once per
+  process, so the model, the check and the load all read the same snapshot."""
+  return weights.checkpoint_path(config.model_init, field="model_init")
+
+
 def check_pretrained(config: ml_collections.ConfigDict, model: nn.Module) -> None:
   """What ``load_pretrained`` would refuse that can be told before any data is read (a ResNet's
-  shape, the weights file's existence; a BERT/ViT's directory was read by ``create_model``)."""
-  if config.get("model_init") and config.model_name in _RESNETS:
-    weights.check_resnet_init(model, config.model_init)
+  shape, the weights' existence, a Hub id's download; a BERT/ViT's directory was read by
+  ``create_model``)."""
+  if not config.get("model_init"):
+    return
+  if weights.is_workdir(config.model_init):
+    weights.check_workdir(config.model_init, config.model_name)
+  elif config.model_name in _RESNETS:
+    weights.check_resnet_init(model, pretrained_path(config))
 
 
 def load_pretrained(config: ml_collections.ConfigDict, model: nn.Module,
                     variables: dict[str, Any]) -> dict[str, Any]:
   """``variables`` (the freshly initialised ``{"params", "batch_stats"}`` of ``model``) with
-  those of ``config.model_init`` imported: a Hugging Face BERT/ViT/ResNet directory, or for a
-  ResNet a torchvision/timm state dict (``.safetensors``, or ``.pth`` read without unpickling
-  code). MHEX gates and heads (and a new classifier with ``config.model_load.new_head``) keep
-  their fresh values."""
+  those of ``config.model_init`` imported: a workdir train.py wrote (``weights.workdir_import``:
+  its heads start fresh where the class count differs), a Hugging Face BERT/ViT/ResNet
+  directory or Hub id, or for a ResNet a torchvision/timm state dict (``.safetensors``, or ``.pth`` read without
+  unpickling code). MHEX gates and heads (and a new classifier with
+  ``config.model_load.new_head``) keep their fresh values."""
   options = dict(config.get("model_load", {}))
+  if weights.is_workdir(config.model_init):
+    loaded, _ = weights.load_workdir_variables(config.model_name, variables, config.model_init,
+                                               **options)
+    return loaded
+  path = pretrained_path(config)
   if config.model_name in _RESNETS:
     params, batch_stats, _ = weights.load_resnet_params(
-        model, variables["params"], variables.get("batch_stats", {}), config.model_init,
-        **options)
+        model, variables["params"], variables.get("batch_stats", {}), path, **options)
     return {"params": params, "batch_stats": batch_stats}
-  return {**variables, "params": weights.load(model, variables["params"], config.model_init,
-                                              **options)}
+  return {**variables, "params": weights.load(model, variables["params"], path, **options)}
 

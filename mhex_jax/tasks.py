@@ -121,25 +121,24 @@ class ImageTask:
 
   def token_inputs(self, inputs: Mapping[str, jax.Array],
                    mask_special_keys: bool = False) -> TokenInputs:
-    """A ViT's ``{"image": images}`` for the Transformer explainers (all tokens valid)."""
-    del mask_special_keys  # Images have no special tokens.
+    """A ViT's ``{"image": images}`` for the Transformer explainers: every token valid but
+    the registers, which no head reads (``ViT.scored_tokens``)."""
+    del mask_special_keys  # A ViT has no key mask (``explain.transformer``).
     if "image" not in inputs:
       raise ValueError(f"Inputs of {type(self.model).__name__} must be {{'image': images}}; got "
                        f"keys {sorted(inputs)}.")
     images = inputs["image"]
-    grid_h, grid_w = self.model.grid_size
-    class_token = bool(self.model.class_token)
-    valid = jnp.ones((images.shape[0], grid_h * grid_w + int(class_token)), bool)
-    return TokenInputs((images,), valid, class_token)
+    valid = self.model.scored_tokens(images.shape[0])
+    return TokenInputs((images,), valid, bool(self.model.class_token))
 
   def token_method_inputs(self, inputs: jax.Array) -> dict[str, jax.Array]:
     return {"image": inputs}
 
   def token_maps(self, token_scores: jax.Array, inputs: jax.Array) -> jax.Array:
-    """ViT token scores [B, 1 + gh·gw] → image maps [B, H, W] in [0, 1] (class token
-    dropped, the patch grid resized to the image as MHEX's patch maps are)."""
+    """ViT token scores [B, P + gh·gw] → image maps [B, H, W] in [0, 1] (the P prefix
+    tokens dropped, the patch grid resized to the image as MHEX's patch maps are)."""
     grid = vit_lib.tokens_to_grid(token_scores[..., None], self.model.grid_size,
-                                  self.model.class_token)[..., 0]
+                                  self.model.num_prefix_tokens)[..., 0]
     return normalize_maps(jax.image.resize(grid, (grid.shape[0], *inputs.shape[1:3]),
                                            "bilinear"))
 

@@ -53,7 +53,8 @@ class TrainState:
 
 
 def create_learning_rate(train_config: ml_collections.ConfigDict, steps_per_epoch: int):
-  """Linear warmup then cosine decay to 0 (or a constant rate), from ``config.train``."""
+  """Linear warmup then cosine decay to ``end_learning_rate`` (None: 0), or a constant rate,
+  from ``config.train``."""
   total = train_config.num_epochs * steps_per_epoch
   # At least one warmup step and one decay step, however short the run.
   warmup = max(int(train_config.warmup_epochs * steps_per_epoch), 1)
@@ -63,7 +64,8 @@ def create_learning_rate(train_config: ml_collections.ConfigDict, steps_per_epoc
     raise errors.ConfigError(
         f"Unknown train.schedule={train_config.schedule!r}; use 'cosine' or 'constant'.")
   return optax.warmup_cosine_decay_schedule(0.0, train_config.learning_rate, warmup,
-                                            max(total, warmup + 1))
+                                            max(total, warmup + 1),
+                                            train_config.get("end_learning_rate") or 0.0)
 
 
 def create_optimizer(train_config: ml_collections.ConfigDict, steps_per_epoch: int):

@@ -65,6 +65,7 @@ class Case:
   setup: str = ""  # A function of SETUPS, called with (files, trained).
   before_compile: bool = False  # A config error: nothing may compile before it.
   before_data: bool = False  # Refused before any data is read: within EARLY_SECONDS.
+  env: tuple[tuple[str, str], ...] = ()  # Environment variables of the case (may hold {files}).
 
   @property
   def uses_trained(self) -> bool:
@@ -80,12 +81,13 @@ EARLY_SECONDS = 10
 NO_EVAL_DATA = ("--config.data.num_eval=0",)
 
 
-def _early(name, problem, command, flags, expect, setup="", workdir="{files}"):
+def _early(name, problem, command, flags, expect, setup="", workdir="{files}", env=()):
   """A config error that needs the built model: refused before any data is read or anything
   compiles, within ``EARLY_SECONDS``. Eval's ``{files}`` is an existing workdir that holds
   nothing yet."""
-  return Case(name, problem, command, (*flags, f"--workdir={workdir}"), (expect,), setup=setup,
-              before_compile=True, before_data=True)
+  return Case(name, problem, command, (*flags, f"--workdir={workdir}"),
+              expect if isinstance(expect, tuple) else (expect,), setup=setup,
+              before_compile=True, before_data=True, env=tuple(env))
 
 
 def _config(name, problem, flags, expect, command="train", base=DEFAULT):
@@ -189,6 +191,15 @@ CASES = (
                      "--config.model.width=64", "--config.model_init={w}.safetensors"),
            ".safetensors do not exist; pass a Hugging Face checkpoint directory or a "
            ".safetensors/.pth state dict", workdir="{w}"),
+    # An empty cache: HF_HOME is the case's folder. Offline, nothing touches the network.
+    _early("hub_id_offline_not_cached",
+           "`model_init` a Hugging Face Hub id not in the cache, with `HF_HUB_OFFLINE=1`", "train",
+           (*DEFAULT, "--config.data.num_train=0", "--config.model.stem=imagenet",
+            "--config.model.width=64", "--config.model_init=owner/not-cached"),
+           ("model_init='owner/not-cached' is not a local path, and the Hugging Face Hub model "
+            "owner/not-cached is not in the cache", "`hf download owner/not-cached`",
+            "or pass a local checkpoint directory"), workdir="{w}",
+           env=(("HF_HOME", "{files}/hf_home"), ("HF_HUB_OFFLINE", "1"))),
     _early("resnet_weights_other_width", "ResNet `model_init` with `model.width=16`", "train",
            (*DEFAULT, "--config.data.num_train=0", "--config.model_init={w}.safetensors"),
            "Pretrained ResNets have the ImageNet stem and width 64; the model has "
@@ -310,6 +321,21 @@ CASES = (
          ("--workdir={w}", "{files}/nope.png"), ("is not a workdir written by train.py",)),
     Case("explain_text_on_image_model", "`--text` for an image model", "explain",
          ("--workdir={trained}", "--text=hello"), ("--text is for text models",)),
+    Case("explain_workdir_and_model_init", "explain with both `--workdir` and `--model_init`",
+         "explain", ("--workdir={w}", "--model_init={files}", "{files}/a.png"),
+         ("are both given; explain a trained workdir or a pretrained checkpoint",),
+         before_compile=True, before_data=True),
+    Case("explain_no_model", "explain with neither `--workdir` nor `--model_init`", "explain",
+         ("{files}/a.png",), ("Give --workdir=DIR (a run trained by train.py) or "
+                              "--model_init=DIR",), before_compile=True, before_data=True),
+    Case("explain_model_init_no_config", "`--model_init` a directory without `config.json`",
+         "explain", ("--model_init={files}", "{files}/a.png"), ("No config.json in",),
+         before_compile=True, before_data=True),
+    Case("explain_model_init_no_processor",
+         "`--model_init` an image classifier without `preprocessor_config.json`", "explain",
+         ("--model_init={files}/vit", "{files}/a.png"),
+         ("No preprocessor_config.json in", "are not guessed"), setup="vit_config",
+         before_compile=True, before_data=True),
 )
 
 TRAINED = Case("trained", "", "train", (*TINY, "--workdir={w}"), (), returncode=0)
@@ -421,6 +447,15 @@ def _fake_png(files, trained):
   (files / "fake.png").write_text("not an image\n")
 
 
+def _vit_config(files, trained):
+  """A ViT classifier's config.json alone: no processor beside it (nor weights)."""
+  (files / "vit").mkdir()
+  (files / "vit" / "config.json").write_text(json.dumps(dict(
+      model_type="vit", architectures=["ViTForImageClassification"], image_size=32,
+      patch_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+      intermediate_size=32, id2label={"0": "cat", "1": "dog"})))
+
+
 def _damage_step(step_dir, how):
   """``damage`` in a child process: this runner forks its cases, and orbax (which "overwritten"
   uses) starts threads, which a fork must not inherit."""
@@ -480,7 +515,8 @@ SETUPS = {"a_file": _a_file,
           "all_empty_csv": _all_empty_csv, "zero_width_csv": _zero_width_csv,
           "weights_truncated": _weights_truncated, "weights_bad_json": _weights_bad_json,
           "weights_missing": _weights_missing, "weights_nan": _weights_nan,
-          "fake_png": _fake_png, "damage_all": _damage_all, "small_disk": _small_disk,
+          "fake_png": _fake_png, "vit_config": _vit_config, "damage_all": _damage_all,
+          "small_disk": _small_disk,
           **{f"damage_{how}": _damage(how)
              for how in ("truncated", "metadata_deleted", "emptied", "overwritten")}}
 
@@ -494,10 +530,12 @@ def markdown() -> str:
   return "\n".join(rows) + "\n"
 
 
-def _child(case: Case, argv: list[str], out: pathlib.Path) -> None:
-  """Runs one entry point in this (forked) process with its output in ``out``; never returns."""
+def _child(case: Case, argv: list[str], env: dict[str, str], out: pathlib.Path) -> None:
+  """Runs one entry point in this (forked) process with its output in ``out`` and ``env`` in
+  its environment; never returns."""
   code = 1
   try:
+    os.environ.update(env)
     for fd, name in ((1, "stdout"), (2, "stderr")):
       os.dup2(os.open(out / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
     os.chdir(ROOT)
@@ -517,9 +555,17 @@ def _child(case: Case, argv: list[str], out: pathlib.Path) -> None:
     os._exit(code)
 
 
-def _argv(case: Case, work: pathlib.Path) -> list[str]:
+def _names(work: pathlib.Path) -> dict[str, str]:
   names = {"w": work / "w", "files": work / "files", "trained": work / "trained"}
-  return [a.format(**{k: os.fspath(v) for k, v in names.items()}) for a in case.args]
+  return {k: os.fspath(v) for k, v in names.items()}
+
+
+def _argv(case: Case, work: pathlib.Path) -> list[str]:
+  return [a.format(**_names(work)) for a in case.args]
+
+
+def _env(case: Case, work: pathlib.Path) -> dict[str, str]:
+  return {k: v.format(**_names(work)) for k, v in case.env}
 
 
 def _prepare(case: Case, work: pathlib.Path, trained: pathlib.Path) -> list[str]:
@@ -555,7 +601,7 @@ def run_cases(cases, work: pathlib.Path, parallel: int = 2, timeout: float = 180
     argv = _prepare(case, case_dir, work / TRAINED.name / "w")
     pid = os.fork()
     if pid == 0:
-      _child(case, argv, case_dir / "out")
+      _child(case, argv, _env(case, case_dir), case_dir / "out")
     running[pid] = (case, time.time())
 
   def collect(pid, status):

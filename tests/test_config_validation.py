@@ -28,6 +28,8 @@ from mhex_jax import train_lib
     ("train.learning_rate", -0.5, "train.learning_rate=-0.5 must be > 0"),
     ("train.learning_rate", float("inf"), "train.learning_rate=inf must be finite"),
     ("train.warmup_epochs", -1.0, "train.warmup_epochs=-1.0 must be >= 0"),
+    ("train.end_learning_rate", 0.5, "train.end_learning_rate=0.5 must be at most "
+     "train.learning_rate=0.05"),
     ("eval.num_explain", 0, "eval.num_explain=0 must be a positive integer"),
     ("eval.deletion_steps", 0, "eval.deletion_steps=0 must be a positive integer"),
     ("eval.first_example", -3, "eval.first_example=-3 must be >= 0"),

@@ -330,3 +330,19 @@ def test_asyncio_lines_about_orbax_failures_lose_their_traceback():
   assert log_filter.filter(from_orbax) and from_orbax.exc_info is None
   from_elsewhere = record("/repo/user_code.py")
   assert log_filter.filter(from_elsewhere) and from_elsewhere.exc_info is not None
+
+
+def test_cosine_decays_to_the_end_learning_rate():
+  train = tiny_config().train
+  train.learning_rate, train.end_learning_rate, train.warmup_epochs = 1e-4, 2e-5, 1.0
+  train.num_epochs = 5
+  schedule = train_lib.create_learning_rate(train, steps_per_epoch=10)  # 10 warmup, 40 decay.
+  assert float(schedule(0)) == 0.0
+  np.testing.assert_allclose(float(schedule(10)), 1e-4, rtol=1e-6)
+  for step in (20, 30, 45):
+    t = (step - 10) / 40
+    expected = 2e-5 + (1e-4 - 2e-5) * (1 + np.cos(np.pi * t)) / 2
+    np.testing.assert_allclose(float(schedule(step)), expected, rtol=1e-5)
+  np.testing.assert_allclose(float(schedule(50)), 2e-5, rtol=1e-6)
+  train.end_learning_rate = None  # The default: down to 0.
+  assert float(train_lib.create_learning_rate(train, 10)(50)) == 0.0

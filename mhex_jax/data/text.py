@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, NamedTuple, Optional, Sequence
 import ml_collections
 import numpy as np
 
+from mhex_jax import weights
 from mhex_jax.errors import DataError
 
 if TYPE_CHECKING:  # Imported where a tokenizer is built: image runs never pay for it.
@@ -360,12 +361,15 @@ def stratified_split(labels: np.ndarray, *, eval_fraction: float = 0.2,
 
 
 def load_tokenizer(checkpoint_dir: str | os.PathLike) -> "transformers.PreTrainedTokenizerBase":
-  """The Hugging Face tokenizer saved in a local directory; never touches the network."""
-  directory = os.fspath(checkpoint_dir)
+  """The Hugging Face tokenizer saved in a local directory, or in a Hub id's snapshot
+  (``weights.checkpoint_path``: downloaded once into huggingface_hub's cache, or read from it
+  alone with HF_HUB_OFFLINE=1); transformers itself never touches the network."""
+  directory = os.fspath(weights.checkpoint_path(checkpoint_dir, field="data.tokenizer_dir"))
   if not os.path.isdir(directory):
-    raise FileNotFoundError(f"tokenizer directory {directory} does not exist; pass a local "
+    problem = "is a file, not a directory" if os.path.exists(directory) else "does not exist"
+    raise FileNotFoundError(f"tokenizer directory {directory} {problem}; pass a local "
                             "checkpoint directory, e.g. one written by "
-                            "tokenizer.save_pretrained(dir).")
+                            "tokenizer.save_pretrained(dir), or a Hugging Face Hub id.")
   files = sorted(os.listdir(directory))
   if not set(VOCAB_FILES) & set(files):
     raise DataError(f"tokenizer directory {directory} holds no vocabulary file (one of "
@@ -391,26 +395,30 @@ def load_tokenizer(checkpoint_dir: str | os.PathLike) -> "transformers.PreTraine
 
 
 def special_ids(tokenizer: "transformers.PreTrainedTokenizerBase") -> dict[str, int]:
-  """{"mask", "pad", "cls", "sep"} -> token id, e.g. for replace-with-[MASK] metrics."""
+  """{"mask", "pad", "cls", "sep"} -> token id, e.g. for replace-with-[MASK] metrics: BERT's
+  [MASK], [PAD], [CLS], [SEP], RoBERTa's and XLM-R's <mask>, <pad>, <s>, </s>."""
   ids = {"mask": tokenizer.mask_token_id, "pad": tokenizer.pad_token_id,
          "cls": tokenizer.cls_token_id, "sep": tokenizer.sep_token_id}
   missing = [name for name, value in ids.items() if value is None]
   if missing:
     raise DataError(f"{type(tokenizer).__name__} defines no {missing} token(s); use a "
                     "BERT-style tokenizer, whose tokenizer_config.json / "
-                    "special_tokens_map.json names [MASK], [PAD], [CLS] and [SEP].")
+                    "special_tokens_map.json names [MASK], [PAD], [CLS] and [SEP] (RoBERTa: "
+                    "<mask>, <pad>, <s> and </s>).")
   return {name: int(value) for name, value in ids.items()}
 
 
 def tokenize(tokenizer: "transformers.PreTrainedTokenizerBase", texts: Sequence[str],
              max_len: int) -> dict[str, np.ndarray]:
-  """Tokenizes texts to fixed-length rows: [CLS] tokens [SEP] [PAD]...
+  """Tokenizes texts to fixed-length rows: [CLS] tokens [SEP] [PAD]... (RoBERTa, XLM-R:
+  <s> tokens </s> <pad>...).
 
   Texts longer than ``max_len`` tokens (specials included) are truncated.
 
   Returns:
     {"input_ids": int32 [N, max_len], "attention_mask": int32 [N, max_len] (0 on padding),
-     "token_type_ids": int32 [N, max_len], "special_tokens_mask": bool [N, max_len] (True on
+     "token_type_ids": int32 [N, max_len] (all 0 for tokenizers without token types; a model
+     with type_vocab_size=0 ignores them), "special_tokens_mask": bool [N, max_len] (True on
      [CLS], [SEP] and [PAD], so ``~special_tokens_mask`` marks the text tokens saliency ranks)}.
   """
   if isinstance(texts, str) or not texts or not all(isinstance(t, str) for t in texts):

@@ -420,8 +420,9 @@ def mhex_patch_saliency(model: Any, variables: Any, images: jax.Array,
   often the background.
 
   Args:
-    model: an MHEX ``ViT``; its ``grid_size`` is the patch grid and, with ``class_token``,
-      token 0 gets no saliency and (the heads averaging patch tokens only) is not routed.
+    model: an MHEX ``ViT``; its ``grid_size`` is the patch grid, and its prefix tokens
+      (``num_prefix_tokens``: class, distillation, registers) get no saliency and, the heads
+      averaging patch tokens only, are not routed; evidence routed onto them is not drawn.
     variables: its variables.
     images: f32[B, H, W, C].
     targets: int[B] or None for the final head's prediction.
@@ -435,17 +436,14 @@ def mhex_patch_saliency(model: Any, variables: Any, images: jax.Array,
     ``Saliency`` with the image map [B, H, W] and raw per-layer grid maps [B, gh, gw].
   """
   _check_images(images)
-  class_token = bool(model.class_token)
+  prefix = model.num_prefix_tokens
   forward = forward_blocks(model, variables, (images,), targets, attention=route != "none")
-  patches = jnp.ones(forward.blocks[0].features.shape[:2], bool)
-  if class_token:
-    patches = patches.at[:, 0].set(False)
+  tokens = forward.blocks[0].features.shape[:2]
+  patches = jnp.broadcast_to(jnp.arange(tokens[1]) >= prefix, tokens)
   cams = token_cams(forward.blocks, forward.targets, route=route,
                     attentions=forward.attentions, source_mask=patches,
                     feature_norm=feature_norm, beta_neg=beta_neg, **options)
-  if class_token:
-    cams = [c[:, 1:] for c in cams]
-  cams = [c.reshape(c.shape[0], *model.grid_size) for c in cams]
+  cams = [c[:, prefix:].reshape(c.shape[0], *model.grid_size) for c in cams]
   weights = layer_weights(len(cams), layers, alpha)
   total = sum(w * c for w, c in zip(weights, cams))
   # One resize: every layer of a ViT shares the patch grid.

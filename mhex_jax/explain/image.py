@@ -200,7 +200,7 @@ def _to_grid(model, features: jax.Array) -> jax.Array:
   """Feature maps [B, h, w, C] pass through; ViT tokens [B, T, d] become [B, gh, gw, d]."""
   if features.ndim == 3:
     features = vit_lib.tokens_to_grid(features, model.grid_size,
-                                      getattr(model, "class_token", True))
+                                      getattr(model, "num_prefix_tokens", 1))
   return features.astype(jnp.float32)
 
 

@@ -12,7 +12,7 @@ Every method is ``f(model, variables, inputs, targets, **options) -> maps`` (``e
   and 0 on padding (text metrics only rank them; MHEX's are in [0, 1], 0 on special tokens).
 
 Image models take every image method; a ViT also takes the Transformer methods, whose token
-maps are put on the patch grid (class token dropped) and resized to the image as MHEX's patch
+maps are put on the patch grid (prefix tokens dropped) and resized to the image as MHEX's patch
 maps are. ``targets`` is int[B], or None for the final head's prediction; MHEX takes it from
 its own forward pass, the others from one more. ``targeted_explainer`` also returns the targets
 it explained, so a caller that explains predictions (``eval.targets = "predicted"``) runs MHEX's

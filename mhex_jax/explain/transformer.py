@@ -10,14 +10,19 @@ and is pure, batched and jit-able (close over ``model`` and the options):
 * ``targets``: int[B], the classes whose final-head logit z_c is explained (gradient methods;
   the attention-only methods ignore them).
 * Result: a raw token map f32[B, T] over the model's tokens, [CLS] / the class token in row 0,
-  exactly 0 on padding, signed where the method is, not normalised (the caller normalises with
-  ``maps.normalize_maps`` and, for ViT, maps patch tokens to the image).
+  exactly 0 on padding and on a ViT's register tokens, signed where the method is, not
+  normalised (the caller normalises with ``maps.normalize_maps`` and, for ViT, maps the patch
+  tokens to the image, dropping every prefix token: ``tasks.ImageTask.token_maps``).
 
 **[CLS] row.** Raw attention, rollout and the Chefer relevance read the row of the class token:
 BERT's [CLS] and ViT's class token. A ViT built with ``class_token=False`` has no such row and
 pools all tokens, so there the mean of the rows over valid queries is read instead. The class
 token's own entry keeps the score the method gives it (rollout and relevance give it the
-identity's share; raw attention zeroes the self-entry, so it is 0 there).
+identity's share; raw attention zeroes the self-entry, so it is 0 there). A DeiT's
+distillation token (row 1) is scored like any token. A DINOv2's register tokens count as
+padding does among the queries (``ViT.scored_tokens``): no map reads their rows (they are left
+out of the column means over queries) and their entries are 0; as keys they stay in the
+attention the model computes.
 
 **Gradients** come from one forward and one backward pass through the model's perturbation
 points (``attribution.perturbation_gradients``): attention probabilities α^(l) [B, H, T, T]
@@ -31,9 +36,10 @@ never masked), so the explanation pass runs with ``attention_mask ∧ ¬special_
 special tokens still are queries ([CLS] still carries the plain model's prediction) but nothing
 attends to them, so their AttCAT score is 0, and z_c is the logit of this pass. In MHEX-BERT the
 same mask also drops them from the heads' token means. An example with no non-special token
-keeps its plain mask. The column means w_l still average over every non-padding query. ViT takes no key mask and its only special
-token, the class token, is what the plain ViT classifies from; its explanation pass is the plain
-one (``mask_special_keys`` has no effect) and the class token is scored like any token.
+keeps its plain mask. The column means w_l still average over every non-padding query. ViT
+takes no key mask and its class (and distillation) token is what the plain ViT classifies from;
+its explanation pass is the plain one (``mask_special_keys`` has no effect) and those tokens
+are scored like any token.
 """
 
 from typing import Any, Mapping, NamedTuple, Optional, Sequence

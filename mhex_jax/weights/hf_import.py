@@ -5,9 +5,27 @@ A checkpoint is a directory as ``save_pretrained`` writes it: ``config.json`` pl
 with ``json``, the weights with ``safetensors.numpy``. PyTorch layouts are converted on the way:
 Linear weight [out, in] → Dense kernel [in, out], Conv2d OIHW → HWIO, LayerNorm weight → scale.
 
-Supported: ``BertModel`` / ``BertForSequenceClassification`` (and pre-training checkpoints, whose
-``cls.*`` heads are skipped), keys with or without the ``bert.`` prefix; ``ViTModel`` /
-``ViTForImageClassification`` with or without ``vit.``.
+Supported: the BERT family into the one post-LN ``BERT``, each model_type by its own key table
+(``_BERT_FAMILIES``), keys with or without its prefix: ``BertModel`` /
+``BertForSequenceClassification`` (``bert.``); ``RobertaModel`` / ``XLMRobertaModel`` and their
+``*ForSequenceClassification`` (``roberta.``; positions counted from the padding id, HF's
+classification head, the base model's pooler unused); ``DistilBertModel`` /
+``DistilBertForSequenceClassification`` (``distilbert.``; no token types, pre_classifier +
+ReLU + classifier; learned position embeddings only); ``ElectraModel`` /
+``ElectraForSequenceClassification`` (``electra.``; ``embeddings_project`` when the embedding
+width differs). Pre-training heads are skipped (``cls.``, ``lm_head.``, ``vocab_*``,
+``discriminator_predictions.``, ``generator_*``). The load's log line lists how many arrays
+were imported, which started fresh and which tensors of the file went unused.
+
+The ViT family into the one pre-LN ``ViT``, each model_type by its own key table
+(``_VIT_FAMILIES``), keys with or without its prefix: ``ViTModel`` /
+``ViTForImageClassification`` (``vit.``); ``DeiTModel`` / ``DeiTForImageClassification`` /
+``DeiTForImageClassificationWithTeacher`` (``deit.``; class and distillation tokens);
+``Dinov2Model`` / ``Dinov2ForImageClassification`` (``dinov2.``; layer scale, SwiGLU FFN,
+position embeddings resized to other image sizes as HF does); ``Dinov2WithRegistersModel`` /
+``Dinov2WithRegistersForImageClassification`` (``dinov2_with_registers.``; register tokens).
+DINOv2's ``drop_path_rate`` (stochastic depth, training only) is not reproduced. The same log
+line reports the load.
 
 What is not taken from the checkpoint:
 
@@ -15,8 +33,10 @@ What is not taken from the checkpoint:
   everything else, including the FFN/MLP output projection, is imported. The pooler, the
   classifier and (ViT) the final LayerNorm have no place in an MHEX model and are skipped.
 * Plain models: the classifier is imported and must have ``num_classes`` outputs; pass
-  ``new_head=True`` to initialise a new one instead (the checkpoint's is skipped).
-* ViT pooler weights (``ViTModel``'s tanh pooler, unused by HF's own classifier).
+  ``new_head=True`` to initialise a new one instead (the checkpoint's is skipped; for
+  RoBERTa, DistilBERT and ELECTRA the whole two-layer head starts fresh).
+* ViT pooler weights (``ViTModel``'s / ``DeiTModel``'s tanh pooler, unused by HF's own
+  classifiers) and DINOv2's ``mask_token`` (masked-image pre-training only).
 
 Anything else missing from, left over in, of the wrong shape in, or holding NaN/inf in the
 checkpoint is reported in one ``ValueError`` listing every offending key; unreadable files
@@ -28,7 +48,7 @@ import json
 import os
 import pathlib
 import re
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from absl import logging
 import flax
@@ -68,6 +88,47 @@ _BERT_CONFIG = {
     "classifier_dropout": ("classifier_dropout", None),
     "initializer_range": ("initializer_range", 0.02),
 }
+# DistilBERT's own config.json names (its LayerNorm eps is fixed at 1e-12 in HF's code).
+_DISTILBERT_CONFIG = {
+    "vocab_size": ("vocab_size", 30522),
+    "dim": ("hidden_size", 768),
+    "n_layers": ("num_layers", 6),
+    "n_heads": ("num_heads", 12),
+    "hidden_dim": ("intermediate_size", 3072),
+    "max_position_embeddings": ("max_positions", 512),
+    "activation": ("hidden_act", "gelu"),
+    "dropout": ("hidden_dropout", 0.1),
+    "attention_dropout": ("attention_dropout", 0.1),
+    "seq_classif_dropout": ("classifier_dropout", 0.2),
+    "initializer_range": ("initializer_range", 0.02),
+}
+
+
+class _BertFamily(NamedTuple):
+  """How checkpoints of one BERT-family model_type name their tensors."""
+  prefix: str  # Of the encoder's keys in task models ("roberta." in RobertaFor...).
+  head: str  # BERT.head of its sequence classifier.
+  encoder: str  # The layers' key prefix, "encoder.layer" or DistilBERT's "transformer.layer".
+  unused: tuple[str, ...]  # Key prefixes of heads a model may leave unimported.
+
+
+# model_type → its layout. ``unused``: pre-training heads (never imported), the pooler and
+# classifier (imported by the plain model of the family's head, unless new_head).
+_BERT_FAMILIES = {
+    "bert": _BertFamily("bert.", "pooler", "encoder.layer", ("cls.", "pooler.", "classifier.")),
+    "roberta": _BertFamily("roberta.", "roberta", "encoder.layer",
+                           ("lm_head.", "pooler.", "classifier.")),
+    "xlm-roberta": _BertFamily("roberta.", "roberta", "encoder.layer",
+                               ("lm_head.", "pooler.", "classifier.")),
+    "distilbert": _BertFamily("distilbert.", "distilbert", "transformer.layer",
+                              ("vocab_transform.", "vocab_layer_norm.", "vocab_projector.",
+                               "pre_classifier.", "classifier.")),
+    "electra": _BertFamily("electra.", "electra", "encoder.layer",
+                           ("discriminator_predictions.", "generator_predictions.",
+                            "generator_lm_head.", "classifier.")),
+}
+# The BERT attributes a family fixes beyond the tensor shapes (checked before a load).
+_FAMILY_FIELDS = ("head", "position_pad_id", "embedding_size")
 _VIT_CONFIG = {
     "image_size": ("image_size", 224),
     "patch_size": ("patch_size", 16),
@@ -83,10 +144,42 @@ _VIT_CONFIG = {
     "qkv_bias": ("qkv_bias", True),
     "initializer_range": ("initializer_range", 0.02),
 }
-# Attributes that define the weights' shapes: fixed by config.json, not overridable.
+# DINOv2's config.json: mlp_ratio instead of intermediate_size (``vit_config_from_hf``).
+_DINOV2_CONFIG = {k: v for k, v in _VIT_CONFIG.items() if k != "intermediate_size"} | {
+    "patch_size": ("patch_size", 14), "layer_norm_eps": ("layer_norm_eps", 1e-6)}
+
+
+class _VitFamily(NamedTuple):
+  """How checkpoints of one ViT-family model_type name their config fields and tensors."""
+  prefix: str  # Of the backbone's keys in task models ("deit." in DeiTFor...).
+  config: dict[str, tuple[str, Any]]  # config.json key → (ViT attribute, HF default).
+  layer_keys: dict[str, str]  # Ours → the checkpoint's name under ``encoder.layer.{i}``.
+  unused: tuple[str, ...]  # Key prefixes never imported (beside heads an MHEX model drops).
+
+
+_VIT_LAYER_KEYS = {"attention_norm": "layernorm_before", "mlp_norm": "layernorm_after",
+                   "intermediate": "intermediate.dense", "output": "output.dense"}
+_DINOV2_LAYER_KEYS = {"attention_norm": "norm1", "mlp_norm": "norm2",
+                      "intermediate": "mlp.fc1", "output": "mlp.fc2"}
+# model_type → its layout. DINOv2's mask token serves masked-image pre-training only.
+_VIT_FAMILIES = {
+    "vit": _VitFamily("vit.", _VIT_CONFIG, _VIT_LAYER_KEYS, ("pooler.",)),
+    "deit": _VitFamily("deit.", _VIT_CONFIG, _VIT_LAYER_KEYS, ("pooler.",)),
+    "dinov2": _VitFamily("dinov2.", _DINOV2_CONFIG, _DINOV2_LAYER_KEYS,
+                         ("embeddings.mask_token",)),
+    "dinov2_with_registers": _VitFamily(
+        "dinov2_with_registers.", _DINOV2_CONFIG | {"patch_size": ("patch_size", 16)},
+        _DINOV2_LAYER_KEYS, ("embeddings.mask_token",)),
+}
+# The ViT attributes that choose which tensors a checkpoint holds (checked before a load).
+_VIT_FAMILY_FIELDS = ("class_token", "distillation_token", "num_register_tokens", "layer_scale",
+                      "feed_forward", "head")
+# Attributes that define the weights' shapes: fixed by config.json, not overridable. A ViT's
+# image_size is not: position_interpolation decides whether it may differ from position_grid.
 ARCHITECTURE = {"vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
                  "max_positions", "type_vocab_size", "layer_norm_eps", "hidden_act",
-                 "image_size", "patch_size", "num_channels", "qkv_bias", "class_token"}
+                 *_FAMILY_FIELDS, *_VIT_FAMILY_FIELDS,
+                 "position_grid", "patch_size", "num_channels", "qkv_bias"}
 
 Transform = Callable[[np.ndarray], np.ndarray]
 KEEP: Transform = lambda w: w
@@ -156,22 +249,92 @@ def _model_kwargs(config: dict[str, Any], table: dict[str, tuple[str, Any]]) -> 
   return kwargs
 
 
+def _bert_family_config(checkpoint_dir: str | os.PathLike) -> tuple[dict[str, Any], str]:
+  """``config.json`` of a checkpoint of a model_type of ``_BERT_FAMILIES``, and that type."""
+  path = _checkpoint_directory(checkpoint_dir) / CONFIG_FILE
+  model_type = _read_json(path).get("model_type") if path.is_file() else "bert"
+  if model_type not in _BERT_FAMILIES:
+    vit = " (a ViT checkpoint loads with load_vit, model_name 'vit')" if model_type == "vit" else ""
+    raise WeightsError(f"{path} describes model_type={model_type!r}; BERT loads the BERT family, "
+                       f"model_type one of {sorted(_BERT_FAMILIES)}{vit}.")
+  return read_config(checkpoint_dir, model_type), model_type
+
+
 def bert_config_from_hf(checkpoint_dir: str | os.PathLike) -> dict[str, Any]:
-  """``BERT`` constructor arguments (architecture, dropout, init range) from ``config.json``."""
-  config = read_config(checkpoint_dir, "bert")
+  """``BERT`` constructor arguments (architecture, dropout, init range, and the family's head,
+  positions and embedding width) from ``config.json`` of a BERT, RoBERTa, XLM-RoBERTa,
+  DistilBERT or ELECTRA checkpoint."""
+  config, model_type = _bert_family_config(checkpoint_dir)
   if config.get("position_embedding_type", "absolute") != "absolute":
     raise WeightsError(f"position_embedding_type={config['position_embedding_type']!r} is not "
                        "supported; only absolute position embeddings are.")
   if config.get("is_decoder") or config.get("add_cross_attention"):
-    raise WeightsError(f"{checkpoint_dir} is a BERT decoder; only encoders are supported.")
-  return _model_kwargs(config, _BERT_CONFIG)
+    raise WeightsError(f"{checkpoint_dir} is a {model_type} decoder; only encoders are "
+                       "supported.")
+  family = {"head": _BERT_FAMILIES[model_type].head, "position_pad_id": None,
+            "embedding_size": None}
+  if model_type == "distilbert":
+    if config.get("sinusoidal_pos_embds", False):
+      raise WeightsError(f"{checkpoint_dir} has sinusoidal_pos_embds=true: fixed sinusoidal "
+                         "position embeddings are not supported, only learned ones; use a "
+                         "DistilBERT checkpoint with sinusoidal_pos_embds=false.")
+    # No token types; HF's DistilBERT hard-codes its LayerNorm eps.
+    return {**_model_kwargs(config, _DISTILBERT_CONFIG), "type_vocab_size": 0,
+            "layer_norm_eps": 1e-12, **family}
+  kwargs = _model_kwargs(config, _BERT_CONFIG)
+  if family["head"] == "roberta":
+    pad = config.get("pad_token_id", 1)
+    if not isinstance(pad, int) or isinstance(pad, bool) or pad < 0:
+      raise WeightsError(f"{checkpoint_dir}'s pad_token_id={pad!r} must be a non-negative int: "
+                         f"{model_type} counts positions from it.")
+    family["position_pad_id"] = pad
+  if model_type == "electra":
+    size = config.get("embedding_size", 128)
+    family["embedding_size"] = None if size == kwargs["hidden_size"] else size
+  return {**kwargs, **family}
+
+
+def _vit_family_config(checkpoint_dir: str | os.PathLike) -> tuple[dict[str, Any], str]:
+  """``config.json`` of a checkpoint of a model_type of ``_VIT_FAMILIES``, and that type."""
+  path = _checkpoint_directory(checkpoint_dir) / CONFIG_FILE
+  model_type = _read_json(path).get("model_type") if path.is_file() else "vit"
+  if model_type not in _VIT_FAMILIES:
+    raise WeightsError(f"{path} describes model_type={model_type!r}; ViT loads the ViT family, "
+                       f"model_type one of {sorted(_VIT_FAMILIES)}.")
+  return read_config(checkpoint_dir, model_type), model_type
+
+
+def _dinov2_fields(config: dict[str, Any], hidden_size: int) -> dict[str, Any]:
+  """The ViT attributes of a DINOv2 config: layer scale, FFN and its width, head, resizing."""
+  width = int(hidden_size * config.get("mlp_ratio", 4))
+  swiglu = bool(config.get("use_swiglu_ffn", False))
+  if swiglu:  # HF's SwiGLU keeps 2/3 of the MLP width, rounded up to a multiple of 8.
+    width = (int(width * 2 / 3) + 7) // 8 * 8
+  registers = int(config.get("num_register_tokens", 4)) if (
+      config["model_type"] == "dinov2_with_registers") else 0
+  return dict(layer_scale=float(config.get("layerscale_value", 1.0)), intermediate_size=width,
+              feed_forward="swiglu" if swiglu else "mlp", head="class_and_mean",
+              num_register_tokens=registers,
+              position_interpolation="bicubic_antialias" if registers else "bicubic")
 
 
 def vit_config_from_hf(checkpoint_dir: str | os.PathLike) -> dict[str, Any]:
-  """``ViT`` constructor arguments (architecture, dropout, init range) from ``config.json``."""
-  config = read_config(checkpoint_dir, "vit")
-  kwargs = _model_kwargs(config, _VIT_CONFIG)
-  kwargs["class_token"] = True  # Every HF ViT has one.
+  """``ViT`` constructor arguments (architecture, dropout, init range, prefix tokens, layer
+  scale, FFN, head and position grid) from ``config.json`` of a ViT, DeiT, DINOv2 or DINOv2
+  with registers checkpoint."""
+  config, model_type = _vit_family_config(checkpoint_dir)
+  kwargs = _model_kwargs(config, _VIT_FAMILIES[model_type].config)
+  for key in ("image_size", "patch_size"):  # JSON lists → hashable (height, width).
+    kwargs[key] = kwargs[key] if isinstance(kwargs[key], int) else tuple(kwargs[key])
+  (h, w), (ph, pw) = ((v, v) if isinstance(v, int) else v
+                      for v in (kwargs["image_size"], kwargs["patch_size"]))
+  teacher = any(str(a).endswith("WithTeacher") for a in config.get("architectures") or ())
+  kwargs.update(class_token=True, distillation_token=model_type == "deit",
+                num_register_tokens=0, layer_scale=None, feed_forward="mlp",
+                position_grid=(h // ph, w // pw), position_interpolation="none",
+                head="distilled" if model_type == "deit" and teacher else "class")
+  if model_type.startswith("dinov2"):
+    kwargs.update(_dinov2_fields(config, kwargs["hidden_size"]))
   return kwargs
 
 
@@ -265,45 +428,82 @@ class _Mapping:
     self.add(f"{path}/bias", f"{key}.bias")
 
 
-def _bert_mapping(model: bert_lib.BERT, new_head: bool) -> _Mapping:
+# A layer's modules: ours → the checkpoint's name under ``encoder.layer.{i}`` (BERT, RoBERTa,
+# ELECTRA) and under DistilBERT's ``transformer.layer.{i}``; "*_norm" are LayerNorms.
+_BERT_LAYER_KEYS = {
+    "attention/query": ("attention.self.query", "attention.q_lin"),
+    "attention/key": ("attention.self.key", "attention.k_lin"),
+    "attention/value": ("attention.self.value", "attention.v_lin"),
+    "attention/output": ("attention.output.dense", "attention.out_lin"),
+    "attention_norm": ("attention.output.LayerNorm", "sa_layer_norm"),
+    "intermediate": ("intermediate.dense", "ffn.lin1"),
+    "output": ("output.dense", "ffn.lin2"),
+    "output_norm": ("output.LayerNorm", "output_layer_norm"),
+}
+# Non-persistent buffers older checkpoints saved: nothing to import, not worth reporting.
+_BERT_BUFFERS = ("position_ids", "token_type_ids")
+
+
+def _bert_mapping(model: bert_lib.BERT, new_head: bool, family: _BertFamily) -> _Mapping:
   m = _Mapping()
-  for name in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
+  embeddings = ("word_embeddings", "position_embeddings") + (
+      ("token_type_embeddings",) if model.type_vocab_size else ())
+  for name in embeddings:
     m.add(f"embeddings/{name}/embedding", f"embeddings.{name}.weight")
   m.norm("embeddings/layer_norm", "embeddings.LayerNorm")
+  if model.embedding_size not in (None, model.hidden_size):
+    m.dense("embeddings_project", "embeddings_project")
+  distilbert = family.head == "distilbert"
   for i in range(model.num_layers):
-    ours, theirs = f"layer_{i:02d}", f"encoder.layer.{i}"
-    for name in ("query", "key", "value"):
-      m.dense(f"{ours}/attention/{name}", f"{theirs}.attention.self.{name}")
-    m.dense(f"{ours}/attention/output", f"{theirs}.attention.output.dense")
-    m.norm(f"{ours}/attention_norm", f"{theirs}.attention.output.LayerNorm")
-    m.dense(f"{ours}/intermediate", f"{theirs}.intermediate.dense")
-    m.dense(f"{ours}/output", f"{theirs}.output.dense")
-    m.norm(f"{ours}/output_norm", f"{theirs}.output.LayerNorm")
-  if not model.mhex:
+    ours, theirs = f"layer_{i:02d}", f"{family.encoder}.{i}"
+    for path, keys in _BERT_LAYER_KEYS.items():
+      add = m.norm if path.endswith("_norm") else m.dense
+      add(f"{ours}/{path}", f"{theirs}.{keys[distilbert]}")
+  if model.mhex:
+    return m
+  if model.head == "pooler":
     m.dense("pooler", "pooler.dense")
     if not new_head:
       m.dense("classifier", "classifier")
+  elif not new_head:  # Otherwise the whole ClassificationHead starts fresh.
+    dense, out = ("pre_classifier", "classifier") if distilbert else (
+        "classifier.dense", "classifier.out_proj")
+    m.dense("classifier/dense", dense)
+    m.dense("classifier/out_proj", out)
   return m
 
 
-def _vit_mapping(model: vit_lib.ViT, new_head: bool) -> _Mapping:
+def _vit_mapping(model: vit_lib.ViT, new_head: bool, family: _VitFamily) -> _Mapping:
   m = _Mapping()
-  m.add("cls_token", "embeddings.cls_token")
+  for ours, present in (("cls_token", model.class_token),
+                        ("distillation_token", model.distillation_token),
+                        ("register_tokens", model.num_register_tokens)):
+    if present:
+      m.add(ours, f"embeddings.{ours}")
   m.add("position_embeddings", "embeddings.position_embeddings")
   m.add("patch_embedding/kernel", "embeddings.patch_embeddings.projection.weight", CONV)
   m.add("patch_embedding/bias", "embeddings.patch_embeddings.projection.bias")
+  keys = family.layer_keys
+  if model.feed_forward == "swiglu":  # HF's fused gate/up projection, then the down one.
+    keys = keys | {"intermediate": "mlp.weights_in", "output": "mlp.weights_out"}
   for i in range(model.num_layers):
     ours, theirs = f"layer_{i:02d}", f"encoder.layer.{i}"
-    m.norm(f"{ours}/attention_norm", f"{theirs}.layernorm_before")
     for name in ("query", "key", "value"):
       m.dense(f"{ours}/attention/{name}", f"{theirs}.attention.attention.{name}", model.qkv_bias)
     m.dense(f"{ours}/attention/output", f"{theirs}.attention.output.dense")
-    m.norm(f"{ours}/mlp_norm", f"{theirs}.layernorm_after")
-    m.dense(f"{ours}/intermediate", f"{theirs}.intermediate.dense")
-    m.dense(f"{ours}/output", f"{theirs}.output.dense")
+    for path, key in keys.items():
+      (m.norm if path.endswith("_norm") else m.dense)(f"{ours}/{path}", f"{theirs}.{key}")
+    if model.layer_scale is not None:
+      m.add(f"{ours}/attention_scale", f"{theirs}.layer_scale1.lambda1")
+      m.add(f"{ours}/mlp_scale", f"{theirs}.layer_scale2.lambda1")
   if not model.mhex:
     m.norm("final_norm", "layernorm")
-    if not new_head:
+    if new_head:
+      return m
+    if model.head == "distilled":
+      m.dense("classifier/class", "cls_classifier")
+      m.dense("classifier/distillation", "distillation_classifier")
+    else:
       m.dense("classifier", "classifier")
   return m
 
@@ -386,32 +586,90 @@ def _init_params(model, seed: int, *input_shapes: jax.ShapeDtypeStruct) -> Any:
   return model.lazy_init(jax.random.key(seed), *input_shapes, mutable=["params"])["params"]
 
 
+def _check_bert_family(model: bert_lib.BERT, checkpoint_dir, model_type: str) -> None:
+  """Refuses a model built for another family than the checkpoint's (its key table differs)."""
+  expected = bert_config_from_hf(checkpoint_dir)
+  width = lambda kwargs: kwargs["embedding_size"] or kwargs["hidden_size"]
+  built = {f: getattr(model, f) for f in _FAMILY_FIELDS}
+  wrong = [f for f in _FAMILY_FIELDS if f != "embedding_size" and built[f] != expected[f]]
+  if width(built | {"hidden_size": model.hidden_size}) != width(expected):
+    wrong.append("embedding_size")
+  if wrong:
+    raise WeightsError(
+        f"{checkpoint_dir} is a {model_type!r} checkpoint, which loads into BERT("
+        + ", ".join(f"{f}={expected[f]!r}" for f in wrong) + "), but the model has "
+        + ", ".join(f"{f}={built[f]!r}" for f in wrong) + ": build the model from the "
+        "checkpoint (weights.load_bert, BERT(**weights.bert_config_from_hf(dir), ...), or "
+        "model_init in the config).")
+
+
 def _load_bert_params(model: bert_lib.BERT, params: Any, checkpoint_dir,
                       new_head: bool) -> Any:
-  tensors = _canonical_keys(read_tensors(checkpoint_dir), "bert.")
-  mhex = model.mhex
+  model_type = _bert_family_config(checkpoint_dir)[1]  # Picks the key table.
+  _check_bert_family(model, checkpoint_dir, model_type)
+  family = _BERT_FAMILIES[model_type]
+  tensors = _canonical_keys(read_tensors(checkpoint_dir), family.prefix)
+  mapping = _bert_mapping(model, new_head, family)
+  description = f"{checkpoint_dir} ({model_type}) into BERT(mhex={model.mhex})"
 
-  def skip(key):
-    # Buffers, pre-training heads, and the heads an MHEX model replaces.
-    return (key.endswith("position_ids") or key.startswith("cls.") or
-            ((mhex or new_head) and key.startswith("classifier.")) or
-            (mhex and key.startswith("pooler.")))
+  used = {key for key, _ in mapping.entries.values()}
+  # Buffers, pre-training heads, and a pooler/classifier the model does not import: set aside
+  # here (reported below, once), so _fill_params checks only what the model may take.
+  skipped = {k for k in tensors if k not in used and (
+      k.endswith(_BERT_BUFFERS) or k.startswith(family.unused))}
+  loaded = _fill_params(params, mapping, {k: v for k, v in tensors.items() if k not in skipped},
+                        lambda key: False, new_head, description)
+  fresh = sorted("params/" + "/".join(p) for p in flax.traverse_util.flatten_dict(params)
+                 if p not in mapping.entries)
+  unused = sorted(tensors[k][1].rpartition(": ")[2] for k in skipped
+                  if not k.endswith(_BERT_BUFFERS))
+  logging.info("%s: loaded %d arrays, kept %d fresh (%s), left %d file tensors unused (%s).",
+               description, len(mapping.entries), len(fresh), ", ".join(fresh) or "none",
+               len(unused), ", ".join(unused) or "none")
+  return loaded
 
-  return _fill_params(params, _bert_mapping(model, new_head), tensors, skip, new_head,
-                      f"{checkpoint_dir} into BERT(mhex={mhex})")
+
+def _check_vit_family(model: vit_lib.ViT, checkpoint_dir, model_type: str) -> None:
+  """Refuses a model built with other prefix tokens, layer scale, FFN or head than the
+  checkpoint's (they decide which tensors it holds)."""
+  expected = vit_config_from_hf(checkpoint_dir)
+  same = lambda f: ((getattr(model, f) is None) == (expected[f] is None) if f == "layer_scale"
+                    else getattr(model, f) == expected[f])
+  wrong = [f for f in _VIT_FAMILY_FIELDS if not same(f) and (f != "head" or not model.mhex)]
+  if wrong:
+    raise WeightsError(
+        f"{checkpoint_dir} is a {model_type!r} checkpoint, which loads into ViT("
+        + ", ".join(f"{f}={expected[f]!r}" for f in wrong) + "), but the model has "
+        + ", ".join(f"{f}={getattr(model, f)!r}" for f in wrong) + ": build the model from "
+        "the checkpoint (weights.load_vit, ViT(**weights.vit_config_from_hf(dir), ...), or "
+        "model_init in the config).")
 
 
 def _load_vit_params(model: vit_lib.ViT, params: Any, checkpoint_dir, new_head: bool) -> Any:
-  tensors = _canonical_keys(read_tensors(checkpoint_dir), "vit.")
-  mhex = model.mhex
+  model_type = _vit_family_config(checkpoint_dir)[1]  # Picks the key table.
+  _check_vit_family(model, checkpoint_dir, model_type)
+  family = _VIT_FAMILIES[model_type]
+  tensors = _canonical_keys(read_tensors(checkpoint_dir), family.prefix)
+  mapping = _vit_mapping(model, new_head, family)
+  description = f"{checkpoint_dir} ({model_type}) into ViT(mhex={model.mhex})"
+  heads = ("classifier.", "cls_classifier.", "distillation_classifier.")
 
   def skip(key):
-    return (key.startswith("pooler.") or
-            ((mhex or new_head) and key.startswith("classifier.")) or
-            (mhex and key.startswith("layernorm.")))
+    # The pooler and pre-training tensors, and the heads and final norm the model replaces.
+    return (key.startswith(family.unused) or
+            ((model.mhex or new_head) and key.startswith(heads)) or
+            (model.mhex and key.startswith("layernorm.")))
 
-  return _fill_params(params, _vit_mapping(model, new_head), tensors, skip, new_head,
-                      f"{checkpoint_dir} into ViT(mhex={mhex})")
+  loaded = _fill_params(params, mapping, tensors, skip, new_head, description)
+  used = {key for key, _ in mapping.entries.values()}
+  fresh = sorted("params/" + "/".join(p) for p in flax.traverse_util.flatten_dict(params)
+                 if p not in mapping.entries)
+  unused = sorted(origin.rpartition(": ")[2] for key, (_, origin) in tensors.items()
+                  if key not in used)
+  logging.info("%s: loaded %d arrays, kept %d fresh (%s), left %d file tensors unused (%s).",
+               description, len(mapping.entries), len(fresh), ", ".join(fresh) or "none",
+               len(unused), ", ".join(unused) or "none")
+  return loaded
 
 
 # model_name → reader of its constructor arguments from a checkpoint's config.json.
@@ -446,7 +704,8 @@ def load(model, init_params: Any, checkpoint_dir: str | os.PathLike, *,
 def load_bert(checkpoint_dir: str | os.PathLike, *, num_classes: int, mhex: bool = True,
               new_head: bool = False, seed: int = 0,
               **model_options) -> tuple[bert_lib.BERT, dict[str, Any]]:
-  """A ``BERT`` built from a Hugging Face BERT checkpoint directory, and its variables.
+  """A ``BERT`` built from a Hugging Face BERT, RoBERTa, XLM-RoBERTa, DistilBERT or ELECTRA
+  checkpoint directory, and its variables.
 
   A convenience for notebooks and tests: builds the model from ``config.json``, initialises it
   and calls ``load``; training builds the model from its config once and calls ``load``.
@@ -473,16 +732,19 @@ def load_bert(checkpoint_dir: str | os.PathLike, *, num_classes: int, mhex: bool
 def load_vit(checkpoint_dir: str | os.PathLike, *, num_classes: int, mhex: bool = True,
              new_head: bool = False, seed: int = 0,
              **model_options) -> tuple[vit_lib.ViT, dict[str, Any]]:
-  """A ``ViT`` built from a Hugging Face ViT checkpoint directory, and its variables.
+  """A ``ViT`` built from a Hugging Face ViT, DeiT, DINOv2 or DINOv2-with-registers checkpoint
+  directory, and its variables.
 
   Args and returns as ``load_bert``; an MHEX model also skips the final LayerNorm, and the
   ``ViTModel`` pooler is always skipped. ``model_options`` are e.g. gate_init, gate_placement,
-  saliency_features, dtype, dropout rates.
+  saliency_features, dtype, dropout rates, and image_size: another image size than the
+  config's resizes the position embeddings as HF does for DINOv2 (for ViT and DeiT add
+  position_interpolation="bicubic", HF's interpolate_pos_encoding=True).
   """
   config = vit_config_from_hf(checkpoint_dir)
   model = _build(vit_lib.ViT, config, num_classes, mhex, model_options)
-  height, width = (config["image_size"],) * 2 if isinstance(config["image_size"], int) else (
-      config["image_size"])
+  height, width = (model.image_size,) * 2 if isinstance(model.image_size, int) else (
+      model.image_size)
   images = jax.ShapeDtypeStruct((1, height, width, config["num_channels"]), jnp.float32)
   params = _init_params(model, seed, images)
   return model, {"params": load(model, params, checkpoint_dir, new_head=new_head)}
