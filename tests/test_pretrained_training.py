@@ -52,10 +52,14 @@ def _train(config, workdir):
   config.train.log_every_steps = 1
   result = train_lib.train_and_evaluate(config, str(workdir), max_steps=STEPS)
   assert result["step"] == STEPS and result["num_examples"] == BATCH, result
-  losses = [r["train/loss"] for r in map(json.loads, (workdir / "metrics.jsonl").read_text()
-                                         .splitlines()) if "train/loss" in r]
+  losses = _logged_losses(workdir)
   assert len(losses) == STEPS and all(map(math.isfinite, losses)), losses
   return checkpoints.restore_saved_variables(workdir)["params"]
+
+
+def _logged_losses(workdir):
+  records = map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines())
+  return [r["train/loss"] for r in records if "train/loss" in r]
 
 
 def _mhex_kernels(params, prefix=()):
@@ -272,7 +276,8 @@ def test_mhex_vit_trains_from_each_image_family(image_checkpoints, family, tmp_p
   config = vit_medmnist.get_config()
   config.model_init = str(directory)
   config.data.path = str(image_checkpoints["npz"])
-  config.data.image_size = image_size  # model.image_size follows it.
+  config.data.image_size = image_size
+  assert config.model.image_size == image_size  # The model runs at the data's size.
   params = _train(config, tmp_path)
   assert _mhex_kernels(params) == _layer_kernels(LAYERS)
   _assert_loaded(params["patch_embedding"]["kernel"],

@@ -26,7 +26,6 @@ normalizing. Keys that would change the geometry in other ways (``longest_edge``
 """
 
 import dataclasses
-import json
 import math
 import os
 import pathlib
@@ -36,6 +35,7 @@ import numpy as np
 from PIL import Image
 
 from mhex_jax.errors import DataError
+from mhex_jax.weights import hf_import
 
 PROCESSOR_FILE = "preprocessor_config.json"
 BILINEAR, BICUBIC = 2, 3  # PIL's (and transformers' PILImageResampling) numbers.
@@ -95,14 +95,7 @@ class ImageProcessor:
           f"(AutoImageProcessor.from_pretrained(NAME).save_pretrained('{checkpoint_dir}')) or "
           f"write one, e.g. {{\"size\": {{\"height\": 224, \"width\": 224}}, \"image_mean\": "
           "[0.5, 0.5, 0.5], \"image_std\": [0.5, 0.5, 0.5]}.")
-    try:
-      settings = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-      raise DataError(f"{path} is not valid JSON ({e}); re-save the processor with "
-                      "save_pretrained.") from e
-    if not isinstance(settings, dict):
-      raise DataError(f"{path} holds a JSON {type(settings).__name__}, not an object of "
-                      "settings; re-save the processor with save_pretrained.")
+    settings = hf_import.read_json(path)
     return cls.from_dict(settings, str(path))
 
   @classmethod

@@ -7,7 +7,6 @@ a model_type the importers read gets a line here (a model_type that is itself th
 model with an ``ARCHITECTURE_READERS`` entry needs none).
 """
 
-import json
 import os
 import pathlib
 from typing import Any, Callable
@@ -58,14 +57,7 @@ def read(checkpoint_dir: str | os.PathLike) -> dict[str, Any]:
   if not path.is_file():
     raise FileNotFoundError(f"No {hf_import.CONFIG_FILE} in {directory}: expected a directory "
                             "written by save_pretrained (model.save_pretrained(dir)).")
-  try:
-    config = json.loads(path.read_text(encoding="utf-8"))
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise WeightsError(f"{path} is not valid JSON ({e}); re-copy the checkpoint (or re-save it "
-                       "with save_pretrained).") from e
-  if not isinstance(config, dict):
-    raise WeightsError(f"{path} holds a JSON {type(config).__name__}, not an object of settings; "
-                       "re-copy the checkpoint.")
+  config = hf_import.read_json(path)
   return config
 
 

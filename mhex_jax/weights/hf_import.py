@@ -213,7 +213,9 @@ def _checkpoint_directory(checkpoint_dir: str | os.PathLike) -> pathlib.Path:
   return directory
 
 
-def _read_json(path: pathlib.Path) -> dict[str, Any]:
+def read_json(path: pathlib.Path) -> dict[str, Any]:
+  """A checkpoint's JSON file (config, processor, shard index) as a dict; unreadable, broken
+  or non-object JSON is a WeightsError naming the file and the fix."""
   try:
     value = json.loads(path.read_text(encoding="utf-8"))
   except PermissionError as e:
@@ -234,7 +236,7 @@ def read_config(checkpoint_dir: str | os.PathLike, model_type: str) -> dict[str,
   if not path.is_file():
     raise FileNotFoundError(f"No {CONFIG_FILE} in {checkpoint_dir}: expected a directory written "
                             "by save_pretrained.")
-  config = _read_json(path)
+  config = read_json(path)
   if config.get("model_type") != model_type:
     raise WeightsError(f"{path} describes model_type={config.get('model_type')!r}, not "
                        f"{model_type!r}.")
@@ -252,7 +254,7 @@ def _model_kwargs(config: dict[str, Any], table: dict[str, tuple[str, Any]]) -> 
 def _bert_family_config(checkpoint_dir: str | os.PathLike) -> tuple[dict[str, Any], str]:
   """``config.json`` of a checkpoint of a model_type of ``_BERT_FAMILIES``, and that type."""
   path = _checkpoint_directory(checkpoint_dir) / CONFIG_FILE
-  model_type = _read_json(path).get("model_type") if path.is_file() else "bert"
+  model_type = read_json(path).get("model_type") if path.is_file() else "bert"
   if model_type not in _BERT_FAMILIES:
     vit = " (a ViT checkpoint loads with load_vit, model_name 'vit')" if model_type == "vit" else ""
     raise WeightsError(f"{path} describes model_type={model_type!r}; BERT loads the BERT family, "
@@ -297,7 +299,7 @@ def bert_config_from_hf(checkpoint_dir: str | os.PathLike) -> dict[str, Any]:
 def _vit_family_config(checkpoint_dir: str | os.PathLike) -> tuple[dict[str, Any], str]:
   """``config.json`` of a checkpoint of a model_type of ``_VIT_FAMILIES``, and that type."""
   path = _checkpoint_directory(checkpoint_dir) / CONFIG_FILE
-  model_type = _read_json(path).get("model_type") if path.is_file() else "vit"
+  model_type = read_json(path).get("model_type") if path.is_file() else "vit"
   if model_type not in _VIT_FAMILIES:
     raise WeightsError(f"{path} describes model_type={model_type!r}; ViT loads the ViT family, "
                        f"model_type one of {sorted(_VIT_FAMILIES)}.")
@@ -351,7 +353,7 @@ def _weight_files(directory: pathlib.Path) -> list[pathlib.Path]:
     raise FileNotFoundError(f"No {WEIGHTS_FILE} in {directory}; PyTorch .bin checkpoints are "
                             "not read (no torch at run time): re-save them with "
                             "save_pretrained(..., safe_serialization=True).")
-  weight_map = _read_json(index_path).get("weight_map")
+  weight_map = read_json(index_path).get("weight_map")
   if not isinstance(weight_map, dict) or not weight_map:
     raise WeightsError(f"{index_path} has no \"weight_map\" of tensor names to shard files; "
                        "re-copy the checkpoint.")
