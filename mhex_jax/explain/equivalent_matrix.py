@@ -275,7 +275,8 @@ def token_saliency(blocks: Sequence[MHEXBlock], targets: jax.Array, token_mask: 
     (saliency f32[B, T] normalised over ``token_mask``, raw per-layer maps [B, T]).
   """
   cams = token_cams(blocks, targets, beta_neg=beta_neg, **options)
-  total = sum(w * c for w, c in zip(layer_weights(len(cams), layers, alpha), cams))
+  # Layers of weight 0 left out of the sum: under jit their maps are then never computed.
+  total = sum(w * c for w, c in zip(layer_weights(len(cams), layers, alpha), cams) if w)
   return normalize_maps(total, token_mask), cams
 
 
@@ -445,7 +446,8 @@ def mhex_patch_saliency(model: Any, variables: Any, images: jax.Array,
                     feature_norm=feature_norm, beta_neg=beta_neg, **options)
   cams = [c[:, prefix:].reshape(c.shape[0], *model.grid_size) for c in cams]
   weights = layer_weights(len(cams), layers, alpha)
-  total = sum(w * c for w, c in zip(weights, cams))
+  # Layers of weight 0 left out of the sum: under jit their maps are then never computed.
+  total = sum(w * c for w, c in zip(weights, cams) if w)
   # One resize: every layer of a ViT shares the patch grid.
   saliency = normalize_maps(integrate_cams([total], images.shape[1:3], alpha=1.0))
   return Saliency(saliency, cams, forward.logits, forward.targets)

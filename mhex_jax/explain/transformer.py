@@ -148,8 +148,26 @@ def rollout_matrix(attentions: Sequence[jax.Array], *, start_layer: int = 0) -> 
   return rollout_matrices(attentions[start_layer:])[-1]
 
 
+def mixing_matrices(attentions: Sequence[jax.Array]) -> list[jax.Array]:
+  """Each layer's token mixing M_l = rownorm(mean_h α^(l) + I): attention averaged over heads,
+  plus the residual stream, rows normalised to 1.
+
+  Args:
+    attentions: per-layer probabilities f32[B, H, T, T], input → output order.
+
+  Returns:
+    L matrices f32[B, T, T].
+  """
+  eye = jnp.eye(attentions[0].shape[-1], dtype=jnp.float32)
+  mixings = []
+  for probs in attentions:
+    mixing = jnp.mean(probs.astype(jnp.float32), axis=1) + eye
+    mixings.append(mixing / jnp.sum(mixing, axis=-1, keepdims=True))
+  return mixings
+
+
 def rollout_matrices(attentions: Sequence[jax.Array]) -> list[jax.Array]:
-  """Every partial rollout J_l = M_l ⋯ M_1 (l = 1..L), M_l = rownorm(mean_h α^(l) + I).
+  """Every partial rollout J_l = M_l ⋯ M_1 (l = 1..L), M_l from ``mixing_matrices``.
 
   Args:
     attentions: per-layer probabilities f32[B, H, T, T], input → output order.
@@ -158,12 +176,10 @@ def rollout_matrices(attentions: Sequence[jax.Array]) -> list[jax.Array]:
     L matrices f32[B, T, T]; row i of J_l is how much of token i's state after layer l's
     attention comes from each input token (rows sum to 1).
   """
-  eye = jnp.eye(attentions[0].shape[-1], dtype=jnp.float32)
-  joint = jnp.broadcast_to(eye, attentions[0].shape[:1] + eye.shape)
+  mixings = mixing_matrices(attentions)
+  joint = jnp.broadcast_to(jnp.eye(mixings[0].shape[-1], dtype=jnp.float32), mixings[0].shape)
   joints = []
-  for probs in attentions:
-    mixing = jnp.mean(probs.astype(jnp.float32), axis=1) + eye
-    mixing = mixing / jnp.sum(mixing, axis=-1, keepdims=True)
+  for mixing in mixings:
     joint = jnp.einsum("bij,bjk->bik", mixing, joint)
     joints.append(joint)
   return joints
