@@ -94,3 +94,20 @@ def randomise_torch_model(model):
 def max_abs_diffs(ours, theirs):
   """Max |ours − theirs| per pair of (JAX array, torch tensor)."""
   return [float(np.max(np.abs(np.asarray(a) - b.numpy()))) for a, b in zip(ours, theirs)]
+
+
+def mhex_calls(model, variables, *inputs):
+  """((args, kwargs) of every MHEX module call of one forward pass, in call order,
+  (logits, {"mhex": the sown features})) of ``model.apply(variables, *inputs)``."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  from mhex_jax.models import mhex as mhex_lib  # pylint: disable=g-import-not-at-top
+  calls = []
+
+  def record(next_fn, args, kwargs, context):
+    if isinstance(context.module, mhex_lib.MHEX):
+      calls.append((args, kwargs))
+    return next_fn(*args, **kwargs)
+
+  with nn.intercept_methods(record):
+    out = model.apply(variables, *inputs, mutable=["mhex"])
+  return calls, out

@@ -2,7 +2,6 @@
 
 import shutil
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,7 +10,7 @@ import safetensors.numpy
 import torch
 import transformers
 
-from conftest import max_abs_diffs, randomise_torch_model
+from conftest import max_abs_diffs, mhex_calls, randomise_torch_model
 from mhex_jax import weights
 from mhex_jax.explain import equivalent_matrix
 from mhex_jax.models import bert
@@ -102,15 +101,7 @@ def test_identity_gate_reproduces_plain_hidden_states(classifier_dir, placement)
 def test_class_token_is_excluded_from_the_token_means(classifier_dir):
   model, variables = weights.load_vit(classifier_dir, num_classes=3, gate_init="random")
   images = _images()
-  calls = []
-
-  def record(next_fn, args, kwargs, context):
-    if isinstance(context.module, mhex_lib.MHEX):
-      calls.append((args, kwargs))
-    return next_fn(*args, **kwargs)
-
-  with nn.intercept_methods(record):
-    logits = model.apply(variables, images)
+  calls, (logits, _) = mhex_calls(model, variables, images)
   (s, r), kwargs = calls[0]
   np.testing.assert_array_equal(kwargs["mask"], [[False] + [True] * 16] * 2)
   mhex_params = variables["params"]["layer_00"]["mhex"]

@@ -4,7 +4,6 @@ out of the MHEX token means and of every map."""
 
 import logging
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,7 +11,7 @@ import pytest
 import torch
 import transformers
 
-from conftest import max_abs_diffs, randomise_torch_model
+from conftest import max_abs_diffs, mhex_calls, randomise_torch_model
 from mhex_jax import tasks
 from mhex_jax import weights
 from mhex_jax.errors import ConfigError
@@ -196,15 +195,7 @@ def test_mhex_token_means_and_maps_skip_every_prefix_token(mhex_models, family):
   model, variables, images = mhex_models[family]
   prefix, grid = PREFIX_AND_GRID[family]
   assert (model.num_prefix_tokens, model.grid_size) == (prefix, grid)
-  calls = []
-
-  def record(next_fn, args, kwargs, context):
-    if isinstance(context.module, mhex_lib.MHEX):
-      calls.append((args, kwargs))
-    return next_fn(*args, **kwargs)
-
-  with nn.intercept_methods(record):
-    logits, state = model.apply(variables, images, mutable=["mhex"])
+  calls, (logits, state) = mhex_calls(model, variables, images)
   (s, r), kwargs = calls[0]
   np.testing.assert_array_equal(kwargs["mask"], [[False] * prefix + [True] * np.prod(grid)] * 2)
   layer = variables["params"]["layer_00"]["mhex"]
