@@ -79,9 +79,8 @@ def _pretrained_arguments(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The constructor arguments ``config.model_init`` fixes: a checkpoint's config.json (its
   architecture, dropout rates, init range) or a workdir's model (its architecture)."""
   if weights.is_workdir(config.model_init):
-    saved_config = workdir_lib.load_config(config.model_init)
     weights.check_workdir(config.model_init, config.model_name)
-    saved = create_model(saved_config)
+    saved = create_model(workdir_lib.load_config(config.model_init))
     return {k: tuple(v) if isinstance(v, list) else v
             for k, v in ((k, getattr(saved, k)) for k in weights.ARCHITECTURE
                          if hasattr(saved, k))}

@@ -539,9 +539,7 @@ def _fill_params(init_params: Any, mapping: _Mapping,
       non_finite.append(f"{origin} holds {bad} non-finite values (NaN or inf) of {tensor.size}")
       continue
     flat[path] = transform(tensor)
-  leftover = sorted(k for k in tensors if k not in used)
-  unexpected = [k for k in leftover if not skip(k)]
-  skipped = [k for k in leftover if skip(k)]
+  unexpected = sorted(k for k in tensors if k not in used and not skip(k))
 
   if missing or unexpected or misshaped or non_finite:
     lines = [f"Cannot load {description}:"]
@@ -555,10 +553,16 @@ def _fill_params(init_params: Any, mapping: _Mapping,
       lines.append("Non-finite weights mean a damaged file or a checkpoint saved after its "
                    "training diverged: re-copy it or use another checkpoint.")
     raise WeightsError("\n".join(lines))
-  if skipped:
-    logging.info("%s: skipped %d checkpoint tensors: %s", description, len(skipped),
-                 ", ".join(skipped))
   return flax.traverse_util.unflatten_dict({p: jnp.asarray(v) for p, v in flat.items()})
+
+
+def _log_load(description: str, mapping: _Mapping, params: Any, unused: list[str]) -> None:
+  """The load's one log line: how many arrays loaded, which started fresh, what went unused."""
+  fresh = sorted("params/" + "/".join(p) for p in flax.traverse_util.flatten_dict(params)
+                 if p not in mapping.entries)
+  logging.info("%s: loaded %d arrays, kept %d fresh (%s), left %d file tensors unused (%s).",
+               description, len(mapping.entries), len(fresh), ", ".join(fresh) or "none",
+               len(unused), ", ".join(unused) or "none")
 
 
 def checkpoint_shape(transform: Transform, model_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -621,13 +625,9 @@ def _load_bert_params(model: bert_lib.BERT, params: Any, checkpoint_dir,
       k.endswith(_BERT_BUFFERS) or k.startswith(family.unused))}
   loaded = _fill_params(params, mapping, {k: v for k, v in tensors.items() if k not in skipped},
                         lambda key: False, new_head, description)
-  fresh = sorted("params/" + "/".join(p) for p in flax.traverse_util.flatten_dict(params)
-                 if p not in mapping.entries)
-  unused = sorted(tensors[k][1].rpartition(": ")[2] for k in skipped
-                  if not k.endswith(_BERT_BUFFERS))
-  logging.info("%s: loaded %d arrays, kept %d fresh (%s), left %d file tensors unused (%s).",
-               description, len(mapping.entries), len(fresh), ", ".join(fresh) or "none",
-               len(unused), ", ".join(unused) or "none")
+  _log_load(description, mapping, params,
+            sorted(tensors[k][1].rpartition(": ")[2] for k in skipped
+                   if not k.endswith(_BERT_BUFFERS)))
   return loaded
 
 
@@ -664,13 +664,9 @@ def _load_vit_params(model: vit_lib.ViT, params: Any, checkpoint_dir, new_head: 
 
   loaded = _fill_params(params, mapping, tensors, skip, new_head, description)
   used = {key for key, _ in mapping.entries.values()}
-  fresh = sorted("params/" + "/".join(p) for p in flax.traverse_util.flatten_dict(params)
-                 if p not in mapping.entries)
-  unused = sorted(origin.rpartition(": ")[2] for key, (_, origin) in tensors.items()
-                  if key not in used)
-  logging.info("%s: loaded %d arrays, kept %d fresh (%s), left %d file tensors unused (%s).",
-               description, len(mapping.entries), len(fresh), ", ".join(fresh) or "none",
-               len(unused), ", ".join(unused) or "none")
+  _log_load(description, mapping, params,
+            sorted(origin.rpartition(": ")[2] for key, (_, origin) in tensors.items()
+                   if key not in used))
   return loaded
 
 
