@@ -229,7 +229,7 @@ def versus_pytorch(size, batch, rounds, ig_steps, ig_rounds):
   model, variables = build("resnet18", size)
   x, y = _images(batch, size), _targets(batch)
   forward = _forward(model)
-  ig_options = {"steps": ig_steps, "chunk_size": min(ig_steps, 10)}
+  ig_options = {"steps": ig_steps}  # chunk_size None: every path point in as few passes as fit.
   methods = {"mhex": {}, "grad_cam": {}}
   if ig_rounds:
     methods["integrated_gradients"] = ig_options
@@ -322,7 +322,7 @@ def main():
     # IG as in the PyTorch rows below (8 steps, one chunk), so the programs compile once
     # where JAX's persistent cache is on (the tests).
     rows += explainers_vs_forward(["grad_cam", "integrated_gradients"], 112, 1, rounds,
-                                  {"integrated_gradients": {"steps": 8, "chunk_size": 8}})
+                                  {"integrated_gradients": {"steps": 8}})
     rows += tokens_vs_forward(2, 64, rounds)
     rows += train_step_ratio("resnet18", 32, 4, rounds)
     rows += metrics_vs_model_calls(32, 2, 4, rounds, length=32)
@@ -333,8 +333,11 @@ def main():
     # The costly groups (seconds a call) get at most 5 rounds.
     rows += explainers_vs_forward(
         list(registry.IMAGE_METHODS), 112, 8, min(rounds, 5),
-        {"integrated_gradients": {"steps": 50, "chunk_size": 10},
-         "score_cam": {"chunk_size": 64}, "smoothgrad": {"chunk_size": 25}})
+        {"integrated_gradients": {"steps": 50}, "score_cam": {"chunk_size": 64}})
+    # The gradient methods at 224² too (the path methods in as many passes as fit in memory).
+    rows += explainers_vs_forward(
+        ["vanilla_gradient", "gradient_x_input", "grad_cam", "smoothgrad",
+         "integrated_gradients"], 224, 8, min(rounds, 3), {"integrated_gradients": {"steps": 50}})
     rows += tokens_vs_forward(8, 128, rounds)
     rows += train_step_ratio("resnet18", 112, 32, rounds)
     rows += train_step_ratio("vit_s16", 224, 8, rounds)

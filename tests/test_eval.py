@@ -24,9 +24,9 @@ from mhex_jax.metrics import text as text_metrics
 
 FAST_OPTIONS = {
     "score_cam": {"chunk_size": 4},
-    "smoothgrad": {"num_samples": 3, "chunk_size": 3},
-    "integrated_gradients": {"steps": 4, "chunk_size": 2},
-    "embedding_integrated_gradients": {"steps": 4, "chunk_size": 2},
+    "smoothgrad": {"num_samples": 3},
+    "integrated_gradients": {"steps": 4},
+    "embedding_integrated_gradients": {"steps": 4},
 }
 
 

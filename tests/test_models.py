@@ -84,3 +84,16 @@ def test_stems_last_stage_stride_and_restricted_stages():
   assert "mhex" not in variables["params"]["block_00"]
   with pytest.raises(ValueError, match="mhex_stages"):
     resnet.ResNet(num_classes=3, mhex_stages=(4,)).init(jax.random.key(0), x)
+
+
+@pytest.mark.parametrize("shape", [(2, 7, 9, 3), (1, 8, 8, 2), (2, 16, 12, 4)])
+def test_stem_max_pool_is_flax_max_pool_in_value_and_gradient(shape):
+  """The nine-slice max pool against nn.max_pool (select-and-scatter): the same values and, on
+  inputs without ties, the same gradient; odd sizes check the output size and the padding."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  x = jax.random.normal(jax.random.key(0), shape)
+  reference = lambda x: nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+  np.testing.assert_array_equal(resnet.stem_max_pool(x), reference(x))
+  cotangent = jax.random.normal(jax.random.key(1), reference(x).shape)
+  grad = lambda pool: jax.grad(lambda x: jnp.sum(pool(x) * cotangent))(x)
+  np.testing.assert_array_equal(grad(resnet.stem_max_pool), grad(reference))

@@ -49,7 +49,6 @@ named points defaults to the last such map to be computed (in a CNN, the map its
 pools); one with none raises an error for the CAM methods.
 """
 
-import functools
 from collections.abc import Mapping
 from typing import Any, NamedTuple, Optional
 
@@ -62,6 +61,7 @@ from mhex_jax.explain.maps import check_chunk_size
 from mhex_jax.explain.maps import describe
 from mhex_jax.explain.maps import map_in_chunks
 from mhex_jax.explain.maps import normalize_maps
+from mhex_jax.explain.maps import sum_in_chunks
 from mhex_jax.models import vit as vit_lib
 from mhex_jax.models import common
 from mhex_jax.models.common import HIDDEN_STATES, LAYER_INPUT, PERTURBATIONS
@@ -415,7 +415,7 @@ def gradient_x_input(model, variables: Any, images: jax.Array,
 
 def smoothgrad(model, variables: Any, images: jax.Array, targets: jax.Array, *,
                num_samples: int = 50, noise_level: float = 0.15,
-               chunk_size: Optional[int] = 10, rng: Optional[jax.Array] = None) -> jax.Array:
+               chunk_size: Optional[int] = None, rng: Optional[jax.Array] = None) -> jax.Array:
   """SmoothGrad (Smilkov et al. 2017): max over channels of |mean_n ∂z_c/∂x(x + ε_n)|.
 
   The signed gradients are averaged, then reduced like ``vanilla_gradient``.
@@ -425,7 +425,8 @@ def smoothgrad(model, variables: Any, images: jax.Array, targets: jax.Array, *,
     num_samples: n noisy copies per example.
     noise_level: noise std as a fraction of each example's input range max(x) − min(x) (the
       paper recommends 0.1–0.2).
-    chunk_size: noisy copies whose gradients run together (memory ∝ chunk_size · B); None = all.
+    chunk_size: noisy images (over all examples: up to n·B) whose gradients run as one batch;
+      memory grows with it. None = as many as fit (``attribution.fitting_chunk_size``).
     rng: PRNG key of the noise; None = ``jax.random.key(0)``. Every example of the batch gets
       the same standard-normal draws (scaled by its own range), so a map does not depend on
       the other examples of the batch.
@@ -435,22 +436,27 @@ def smoothgrad(model, variables: Any, images: jax.Array, targets: jax.Array, *,
   """
   if num_samples < 1:
     raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
-  check_chunk_size(chunk_size)
-  _check_inputs(images, targets)
+  targets = _check_inputs(images, targets)
+  batch = images.shape[0]
+  chunk_size = attribution.resolved_chunk_size(chunk_size, model.apply, variables,
+                                               (images[:1],), num_samples * batch)
   rng = jax.random.key(0) if rng is None else rng
   spread = (jnp.max(images, axis=(1, 2, 3), keepdims=True)
             - jnp.min(images, axis=(1, 2, 3), keepdims=True))
   noise = jax.random.normal(rng, (num_samples, *images.shape[1:]), images.dtype)
-  gradient = functools.partial(input_gradients, model, variables, targets=targets)
-  grads = map_in_chunks(lambda eps: gradient(images + noise_level * spread * eps[None]), noise,
-                        chunk_size)
-  return _max_abs_over_channels(jnp.mean(grads, axis=0))
+
+  def gradients(items, examples):
+    noisy = images[examples] + noise_level * spread[examples] * noise[items // batch]
+    return input_gradients(model, variables, noisy, targets[examples])
+
+  total = sum_in_chunks(gradients, num_samples * batch, batch, chunk_size)
+  return _max_abs_over_channels(total / num_samples)
 
 
 def integrated_gradients_attributions(model, variables: Any, images: jax.Array,
                                       targets: jax.Array, *, steps: int = 50,
                                       baseline: Optional[jax.Array] = None,
-                                      chunk_size: Optional[int] = 10) -> jax.Array:
+                                      chunk_size: Optional[int] = None) -> jax.Array:
   """Unreduced Integrated Gradients f32[B, H, W, C]; they sum to ≈ z_c(x) − z_c(baseline).
 
   Args:
@@ -458,18 +464,21 @@ def integrated_gradients_attributions(model, variables: Any, images: jax.Array,
     steps: midpoint-rule path points (``attribution.path_integral``).
     baseline: broadcastable to images; None = zeros in normalised input space (the mean image
       of the normalisation statistics).
-    chunk_size: path points whose gradients run together (memory ∝ chunk_size · B); None = all.
+    chunk_size: path-point images (over all examples: up to steps·B) whose gradients run as one
+      batch; memory grows with it. None = as many as fit (``attribution.fitting_chunk_size``).
   """
-  _check_inputs(images, targets)
+  targets = _check_inputs(images, targets)
   baseline = jnp.zeros_like(images) if baseline is None else jnp.asarray(baseline, images.dtype)
-  gradient = functools.partial(input_gradients, model, variables, targets=targets)
-  return attribution.path_integral(gradient, images, baseline, steps=steps,
-                                   chunk_size=chunk_size)
+  chunk_size = attribution.resolved_chunk_size(chunk_size, model.apply, variables,
+                                               (images[:1],), steps * images.shape[0])
+  return attribution.path_integral(
+      lambda points, examples: input_gradients(model, variables, points, targets[examples]),
+      images, baseline, steps=steps, chunk_size=chunk_size)
 
 
 def integrated_gradients(model, variables: Any, images: jax.Array, targets: jax.Array, *,
                          steps: int = 50, baseline: Optional[jax.Array] = None,
-                         chunk_size: Optional[int] = 10) -> jax.Array:
+                         chunk_size: Optional[int] = None) -> jax.Array:
   """Integrated Gradients (Sundararajan et al. 2017) reduced to |Σ_c IG|, f32[B, H, W].
 
   Args: as ``integrated_gradients_attributions``.

@@ -7,6 +7,8 @@
   are concrete (on the host, outside ``jit``).
 * ``check_chunk_size``, ``map_in_chunks`` and ``map_flat_index``: ``lax.map`` over perturbed
   copies of a batch, ``chunk_size`` at a time, so memory is bounded by one chunk.
+* ``sum_in_chunks``: per-example sums of a gradient over many items (path points, noisy
+  copies), chunk by chunk, the chunks unrolled (gradients inside a loop run slower on CPU).
 * ``describe``: ``float32[2, 3]``, how error messages name an array.
 """
 
@@ -89,3 +91,29 @@ def map_flat_index(fn: Callable[[jax.Array], jax.Array], num_items: int,
   out = jax.lax.map(lambda start: fn(jnp.minimum(start + jnp.arange(chunk), num_items - 1)),
                     jnp.arange(num_chunks) * chunk)
   return out.reshape(num_chunks * chunk, *out.shape[2:])[:num_items]
+
+
+def sum_in_chunks(fn: Callable[[jax.Array, jax.Array], jax.Array], num_items: int,
+                  batch: int, chunk_size: Optional[int]) -> jax.Array:
+  """Σ over items i of example e: ``fn(items, examples)`` summed per example, [batch, ...].
+
+  Item i belongs to example ``i % batch`` (item = step · batch + example). ``fn`` takes
+  int32[n] item indices and their examples and returns [n, ...]; it runs on consecutive chunks
+  of at most ``chunk_size`` items (None = all in one call). The chunks are unrolled in the
+  program, not a ``lax.map`` loop: XLA:CPU compiles the backward convolutions of a gradient
+  inside a loop body without YNNPACK, which made Integrated Gradients 2.5× slower
+  (benchmarks/README.md); each chunk is one more copy of ``fn``'s program to compile. Each
+  chunk's results are added per example by a one-hot product (a dot, at full float32
+  precision), not a scatter.
+  """
+  chunk = num_items if chunk_size is None else min(check_chunk_size(chunk_size), num_items)
+  total = None
+  for start in range(0, num_items, chunk):
+    items = jnp.arange(start, min(start + chunk, num_items), dtype=jnp.int32)
+    examples = items % batch
+    values = fn(items, examples)
+    flat = values.reshape(values.shape[0], -1).astype(jnp.float32)
+    owners = jax.nn.one_hot(examples, batch, dtype=jnp.float32)
+    summed = jnp.einsum("nb,nd->bd", owners, flat, precision=jax.lax.Precision.HIGHEST)
+    total = summed if total is None else total + summed
+  return total.reshape((batch,) + values.shape[1:])

@@ -329,7 +329,8 @@ def integrated_gradients(model: Any, variables: Any, inputs: Mapping[str, jax.Ar
 
   Args:
     steps: m midpoint-rule path points (completeness error O(1/m²)).
-    chunk_size: path points evaluated together (memory ∝ chunk_size · B); None = all.
+    chunk_size: path points (over all examples: up to m·B) whose gradients run as one batch;
+      memory grows with it. None = as many as fit (``attribution.fitting_chunk_size``).
     baseline: "pad": the embedding output of the same input with every id replaced by
       ``pad_id`` (positions and token types kept); for ViT, of an all-zero image (class token
       and positions kept, so the class token scores 0). "zeros": h = 0.
@@ -347,24 +348,30 @@ def integrated_gradients(model: Any, variables: Any, inputs: Mapping[str, jax.Ar
     reference = _first_layer_input(model, variables, _baseline_args(tokens, pad_id))
   else:
     reference = jnp.zeros_like(embeddings)
+  batch = embeddings.shape[0]
+  chunk_size = attribution.resolved_chunk_size(
+      chunk_size, model.apply, variables, tuple(a[:1] for a in tokens.args), steps * batch)
 
-  shapes = jax.eval_shape(lambda: model.apply(variables, *tokens.args, train=False,
-                                              mutable=[common.PERTURBATIONS])[1])
-  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes[common.PERTURBATIONS])
-  first = min(k for k in zeros if k.startswith("layer_"))
+  def gradients(points, examples):
+    args = tuple(a[examples] for a in tokens.args)
+    shapes = jax.eval_shape(lambda: model.apply(variables, *args, train=False,
+                                                mutable=[common.PERTURBATIONS])[1])
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes[common.PERTURBATIONS])
+    first = min(k for k in zeros if k.startswith("layer_"))
 
-  def target_logit(shift):
-    # ``shift`` moves the embedding output from x to the path point.
-    shift = shift.astype(zeros[first][common.LAYER_INPUT].dtype)
-    perturbations = {**zeros, first: {**zeros[first], common.LAYER_INPUT: shift}}
-    head_logits = model.apply({**variables, common.PERTURBATIONS: perturbations}, *tokens.args,
-                              train=False)
-    return jnp.sum(attribution.target_logits(head_logits, targets))
+    def target_logit(shift):
+      # ``shift`` moves the embedding output from x to the path point.
+      shift = shift.astype(zeros[first][common.LAYER_INPUT].dtype)
+      perturbations = {**zeros, first: {**zeros[first], common.LAYER_INPUT: shift}}
+      head_logits = model.apply({**variables, common.PERTURBATIONS: perturbations}, *args,
+                                train=False)
+      return jnp.sum(attribution.target_logits(head_logits, targets[examples]))
 
-  shift_grad = jax.grad(target_logit)
+    return jax.grad(target_logit)(points - embeddings[examples])
+
   attributions = attribution.path_integral(
-      lambda points: shift_grad(points - embeddings), embeddings.astype(jnp.float32),
-      reference.astype(jnp.float32), steps=steps, chunk_size=chunk_size)
+      gradients, embeddings.astype(jnp.float32), reference.astype(jnp.float32), steps=steps,
+      chunk_size=chunk_size)
   return _finish(jnp.sum(attributions, axis=-1), tokens)
 
 

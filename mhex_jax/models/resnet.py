@@ -26,6 +26,24 @@ from mhex_jax.errors import ConfigError
 from mhex_jax.models import mhex as mhex_lib
 from mhex_jax.models.common import HIDDEN_STATES, perturb
 
+def stem_max_pool(x: jax.Array) -> jax.Array:
+  """The stem's 3×3 max pool, stride 2, padding 1 ([B, H, W, C] → [B, ⌈H/2⌉, ⌈W/2⌉, C]), as the
+  maximum of the nine strided window slices.
+
+  The values are ``nn.max_pool``'s. The gradient differs in cost, not value: it is elementwise
+  selects, where ``nn.max_pool``'s select-and-scatter (with its index arrays) cost XLA:CPU
+  nearly a forward pass of ResNet-18 (benchmarks/README.md). At an exact tie between window
+  entries the gradient is shared among them instead of going to the first; after the ReLU the
+  common tie, at 0, gets no gradient either way.
+  """
+  height, width = x.shape[1:3]
+  out_height, out_width = (height - 1) // 2 + 1, (width - 1) // 2 + 1
+  padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+  windows = [padded[:, i:i + 2 * out_height - 1:2, j:j + 2 * out_width - 1:2]
+             for i in range(3) for j in range(3)]
+  return functools.reduce(jnp.maximum, windows)
+
+
 STAGE_SIZES = {
     18: (2, 2, 2, 2),
     34: (3, 4, 6, 3),
@@ -170,7 +188,7 @@ class ResNet(nn.Module):
     if self.stem == "imagenet":
       x = _conv(self.width, 7, 2, self.dtype, "stem_conv")(x)
       x = nn.relu(norm(name="stem_bn")(x))
-      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+      x = stem_max_pool(x)
     else:
       x = _conv(self.width, 3, 1, self.dtype, "stem_conv")(x)
       x = nn.relu(norm(name="stem_bn")(x))
