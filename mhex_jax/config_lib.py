@@ -248,12 +248,13 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval.replacement_token = "pad"  # Text AOPC/LOdds replacement: "pad" or "mask".
   config.eval.aopc_absolute = False  # |p(x) − p(x̃)| as the official AttCAT code.
   config.eval.collaboration_examples = 0  # > 0: SPEC §6 analysis on that many examples.
-  # Per-method options; multi-pass methods take a chunk size that bounds memory.
+  # Per-method options; multi-pass methods take a chunk size that bounds memory. The path
+  # methods' chunk_size counts images (path points × examples); None: as many as fit.
   config.eval.explainer_options = ml_collections.ConfigDict({
       "score_cam": {"chunk_size": 16},
-      "smoothgrad": {"num_samples": 25, "noise_level": 0.15, "chunk_size": 25},
-      "integrated_gradients": {"steps": 32, "chunk_size": 16},
-      "embedding_integrated_gradients": {"steps": 32, "chunk_size": 16},
+      "smoothgrad": {"num_samples": 25, "noise_level": 0.15, "chunk_size": placeholder(int)},
+      "integrated_gradients": {"steps": 32, "chunk_size": placeholder(int)},
+      "embedding_integrated_gradients": {"steps": 32, "chunk_size": placeholder(int)},
   })
   return config
 
