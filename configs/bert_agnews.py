@@ -54,7 +54,8 @@ def get_config(arg=None):
   config.data.eval_path = ""
   config.data.eval_fraction = 0.2
   config.data.split_seed = 0
-  config.data.max_len = 64
+  # Tokens per text, or "auto" (from the training texts' lengths; see configs/text_csv.py).
+  config.data.max_len = ml_collections.FieldReference(64, field_type=object)
   # Columns are 0-based numbers or header names; has_header True, False or "auto" (detected,
   # see mhex_jax.data.text.load_csv). Typed `object` so that --config.data.label_column=sentiment
   # and --config.data.has_header=True both parse.

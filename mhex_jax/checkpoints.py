@@ -9,6 +9,10 @@ compares the saved arrays with those the config builds (a mismatch names the dif
 it is the config, not the checkpoint, that is wrong), then reads them and verifies their
 checksums. A step that cannot be read or fails its checksums is damaged: it is reported with its
 directory and the restore falls back to the previous intact step.
+
+With ``train.keep_best`` training also keeps its best step, variables alone, in
+``WORKDIR/best_checkpoint`` (``save_best``); evaluation and explanation read that step
+(``restore_variables``), resuming reads ``WORKDIR/checkpoints`` as always.
 """
 
 import dataclasses
@@ -29,6 +33,9 @@ from mhex_jax.errors import CheckpointError
 
 VARIABLES, OPTIMIZER, META = "variables", "optimizer", "meta"
 DAMAGED_DIR = "damaged_checkpoints"  # Beside checkpoints/: where train moves damaged steps.
+# Beside checkpoints/: the step train.keep_best selected (its variables alone), which eval and
+# explain read instead of the latest step.
+BEST_DIR = "best_checkpoint"
 _MULTIPLIER = np.uint32(0x9E3779B1)  # Odd: every position weight below is odd.
 
 
@@ -45,11 +52,20 @@ def has_steps(workdir: files.PathLike) -> bool:
 def manager(workdir: files.PathLike, keep: int = 1, create: bool = True
             ) -> ocp.CheckpointManager:
   """The orbax manager of ``WORKDIR/checkpoints`` keeping the last ``keep`` steps."""
+  return _manager(checkpoint_dir(workdir), keep, create)
+
+
+def best_manager(workdir: files.PathLike, create: bool = True) -> ocp.CheckpointManager:
+  """The orbax manager of ``WORKDIR/best_checkpoint`` (``train.keep_best``): one step."""
+  return _manager(files.workdir_path(workdir) / BEST_DIR, 1, create)
+
+
+def _manager(directory, keep: int, create: bool) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create)
   # The handlers named up front, so a fresh manager can read a step's metadata.
   handlers = {VARIABLES: ocp.PyTreeCheckpointHandler(),
               OPTIMIZER: ocp.PyTreeCheckpointHandler(), META: ocp.JsonCheckpointHandler()}
-  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_handlers=handlers)
+  return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
 
 
 def _path(key_path) -> str:
@@ -94,6 +110,37 @@ def save(checkpoints: ocp.CheckpointManager, step: int, state: Any,
   checkpoints.save(step, args=ocp.args.Composite(
       **{name: ocp.args.PyTreeSave(tree) for name, tree in items.items()},
       **{META: ocp.args.JsonSave(meta)}), force=True)
+
+
+def save_best(checkpoints: ocp.CheckpointManager, step: int, variables: dict[str, Any],
+              selection: dict[str, float]) -> None:
+  """Saves ``variables`` ({"params", "batch_stats"}) as the best step in ``best_manager``'s
+  directory, with ``selection`` (what chose it, e.g. {"val_accuracy": 0.9}) in its meta, and
+  waits until it is written (the previous best step is then deleted)."""
+  meta = {"checksums": {VARIABLES: checksums(variables)}, "pending_metrics": [],
+          "selection": dict(selection)}
+  checkpoints.save(step, args=ocp.args.Composite(
+      **{VARIABLES: ocp.args.PyTreeSave(variables), META: ocp.args.JsonSave(meta)}), force=True)
+  checkpoints.wait_until_finished()
+
+
+def best_selection(checkpoints: ocp.CheckpointManager) -> Optional[tuple[int, dict]]:
+  """(step, selection) of the best step ``save_best`` wrote, or None when there is none."""
+  step = checkpoints.latest_step()
+  if step is None:
+    return None
+  meta = checkpoints.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))
+  return step, dict((meta[META] or {}).get("selection", {}))
+
+
+def _variables_manager(workdir: files.PathLike) -> tuple[Optional[ocp.CheckpointManager], bool]:
+  """The manager whose latest step holds ``workdir``'s model, and whether that step is the
+  best step training kept (``train.keep_best``) rather than the latest."""
+  best = files.workdir_path(workdir) / BEST_DIR
+  if best.is_dir() and any(p.name.isdigit() for p in best.iterdir()):
+    return best_manager(workdir, create=False), True
+  directory = checkpoint_dir(workdir)
+  return (manager(workdir, create=False) if directory.exists() else None), False
 
 
 @dataclasses.dataclass
@@ -287,10 +334,11 @@ def disk_full_error(directory, step: int, last_complete: Optional[int]) -> Check
 
 
 def restore_variables(workdir: files.PathLike, model, dummy_inputs, sharding) -> dict[str, Any]:
-  """{"params", "batch_stats"} of the latest intact checkpoint in ``workdir``, placed with
-  ``sharding`` (evaluation: replicated); nothing else is read (not the optimizer state)."""
+  """{"params", "batch_stats"} of the latest intact checkpoint in ``workdir`` (its best step
+  when training kept one: ``train.keep_best``), placed with ``sharding`` (evaluation:
+  replicated); nothing else is read (not the optimizer state)."""
   directory = checkpoint_dir(workdir)
-  checkpoints = manager(workdir, create=False) if directory.exists() else None
+  checkpoints, is_best = _variables_manager(workdir)
   if checkpoints is None or checkpoints.latest_step() is None:
     raise CheckpointError(f"No checkpoint in {directory}; train first: python train.py "
                           f"--config=... --workdir={workdir}")
@@ -300,16 +348,18 @@ def restore_variables(workdir: files.PathLike, model, dummy_inputs, sharding) ->
             for k in ("params", "batch_stats")}
   restored = restore(checkpoints, {VARIABLES: target})
   checkpoints.close()
-  logging.info("Restored %s at step %d.", workdir, restored.step)
+  logging.info("Restored %s at step %d%s.", workdir, restored.step,
+               f", its best step ({checkpoints.directory}; train.keep_best)" if is_best else "")
   return {"params": {}, "batch_stats": {}, **restored.items[VARIABLES]}
 
 
 def restore_saved_variables(workdir: files.PathLike) -> dict[str, Any]:
-  """{"params", "batch_stats"} of ``workdir``'s latest intact checkpoint as saved, whatever
+  """{"params", "batch_stats"} of ``workdir``'s latest intact checkpoint (its best step when
+  training kept one) as saved, whatever
   model the current config builds (starting a new run from it: ``weights.workdir_import``);
   host arrays, checksums verified."""
   directory = checkpoint_dir(workdir)
-  checkpoints = manager(workdir, create=False) if directory.exists() else None
+  checkpoints, _ = _variables_manager(workdir)
   step = checkpoints.latest_step() if checkpoints is not None else None
   if step is None:
     raise CheckpointError(f"No checkpoint in {directory}; train that workdir first, or point "

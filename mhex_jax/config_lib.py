@@ -25,7 +25,8 @@ def check_arg(arg, allowed: tuple) -> None:
 
 # (field, test, what it must be): checked by ``validate`` before any data is read.
 _POSITIVE_INTS = ("train.batch_size", "train.num_epochs", "train.log_every_steps",
-                  "train.checkpoint_every_steps", "train.keep_checkpoints", "eval.batch_size",
+                  "train.checkpoint_every_steps", "train.keep_checkpoints", "train.min_steps",
+                  "eval.batch_size",
                   "eval.num_explain", "eval.deletion_steps", "eval.deletion_chunk_size",
                   "model.num_classes", "model.input_channels", "model.num_channels")
 _NON_NEGATIVE = ("train.warmup_epochs", "train.end_learning_rate", "train.weight_decay",
@@ -35,9 +36,11 @@ _UNIT_INTERVAL = ("eval.mhex.alpha", "train.label_smoothing")
 # Fields with a fixed set of values (the modules that read them accept the same).
 _CHOICES = {"model_name": ("resnet18", "resnet34", "resnet50", "bert", "vit"),
             "train.optimizer": ("sgd", "adamw"), "train.schedule": ("cosine", "constant"),
-            "train.resume": ("check", "force"), "eval.targets": ("predicted", "labels"),
+            "train.resume": ("check", "force"), "train.keep_best": ("val_accuracy",),
+            "eval.targets": ("predicted", "labels"),
             "eval.replacement_token": ("pad", "mask"),
-            "data.name": ("synthetic", "medmnist", "imagenet", "text"),
+            "data.name": ("synthetic", "medmnist", "imagenet", "text", "folder"),
+            "data.intensity": ("full_range", "min_max", "window"),
             "model.gate_init": ("random", "identity"),
             "model.gate_placement": ("shortcut", "branch", "sum"),
             "model.dtype": ("float32", "bfloat16")}
@@ -102,6 +105,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: Optional[int] = Non
       and end > learning_rate):
     problems.append(f"train.end_learning_rate={end!r} must be at most train.learning_rate="
                     f"{learning_rate!r} (the cosine decays to it)")
+  max_len = _get(config, "data.max_len")
+  if max_len is not None and max_len != "auto" and (isinstance(max_len, bool) or not isinstance(
+      max_len, int) or max_len < 1):
+    problems.append(f"data.max_len={max_len!r} must be a positive integer or 'auto'")
+  val_fraction = _get(config, "data.val_fraction")
+  if isinstance(val_fraction, (int, float)) and not 0 <= val_fraction < 1:
+    problems.append(f"data.val_fraction={val_fraction!r} must be in [0, 1)")
   image_size = _get(config, "data.image_size")
   if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
     problems.append(f"data.image_size={image_size!r} must be a positive integer")
@@ -189,10 +199,16 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.mean = (0.5, 0.5, 0.5)
   config.data.std = (0.25, 0.25, 0.25)
   config.data.augment = ""  # Comma-separated: "flip", "crop".
+  # How image files' pixels become [0, 1] (mhex_jax.data.image_files): "full_range" of their
+  # type (8-bit /255, 16-bit /65535), "min_max" per image, or "window" (DICOM's VOI window).
+  config.data.intensity = "full_range"
   # Class names in class order, for reports, galleries and explain.py (synthetic shapes are
   # named by the data; () = "class 0", "class 1", ...).
   config.data.class_names = ()
   config.data.data_dir = ""  # tfds data_dir (ImageNet).
+  # Text CSVs: the share of each class of the training rows held out for validation (what
+  # train.keep_best selects on; the eval rows stay the same); None or 0: none.
+  config.data.val_fraction = placeholder(float)
 
   config.train = ml_collections.ConfigDict()
   config.train.batch_size = 128
@@ -202,6 +218,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.train.schedule = "cosine"
   config.train.end_learning_rate = placeholder(float)  # The cosine's floor; None: 0.
   config.train.warmup_epochs = 1.0
+  # At least this many steps: a small training set runs more epochs, the schedule (warmup
+  # included) stretched to the longer run. None: num_epochs alone.
+  config.train.min_steps = placeholder(int)
   config.train.momentum = 0.9
   config.train.weight_decay = 5e-4
   config.train.label_smoothing = 0.0
@@ -209,6 +228,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.train.log_every_steps = 50
   config.train.checkpoint_every_steps = 500
   config.train.keep_checkpoints = 3
+  # "val_accuracy": evaluate the validation split (data.val_fraction) after every epoch and
+  # keep the best step in WORKDIR/best_checkpoint, which the final accuracy, eval.py and
+  # explain.py then use (ties go to the later step). None: the last step.
+  config.train.keep_best = placeholder(str)
   # A rerun in a workdir with checkpoints must use the config they were trained with (model,
   # data, schedule); "force" continues with the new values.
   config.train.resume = "check"

@@ -89,16 +89,20 @@ def markdown_table(methods: dict[str, dict[str, float]], metrics=None) -> str:
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Evaluates the latest checkpoint of ``workdir``; writes the report and the gallery."""
+  """Evaluates the latest checkpoint of ``workdir`` (its best step when training kept one:
+  ``train.keep_best``); writes the report and the gallery."""
   mesh = sharding_lib.make_mesh(config.get("num_devices"))
   config_lib.validate(config, mesh.shape[sharding_lib.DATA_AXIS])
   files.check_workdir(workdir, must_exist=True)
+  # What training decided from the data (model.num_classes, data.max_len="auto") stays so.
+  config = input_pipeline.with_data_classes(workdir_lib.with_decisions(config, workdir))
   model = model_lib.create_model(config)
   methods = methods_lib.resolve(config, model)  # Every eval option, before any data is read.
   workdir_lib.check_model(config, workdir)
   scorer = scorer_model(config)
   _, eval_ds = input_pipeline.get_datasets(config.data, config.model.num_classes,
-                                           need_train=False)
+                                           need_train=False,
+                                           max_tokens=model_lib.max_tokens(model))
   replicated = sharding_lib.replicated(mesh)
   variables = checkpoints.restore_variables(workdir, model, eval_ds.dummy_inputs(), replicated)
   scorer_variables = None

@@ -34,18 +34,35 @@ from mhex_jax.metrics import collaboration
 from mhex_jax.metrics import image as image_metrics
 
 
-class Accuracy:
-  """Accuracy of the final head and of every head over a whole eval dataset."""
+# A model whose final head gives one class to at least this share of the examples has
+# collapsed to it (``collapse_warning``).
+COLLAPSE_SHARE = 0.95
 
-  def __init__(self, model, dataset: dataset_lib.Dataset, batch_size: int, mesh):
+
+class Accuracy:
+  """Accuracy of the final head and of every head over a whole eval dataset.
+
+  With ``check_collapse`` (the default) ``run`` also logs ``collapse_warning``'s warning when
+  the final head's predictions collapse to one class or do no better than the eval labels'
+  majority class; a training loop's validation passes False (an early epoch may do either).
+  """
+
+  def __init__(self, model, dataset: dataset_lib.Dataset, batch_size: int, mesh,
+               check_collapse: bool = True):
     self.dataset, self.batch_size, self.mesh = dataset, batch_size, mesh
+    self.check_collapse = check_collapse
     task = tasks.task_of(model)
 
     def step(variables, batch):
       head_logits = task.forward(variables, task.inputs(batch))
       valid = batch["valid"]
-      correct = (jnp.argmax(head_logits, -1) == batch["label"][None]) & valid[None]
-      return {"correct": jnp.sum(correct, axis=1), "count": jnp.sum(valid)}
+      predicted = jnp.argmax(head_logits, -1)
+      correct = (predicted == batch["label"][None]) & valid[None]
+      num_classes = head_logits.shape[-1]
+      count_classes = lambda c: jnp.sum(jax.nn.one_hot(c, num_classes, dtype=jnp.int32)
+                                        * valid[:, None], axis=0)
+      return {"correct": jnp.sum(correct, axis=1), "count": jnp.sum(valid),
+              "predicted": count_classes(predicted[-1]), "labels": count_classes(batch["label"])}
 
     self._step = jax.jit(step, in_shardings=(sharding_lib.replicated(mesh),
                                              sharding_lib.batch_sharded(mesh)),
@@ -53,14 +70,60 @@ class Accuracy:
 
   def run(self, variables) -> dict[str, Any]:
     """{"accuracy", "head_accuracy" (one per head, final last), "num_examples"}."""
-    correct, count = 0, 0
+    correct, count, predicted, labels = 0, 0, 0, 0
     for batch in self.dataset.batches(self.batch_size, train=False):
       out = self._step(variables, sharding_lib.shard_batch(batch, self.mesh))
       correct = correct + np.asarray(out["correct"])
+      predicted = predicted + np.asarray(out["predicted"])
+      labels = labels + np.asarray(out["labels"])
       count += int(out["count"])
     head_accuracy = [float(c) / max(count, 1) for c in correct]
+    if self.check_collapse and count:
+      warning = collapse_warning(predicted, labels, head_accuracy[-1], self.dataset.class_names)
+      if warning:
+        logging.warning("%s", warning)
     return {"accuracy": head_accuracy[-1], "head_accuracy": head_accuracy,
             "num_examples": count}
+
+
+def collapse_warning(predicted_counts: np.ndarray, label_counts: np.ndarray, accuracy: float,
+                     class_names: Optional[Sequence[str]] = None) -> Optional[str]:
+  """What is wrong when a classifier learnt little beyond the class frequencies, or None.
+
+  Args:
+    predicted_counts: int [K], how many eval examples the final head gives each class.
+    label_counts: int [K], how many eval examples each class holds.
+    accuracy: the final head's accuracy on them.
+    class_names: the K class names (None: "class k").
+
+  Returns:
+    None when the labels hold fewer than two classes, or when under COLLAPSE_SHARE of the
+    predictions are one class and the accuracy is above the majority-class rate; otherwise a
+    message naming both figures and the likely causes with their flags.
+  """
+  predicted_counts, label_counts = np.asarray(predicted_counts), np.asarray(label_counts)
+  total = int(label_counts.sum())
+  if total == 0 or np.count_nonzero(label_counts) < 2:
+    return None
+  name = lambda k: repr(class_names[k]) if class_names else f"class {k}"
+  top, majority = int(np.argmax(predicted_counts)), int(np.argmax(label_counts))
+  share, majority_rate = predicted_counts[top] / total, label_counts[majority] / total
+  problems = []
+  if share >= COLLAPSE_SHARE:
+    problems.append(f"{share:.0%} of the {total} eval predictions are {name(top)}")
+  if accuracy <= majority_rate:
+    problems.append(f"the accuracy {accuracy:.4f} is at or below the majority-class rate "
+                    f"{majority_rate:.4f} (always predicting {name(majority)})")
+  if not problems:
+    return None
+  return ("The model has learnt little beyond the class frequencies: " + " and ".join(problems)
+          + ". Likely causes: for text, texts cut short by data.max_len (see the token-length "
+          "report above; --config.data.max_len=auto); too few training steps for the data "
+          "(--config.train.num_epochs, --config.train.min_steps); a learning rate too high or "
+          "too low (--config.train.learning_rate); imbalanced classes (the largest eval class "
+          f"holds {majority_rate:.0%}, which always predicting it scores). "
+          "--config.train.keep_best=val_accuracy (with --config.data.val_fraction) evaluates "
+          "the best epoch instead of the last.")
 
 
 def explained_batches(dataset: dataset_lib.Dataset, fields: Sequence[str], *, batch_size: int,

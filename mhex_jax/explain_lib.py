@@ -17,7 +17,9 @@ classifier and ``id2label`` class names, its images made by its ``preprocessor_c
 (``data.preprocess``; an image checkpoint without one is refused) or its texts by its
 tokenizer, and every post-hoc method of the registry for it by default.
 
-Images of any size and aspect are fitted to a workdir model's input the way it was trained
+Image files (PNG, JPEG, TIFF, DICOM: ``mhex_jax.data.image_files``) are read with the
+config's ``data.intensity``, so a 16-bit file keeps its contrast as in training. Images of any
+size and aspect are fitted to a workdir model's input the way it was trained
 (``fit``: "crop" takes the centred square, the ImageNet configs' central 87.5% of it, "pad" pads
 to a square with the mean colour, "stretch" resizes) or to a pretrained model's by its
 processor, and every map is carried back onto the original image, at its own size (outside a
@@ -47,9 +49,9 @@ from mhex_jax import plotting
 from mhex_jax import sharding as sharding_lib
 from mhex_jax import tasks
 from mhex_jax import workdir as workdir_lib
+from mhex_jax.data import image_files
 from mhex_jax.data import imagenet
 from mhex_jax.data import input_pipeline
-from mhex_jax.data import pipeline
 from mhex_jax.data import preprocess
 from mhex_jax.data import text
 from mhex_jax.errors import UserError
@@ -107,6 +109,8 @@ class Run:
     self.task = tasks.task_of(model)
     self.classes = input_pipeline.class_names(config.data, config.model.num_classes)
     self.image_processor = image_processor
+    # Workdirs saved before the field existed read their 8-bit files as before.
+    self.intensity = config.data.get("intensity", "full_range")
     self.default_methods = tuple(default_methods or (
         (registry.MHEX,) if self.model.mhex else (self.task.default_plain_method,)))
     self._compiled = {}
@@ -162,39 +166,35 @@ class Run:
 
   def prepare_image(self, image: np.ndarray,
                     fit: Optional[str] = None) -> tuple[np.ndarray, tuple]:
-    """uint8 [H, W, C] (C = 1 or 3, any size) -> (normalised model input [S, S, C'], box): the
-    box (left, top, right, bottom) of the image the input covers. ``fit`` (default "crop")
-    is for workdir models; a pretrained model's processor fits its inputs."""
+    """uint8 [H, W, C], or float [H, W, C] in [0, 1] as ``read_image`` gives (C = 1, 3, or 4
+    with alpha dropped; any size) -> (normalised model input [S, S, C'], box): the box (left,
+    top, right, bottom) of the image the input covers. ``fit`` (default "crop") is for workdir
+    models; a pretrained model's processor fits its inputs.
+
+    Float images whose values are all v / 255 (8-bit files, and 16-bit ones that are 8-bit ones
+    ×257) are fitted as their uint8 values, so they give exactly what the 8-bit file gives;
+    other floats (16-bit contrast) are fitted in float32 by the same boxes and bilinear
+    resampling. A pretrained model's processor takes them at 8 bits.
+    """
     if self.image_processor is not None and fit is not None:
       raise UserError(f"fit={fit!r} is for workdir models; a pretrained model's inputs are "
                       f"made by its {preprocess.PROCESSOR_FILE}: leave fit unset.")
     fit = fit or "crop"
     if fit not in FITS:
       raise UserError(f"fit={fit!r}; use one of {FITS}.")
-    image = np.asarray(image)
-    if image.ndim == 2:
-      image = image[..., None]
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
-      raise UserError(f"images must be uint8 [H, W, C] with C in (1, 3, 4), got "
-                      f"{image.dtype}{list(image.shape)}.")
-    pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
-    pil = pil.convert("L" if self.channels == 1 else "RGB")
+    image = _checked_image(image)
     if self.image_processor is not None:
+      if image.dtype != np.uint8:
+        image = _to_uint8(_float_channels(image, self.channels))
+      pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image[..., :3])
+      pil = pil.convert("L" if self.channels == 1 else "RGB")
       return self.image_processor(np.asarray(pil).reshape(*image.shape[:2], self.channels))
     box = self._fit_box(image.shape[0], image.shape[1], fit)
-    if fit == "pad":
-      mean = tuple(int(round(255 * m)) for m in np.broadcast_to(
-          np.asarray(self.config.data.mean), (self.channels,)))
-      canvas = Image.new(pil.mode, (round(box[2] - box[0]), round(box[3] - box[1])),
-                         mean[0] if self.channels == 1 else mean)
-      canvas.paste(pil, (round(-box[0]), round(-box[1])))
-      pil, crop = canvas, None
-    else:
-      crop = box
-    size = self.image_size
-    fitted = np.asarray(pil.resize((size, size), Image.BILINEAR, box=crop)).reshape(
-        size, size, self.channels)
-    return pipeline.normalize(fitted, self.config.data.mean, self.config.data.std), box
+    mean = np.broadcast_to(np.asarray(self.config.data.mean, np.float32), (self.channels,))
+    std = np.broadcast_to(np.asarray(self.config.data.std, np.float32), (self.channels,))
+    fitted = image_files.fit_image(image, self.image_size, self.channels, box,
+                                   fill=mean if fit == "pad" else None)
+    return (fitted - mean) / std, box
 
   def _compiled_fn(self, method: str):
     if method not in self._compiled:
@@ -225,8 +225,8 @@ class Run:
                      methods: Optional[Sequence[str]] = None,
                      target: Union[str, int] = "predicted", fit: Optional[str] = None,
                      sources: Optional[Sequence[str]] = None) -> list[Explanation]:
-    """Explains uint8 images [H, W, C] of any sizes; maps come back at each image's size.
-    ``fit`` (workdir models only, default "crop"): see ``prepare_image``."""
+    """Explains images [H, W, C] of any sizes, uint8 or float in [0, 1]; maps come back at each
+    image's size. ``fit`` (workdir models only, default "crop"): see ``prepare_image``."""
     if self.task.name != "image":
       raise UserError("This is a text model; use explain_texts.")
     methods = self._check_methods(methods)
@@ -245,8 +245,9 @@ class Run:
         image=_display_image(images[i])) for i in range(len(images))]
 
   def explain_files(self, paths: Sequence[str], **options) -> list[Explanation]:
-    """Explains PNG/JPEG files (local or URIs); see ``explain_images`` for the options."""
-    images = [read_image(path) for path in paths]
+    """Explains image files (PNG, JPEG, TIFF, DICOM; local or URIs), read with the config's
+    ``data.intensity``; see ``explain_images`` for the options."""
+    images = [read_image(path, intensity=self.intensity) for path in paths]
     return self.explain_images(images, sources=[os.fspath(p) for p in paths], **options)
 
   # Texts.
@@ -285,6 +286,7 @@ def load(workdir: str, config: Optional[ml_collections.ConfigDict] = None) -> Ru
   """A ``Run`` of ``workdir``'s latest checkpoint, with the config saved there (or ``config``)."""
   if config is None:
     config = workdir_lib.load_config(workdir)
+  config = workdir_lib.with_decisions(config, workdir)  # A given config's "auto" max_len.
   model = model_lib.create_model(config)
   mesh = sharding_lib.make_mesh(1)
   dummy = tasks.task_of(model).dummy_inputs(config.data)
@@ -378,27 +380,50 @@ def _text_length(tokenizer, texts: Sequence[str], max_len: int) -> int:
   return min(max_len, -(-longest // 8) * 8)
 
 
-def read_image(path: files.PathLike) -> np.ndarray:
-  """A PNG/JPEG/... file as uint8 [H, W, C] (C = 1 or 3)."""
-  try:
-    with files.workdir_path(path).open("rb") as f:
-      pil = Image.open(f)
-      pil.load()
-  except FileNotFoundError:
-    raise FileNotFoundError(f"Image file {os.fspath(path)} does not exist.") from None
-  except OSError as error:
-    raise UserError(f"{os.fspath(path)} is not an image PIL can read ({error}); use PNG or "
-                    "JPEG files.") from None
-  pil = pil.convert("L" if pil.mode in ("1", "L", "I", "I;16", "F") else "RGB")
-  image = np.asarray(pil)
-  return image[..., None] if image.ndim == 2 else image
+# An image file as float32 [H, W, C] in [0, 1] (C = 1 or 3): read_image(path, intensity=...).
+read_image = image_files.read_image
 
 
-def _display_image(image: np.ndarray) -> np.ndarray:
+def _checked_image(image) -> np.ndarray:
+  """[H, W, C] uint8, or float32 in [0, 1] (as uint8 when every value is v / 255)."""
   image = np.asarray(image)
   if image.ndim == 2:
     image = image[..., None]
-  return image[..., :3]
+  floating = np.issubdtype(image.dtype, np.floating)
+  if ((image.dtype != np.uint8 and not floating) or image.ndim != 3
+      or image.shape[-1] not in (1, 3, 4)):
+    raise UserError(f"images must be uint8 [H, W, C], or float [H, W, C] in [0, 1], with C in "
+                    f"(1, 3, 4), got {image.dtype}{list(image.shape)}.")
+  if not floating:
+    return image
+  image = image.astype(np.float32)
+  if not (np.isfinite(image).all() and image.min() >= 0 and image.max() <= 1):
+    raise UserError(f"float images must be in [0, 1] (read_image gives them so), got values "
+                    f"in [{np.nanmin(image):g}, {np.nanmax(image):g}] or non-finite.")
+  levels = np.rint(image * 255)
+  if np.array_equal(levels / np.float32(255), image):
+    return levels.astype(np.uint8)
+  return image
+
+
+def _float_channels(image: np.ndarray, channels: int) -> np.ndarray:
+  """float32 [H, W, C] -> [H, W, channels]: alpha dropped, gray repeated, or colour to gray by
+  PIL's convert("L") weights (ITU-R 601-2 luma)."""
+  image = image[..., :3]
+  if image.shape[-1] == channels:
+    return image
+  if channels == 3:
+    return np.repeat(image, 3, axis=-1)
+  return (image @ np.asarray([0.299, 0.587, 0.114], np.float32))[..., None]
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+  return np.rint(np.clip(image, 0, 1) * 255).astype(np.uint8)
+
+
+def _display_image(image: np.ndarray) -> np.ndarray:
+  image = _checked_image(image)
+  return (image if image.dtype == np.uint8 else _to_uint8(image))[..., :3]
 
 
 def _to_original(saliency: np.ndarray, box, shape) -> np.ndarray:

@@ -5,7 +5,7 @@ Layering: ``models`` (the Flax modules, built from constructor arguments) ← ``
 """
 
 import pathlib
-from typing import Any
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -73,6 +73,16 @@ def create_model(config: ml_collections.ConfigDict) -> nn.Module:
       arguments["mhex_stages"] = tuple(arguments["mhex_stages"])
     return models.ResNet(depth=_RESNETS[model_name], **arguments)
   return MODELS[model_name](**arguments)
+
+
+def max_tokens(model: nn.Module) -> Optional[int]:
+  """The most tokens per text a text model reads (RoBERTa's positions start after its padding
+  id); None for an image model."""
+  positions = getattr(model, "max_positions", None)
+  if positions is None:
+    return None
+  pad_id = getattr(model, "position_pad_id", None)
+  return positions - (0 if pad_id is None else pad_id + 1)
 
 
 def _pretrained_arguments(config: ml_collections.ConfigDict) -> dict[str, Any]:

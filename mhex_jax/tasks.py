@@ -214,6 +214,8 @@ class TextTask:
 
   def dummy_inputs(self, data_config: ml_collections.ConfigDict) -> tuple[np.ndarray, ...]:
     length = data_config.max_len
+    if length == text_data.AUTO:  # Chosen when the texts are read; any length builds the model.
+      length = text_data.MAX_LEN_MULTIPLE
     return (np.zeros((1, length), np.int32), np.ones((1, length), np.int32),
             np.zeros((1, length), np.int32))
 

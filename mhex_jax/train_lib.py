@@ -32,6 +32,7 @@ from mhex_jax import errors
 from mhex_jax import evaluators
 from mhex_jax import files
 from mhex_jax.data import input_pipeline
+from mhex_jax.data import text
 from mhex_jax import metric_writers
 from mhex_jax import model_lib
 from mhex_jax import sharding as sharding_lib
@@ -52,12 +53,21 @@ class TrainState:
     return {"params": self.params, "batch_stats": self.batch_stats}
 
 
+def run_steps(train_config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+  """The steps of the run: ``num_epochs`` epochs, or ``train.min_steps`` when that is more."""
+  return max(train_config.num_epochs * steps_per_epoch, train_config.get("min_steps") or 0)
+
+
 def create_learning_rate(train_config: ml_collections.ConfigDict, steps_per_epoch: int):
   """Linear warmup then cosine decay to ``end_learning_rate`` (None: 0), or a constant rate,
-  from ``config.train``."""
-  total = train_config.num_epochs * steps_per_epoch
+  from ``config.train``; a run that ``train.min_steps`` lengthens has its warmup stretched
+  in proportion."""
+  total = run_steps(train_config, steps_per_epoch)
+  warmup = train_config.warmup_epochs * steps_per_epoch
+  if total > train_config.num_epochs * steps_per_epoch:
+    warmup = train_config.warmup_epochs * total / train_config.num_epochs
   # At least one warmup step and one decay step, however short the run.
-  warmup = max(int(train_config.warmup_epochs * steps_per_epoch), 1)
+  warmup = max(int(warmup), 1)
   if train_config.schedule == "constant":
     return optax.constant_schedule(train_config.learning_rate)
   if train_config.schedule != "cosine":
@@ -296,7 +306,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     max_steps: stop after this global step (for tests that simulate an interruption).
 
   Returns:
-    The final eval metrics (accuracy, head_accuracy, num_examples) and the step reached.
+    The final eval metrics (accuracy, head_accuracy, num_examples) and the step reached; with
+    ``train.keep_best`` the metrics are the best step's, with "best_step" and its validation
+    figure (e.g. "val_accuracy").
   """
   mesh = sharding_lib.make_mesh(config.get("num_devices"))
   config_lib.validate(config, mesh.shape[sharding_lib.DATA_AXIS])
@@ -308,23 +320,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh,
                         max_steps: Optional[int]) -> dict[str, Any]:
   if checkpoints_lib.has_steps(workdir):
+    # What the data decided for the checkpoints (workdir_lib.DECIDED_BY_DATA) stays decided.
+    config = workdir_lib.with_decisions(config, workdir)
     workdir_lib.check_resume(config, workdir)  # Before any data is read.
-  model = model_lib.create_model(config)  # Before any data is read: a bad model fails fast,
-  model_lib.check_pretrained(config, model)  # its weights file,
+  config = input_pipeline.with_data_classes(config)
+  model = model_lib.create_model(config)  # Before the data is tokenized: a bad model fails
+  model_lib.check_pretrained(config, model)  # fast, its weights file,
   weights = head_weights(config.train, tasks.head_count(model, config.data))  # its heads too.
-  train_ds, eval_ds = input_pipeline.get_datasets(config.data, config.model.num_classes)
-  found = train_ds.class_names
-  if found and not config.data.get("class_names"):
-    # Names the data define (a CSV's string labels) are saved with the config, for eval and
-    # explain.py.
-    config = ml_collections.ConfigDict(config.to_dict())
-    config.data.class_names = tuple(found)
+  train_ds, eval_ds = input_pipeline.get_datasets(config.data, config.model.num_classes,
+                                                  max_tokens=model_lib.max_tokens(model))
+  # What the data decided is saved with the config, for eval and explain.py: the names a CSV's
+  # string labels define, data.max_len="auto".
+  decided = {}
+  if train_ds.class_names and not config.data.get("class_names"):
+    decided["class_names"] = tuple(train_ds.class_names)
+  if config.data.get("max_len") == text.AUTO:
+    decided["max_len"] = train_ds.max_len
+  if decided:  # Through a dict: "auto" (a str) becomes an int.
+    values = config.to_dict()
+    values["data"].update(decided)
+    config = ml_collections.ConfigDict(values)
   input_pipeline.class_names(config.data, config.model.num_classes)  # One name per class.
+  keep_best = config.train.get("keep_best")
+  validation = train_ds.validation
+  if keep_best and validation is None:
+    raise errors.ConfigError(f"train.keep_best={keep_best!r} needs a validation split of the "
+                             "training data: set data.val_fraction (e.g. 0.1; text CSVs), or "
+                             "unset train.keep_best to keep the last step.")
   steps_per_epoch = train_ds.num_examples // config.train.batch_size
   if steps_per_epoch == 0:
     raise errors.ConfigError(f"train.batch_size={config.train.batch_size} is larger than the "
                              f"{train_ds.num_examples} training examples.")
-  total_steps = config.train.num_epochs * steps_per_epoch
+  total_steps = run_steps(config.train, steps_per_epoch)
   optimizer = create_optimizer(config.train, steps_per_epoch)
   state = create_train_state(model, optimizer, train_ds.dummy_inputs(), config.seed)
   if config.get("model_init"):
@@ -350,6 +377,25 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh,
   # finiteness check (device arrays, fetched only when logged or saved).
   unchecked, saved = [], [step]
   last_log_time, last_log_step, stopped = time.time(), step, None
+
+  best = best_manager = None
+  if keep_best:
+    validation_accuracy = evaluators.Accuracy(model, validation, config.eval.batch_size, mesh,
+                                              check_collapse=False)
+    best_manager = checkpoints_lib.best_manager(workdir)
+    best = checkpoints_lib.best_selection(best_manager)  # A resumed run's best so far.
+
+  def select(step, state):
+    """Evaluates the validation split; keeps ``state`` as the best step if it is (ties go to
+    the later step)."""
+    nonlocal best
+    accuracy = validation_accuracy.run(state.variables)["accuracy"]
+    writer.write_scalars(step, {"val/accuracy": accuracy})
+    if best is None or (accuracy, step) > (best[1][keep_best], best[0]):
+      checkpoints_lib.save_best(best_manager, step, state.variables, {keep_best: accuracy})
+      best = (step, {keep_best: accuracy})
+    logging.info("step %d: validation accuracy %.4f on %d examples; best %.4f at step %d.",
+                 step, accuracy, validation.num_examples, best[1][keep_best], best[0])
 
   def save(step, state):
     # Never write non-finite values: check what was not checked yet, parameters included.
@@ -390,6 +436,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh,
                          total_steps, summary["loss"], summary["accuracy"], rate,
                          _format_duration((stop - step) / max(rate, 1e-9)))
             accumulated, last_log_time, last_log_step = [], now, step
+          if keep_best and (step % steps_per_epoch == 0 or step == total_steps):
+            select(step, state)
           if step % config.train.checkpoint_every_steps == 0 or step == stop:
             save(step, state)
           if signals.requested():
@@ -407,12 +455,20 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh,
                     workdir)
     writer.close()
     manager.close()
+    if best_manager is not None:
+      best_manager.close()
     return {"step": step, "stopped_by": stopped}
 
   result = {"step": step}
   if step >= total_steps:
+    variables = state.variables
+    if keep_best:  # The eval data never chose: the validation split did.
+      variables = _restore_best(best_manager, variables)
+      result.update(best_step=best[0], **best[1])
+      logging.info("Evaluating the best step, %d (%s %.4f; train.keep_best).", best[0],
+                   keep_best, best[1][keep_best])
     result.update(evaluators.Accuracy(model, eval_ds, config.eval.batch_size,
-                                      mesh).run(state.variables))
+                                      mesh).run(variables))
     writer.write_scalars(step, {"eval/accuracy": result["accuracy"],
                                 **{f"eval/head_{i:02d}_accuracy": a
                                    for i, a in enumerate(result["head_accuracy"])}})
@@ -423,4 +479,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh,
                        json.dumps(result, indent=2))
   writer.close()
   manager.close()
+  if best_manager is not None:
+    best_manager.close()
   return result
+
+
+def _restore_best(best_manager: ocp.CheckpointManager, variables: dict[str, Any]
+                  ) -> dict[str, Any]:
+  """The variables of the best step, placed as ``variables`` are."""
+  targets = jax.tree.map(ocp.utils.to_shape_dtype_struct, variables)
+  restored = checkpoints_lib.restore(best_manager, {checkpoints_lib.VARIABLES: targets})
+  return {"params": {}, "batch_stats": {}, **restored.items[checkpoints_lib.VARIABLES]}

@@ -26,6 +26,36 @@ RESUME_MAY_CHANGE = ("train.log_every_steps", "train.checkpoint_every_steps",
                      "train.keep_checkpoints", "train.resume", "data.data_dir")
 
 
+# Fields a config may leave to the data, with the value that does so: the first training run
+# decides them (the classes of a CSV and their names, max_len from its texts) and saves them in
+# config.json.
+DECIDED_BY_DATA = (("model.num_classes", None), ("data.class_names", ()),
+                   ("data.max_len", "auto"))
+
+
+def with_decisions(config: ml_collections.ConfigDict,
+                   workdir: str) -> ml_collections.ConfigDict:
+  """``config`` with the fields of DECIDED_BY_DATA it leaves to the data taken from
+  ``workdir``'s saved config, so that evaluating, explaining or resuming a workdir uses what
+  its training decided; ``config`` itself when there is nothing to take."""
+  if not has_config(workdir):
+    return config
+  saved, decided = load_config(workdir), {}
+  for field, undecided in DECIDED_BY_DATA:
+    section, name = field.split(".")
+    ours, theirs = config.get(section) or {}, saved.get(section) or {}
+    if name in ours and ours[name] == undecided and theirs.get(name, undecided) not in (
+        undecided, []):
+      decided[(section, name)] = theirs[name]
+  if not decided:
+    return config
+  values = config.to_dict()  # Through a dict: "auto" (a str) becomes an int.
+  for (section, name), value in decided.items():
+    values[section][name] = value
+    logging.info("%s.%s=%r, as training %s decided it.", section, name, value, workdir)
+  return ml_collections.ConfigDict(values)
+
+
 def has_config(workdir: str) -> bool:
   return (files.workdir_path(workdir) / CONFIG_FILE).exists()
 

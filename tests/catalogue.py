@@ -50,6 +50,12 @@ TEXT = ("--config=configs/bert_agnews.py", "--config.model_init={files}/bert",
         "--config.train.batch_size=8", "--config.train.num_epochs=1",
         "--config.eval.batch_size=8", *SMALL_EVAL)
 DEFAULT = ("--config=configs/default.py",)
+# configs/image_folder.py on a folder written by ``_folder_tree`` (20 PNGs of 16 px, 2 classes):
+# 2 steps of 8 images; the plain model, which compiles in a third of the MHEX model's time.
+FOLDER = ("--config=configs/image_folder.py:plain", "--config.data.path={files}/images",
+          "--config.model.width=4",
+          "--config.data.image_size=16", "--config.train.batch_size=8",
+          "--config.train.num_epochs=1", "--config.eval.batch_size=8", *SMALL_EVAL)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,8 +132,8 @@ CASES = (
     _config("optimizer_typo", "`train.optimizer=sgdd`", ["--config.train.optimizer=sgdd"],
             "train.optimizer='sgdd' must be one of 'sgd', 'adamw' (did you mean 'sgd'?)"),
     _config("data_name_typo", "`data.name=medmist`", ["--config.data.name=medmist"],
-            "data.name='medmist' must be one of 'synthetic', 'medmnist', 'imagenet', 'text' "
-            "(did you mean 'medmnist'?)"),
+            "data.name='medmist' must be one of 'synthetic', 'medmnist', 'imagenet', 'text', "
+            "'folder' (did you mean 'medmnist'?)"),
     _config("model_name_typo", "`model_name=resnet19`", ["--config.model_name=resnet19"],
             "model_name='resnet19' must be one of 'resnet18', 'resnet34', 'resnet50', 'bert', "
             "'vit' (did you mean 'resnet18'?)"),
@@ -159,6 +165,16 @@ CASES = (
             "eval.mhex.alpha=nan must be finite", command="eval"),
     _config("eval_alpha_too_big", "`eval.mhex.alpha=1.5`", ["--config.eval.mhex.alpha=1.5"],
             "eval.mhex.alpha=1.5 must be in [0, 1]", command="eval"),
+    _config("max_len_typo", "`data.max_len=atuo`", ["--config.data.max_len=atuo"],
+            "data.max_len='atuo' must be a positive integer or 'auto'",
+            base=("--config=configs/text_csv.py",)),
+    _config("min_steps_zero", "`train.min_steps=0`", ["--config.train.min_steps=0"],
+            "train.min_steps=0 must be a positive integer"),
+    _config("keep_best_typo", "`train.keep_best=accuracy`", ["--config.train.keep_best=accuracy"],
+            "train.keep_best='accuracy' must be one of 'val_accuracy' (did you mean "
+            "'val_accuracy'?)"),
+    _config("val_fraction_one", "`data.val_fraction=1.0`", ["--config.data.val_fraction=1.0"],
+            "data.val_fraction=1.0 must be in [0, 1)"),
     # Options that depend on the model, refused right after it is built: the data named here
     # is missing or empty, so reading it first would fail with another message.
     _early("eval_collaboration_text", "`eval.collaboration_examples=4` on a text model", "eval",
@@ -283,6 +299,11 @@ CASES = (
           "--config.model.num_classes=10", "--config.data.class_names=()", "--workdir={w}"),
          ("span 4 classes", "model.num_classes=10", "Set model.num_classes=4"),
          returncode=0, setup="four_classes"),
+    Case("keep_best_without_validation", "`train.keep_best=val_accuracy` without a validation "
+         "split", "train", (*TEXT, "--config.data.path={files}/good.csv",
+                            "--config.train.keep_best=val_accuracy", "--workdir={w}"),
+         ("train.keep_best='val_accuracy' needs a validation split of the training data: set "
+          "data.val_fraction",), setup="good_csv"),
     Case("csv_unclosed_quote", "a CSV whose quote never closes (a field over any limit)",
          "train", (*TEXT, "--config.data.path={files}/unclosed.csv", "--workdir={w}"),
          ("unclosed.csv, line 2: a field is longer than", "a quote opened on that line is "
@@ -295,6 +316,37 @@ CASES = (
          (*TEXT, "--config.data.path={files}/zerowidth.csv", "--workdir={w}"),
          ("zerowidth.csv: 1 of 17 texts have no token", "at line(s) 11"),
          setup="zero_width_csv"),
+    # Image folders (configs/image_folder.py).
+    Case("folder_empty_class", "an empty class folder", "train", (*FOLDER, "--workdir={w}"),
+         ("/images/tumour holds no images", "add its images or remove the folder"),
+         setup="folder_empty_class"),
+    Case("folder_one_class", "an image folder of one class", "train", (*FOLDER, "--workdir={w}"),
+         ("/images holds one class only ('normal')", "images of at least two classes"),
+         setup="folder_one_class"),
+    Case("folder_class_count", "3 class folders with `model.num_classes=2`", "train",
+         (*FOLDER, "--config.model.num_classes=2", "--workdir={w}"),
+         ("has 3 classes (lesion, normal, tumour) but model.num_classes=2",
+          "--config.model.num_classes=3"), setup="folder_three_classes"),
+    Case("folder_not_an_image", "a non-image file in a class folder", "train",
+         (*FOLDER, "--workdir={w}"),
+         ("/images/normal/notes.txt is not an image file (suffix '.txt'",
+          "move other files out of the class folders"), setup="folder_not_an_image"),
+    Case("folder_manifest_missing_file", "a manifest row naming a missing file", "train",
+         (*FOLDER, "--config.data.path={files}/manifest.csv", "--workdir={w}"),
+         ("manifest.csv, line 3: image images/lesion/gone.png does not exist",
+          "paths are relative to the manifest's folder"), setup="folder_manifest"),
+    Case("folder_unknown_eval_class", "a class in the `val` split folder that `train` lacks",
+         "train", (*FOLDER, "--config.data.path={files}/split", "--workdir={w}"),
+         ("/split/val has the class(es) ['tumour'], which are not among the classes ['lesion', "
+          "'normal']",), setup="folder_split_unknown_class"),
+    Case("folder_unreadable_image", "a corrupt image in a class folder", "train",
+         (*FOLDER, "--workdir={w}"),
+         ("/images/lesion/img_0.png is not an image file that can be read",
+          "--config.data.skip_unreadable=True"), setup="folder_corrupt_image"),
+    Case("folder_mask_other_size", "a mask of another size than its image", "train",
+         (*FOLDER, "--config.data.mask_root={files}/images_masks", "--workdir={w}"),
+         ("is 8x8 (width x height) but its image", "is 16x16; a mask must have its image's "
+                                                   "size"), setup="folder_mask_other_size"),
     # Pretrained weights.
     Case("weights_truncated", "a truncated `model.safetensors`", "train",
          (*TEXT, "--config.data.path={files}/good.csv", "--workdir={w}"),
@@ -312,8 +364,12 @@ CASES = (
           "non-finite values",), setup="weights_nan"),
     # Explaining files.
     Case("explain_not_an_image", "explain a text file named `.png`", "explain",
-         ("--workdir={trained}", "{files}/fake.png"), ("fake.png is not an image PIL can read",),
-         setup="fake_png"),
+         ("--workdir={trained}", "{files}/fake.png"),
+         ("fake.png is not an image file that can be read",), setup="fake_png"),
+    Case("explain_multi_frame_dicom", "explain a multi-frame DICOM", "explain",
+         ("--workdir={trained}", "{files}/cine.dcm"),
+         ("cine.dcm is a multi-frame DICOM of 3 frames",
+          "export each frame as a single-frame DICOM"), setup="multi_frame_dicom"),
     Case("explain_missing_file", "explain a file that does not exist", "explain",
          ("--workdir={trained}", "{files}/nope.png"),
          ("Image file", "/nope.png does not exist")),
@@ -447,6 +503,17 @@ def _fake_png(files, trained):
   (files / "fake.png").write_text("not an image\n")
 
 
+def _multi_frame_dicom(files, trained):
+  """A 3-frame 8-bit DICOM (a cine loop), as pydicom writes it."""
+  from pydicom.dataset import Dataset, FileMetaDataset  # pylint: disable=g-import-not-at-top
+  from pydicom.uid import SecondaryCaptureImageStorage  # pylint: disable=g-import-not-at-top
+  ds = Dataset()
+  ds.file_meta = FileMetaDataset()
+  ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = SecondaryCaptureImageStorage
+  ds.set_pixel_data(np.zeros((3, 16, 16), np.uint8), "MONOCHROME2", 8)
+  ds.save_as(files / "cine.dcm", enforce_file_format=True)
+
+
 def _vit_config(files, trained):
   """A ViT classifier's config.json alone: no processor beside it (nor weights)."""
   (files / "vit").mkdir()
@@ -507,15 +574,78 @@ def _dead_lock(files, trained):
   write_lock(trained / "train.lock", pid=dead_pid())
 
 
-SETUPS = {"a_file": _a_file,
+def _folder_tree(root: pathlib.Path, classes=("lesion", "normal"), per_class=10,
+                 masks: bool = False) -> None:
+  """``root/<class>/img_<i>.png``: 16 x 16 8-bit PNGs of a bright square on a dark ground, and
+  with ``masks`` their masks at the same paths under ``root``_masks."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  mask_root = root.with_name(root.name + "_masks")
+  for c, name in enumerate(classes):
+    (root / name).mkdir(parents=True)
+    for i in range(per_class):
+      mask = np.zeros((16, 16), bool)
+      mask[2 + i % 8:8 + i % 8, 2 + c * 6:8 + c * 6] = True
+      Image.fromarray(np.where(mask, 220, 30).astype(np.uint8)).save(root / name / f"img_{i}.png")
+      if masks:
+        (mask_root / name).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(mask.astype(np.uint8) * 255).save(mask_root / name / f"img_{i}.png")
+
+
+def _folder_empty_class(files, trained):
+  _folder_tree(files / "images")
+  (files / "images" / "tumour").mkdir()
+
+
+def _folder_not_an_image(files, trained):
+  _folder_tree(files / "images")
+  (files / "images" / "normal" / "notes.txt").write_text("scanned 2024\n")
+
+
+def _folder_manifest(files, trained):
+  _folder_tree(files / "images")
+  (files / "manifest.csv").write_text("path,label\nimages/lesion/img_0.png,lesion\n"
+                                      "images/lesion/gone.png,lesion\n")
+
+
+def _folder_split_unknown_class(files, trained):
+  _folder_tree(files / "split" / "train")
+  _folder_tree(files / "split" / "val", classes=("lesion", "tumour"), per_class=2)
+
+
+def _folder_corrupt_image(files, trained):
+  _folder_tree(files / "images")
+  (files / "images" / "lesion" / "img_0.png").write_bytes(b"\x89PNG\r\n\x1a\n cut short")
+
+
+def _folder_mask_other_size(files, trained):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  _folder_tree(files / "images", masks=True)
+  for mask in (files / "images_masks" / "lesion").iterdir():  # The eval split holds 2 of them.
+    Image.new("L", (8, 8)).save(mask)
+
+
+_FOLDER_SETUPS = {
+    "folder_empty_class": _folder_empty_class,
+    "folder_one_class": lambda files, trained: _folder_tree(files / "images", ("normal",)),
+    "folder_three_classes": lambda files, trained: _folder_tree(
+        files / "images", ("lesion", "normal", "tumour")),
+    "folder_not_an_image": _folder_not_an_image, "folder_manifest": _folder_manifest,
+    "folder_split_unknown_class": _folder_split_unknown_class,
+    "folder_corrupt_image": _folder_corrupt_image,
+    "folder_mask_other_size": _folder_mask_other_size}
+
+
+SETUPS = {"a_file": _a_file, **_FOLDER_SETUPS,
           "tiny_bert": lambda files, trained: _tiny_bert(files / "bert"),
+          "good_csv": lambda files, trained: _good_csv(files),
           "live_lock": _live_lock, "dead_lock": _dead_lock,
           "empty_split": _empty_split, "text_npz": _text_npz,
           "four_classes": _four_classes, "unclosed_csv": _unclosed_csv,
           "all_empty_csv": _all_empty_csv, "zero_width_csv": _zero_width_csv,
           "weights_truncated": _weights_truncated, "weights_bad_json": _weights_bad_json,
           "weights_missing": _weights_missing, "weights_nan": _weights_nan,
-          "fake_png": _fake_png, "vit_config": _vit_config, "damage_all": _damage_all,
+          "fake_png": _fake_png, "multi_frame_dicom": _multi_frame_dicom,
+          "vit_config": _vit_config, "damage_all": _damage_all,
           "small_disk": _small_disk,
           **{f"damage_{how}": _damage(how)
              for how in ("truncated", "metadata_deleted", "emptied", "overwritten")}}

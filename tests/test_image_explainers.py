@@ -291,3 +291,34 @@ def test_bad_inputs_are_named():
     image.score_cam(model, variables, images, targets, weighting="softmax")
   with pytest.raises(ValueError, match="chunk_size must be None or a positive"):
     image.smoothgrad(model, variables, images, targets, chunk_size=0)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 1, 3, 4, 100])
+def test_sum_in_chunks_sums_each_examples_items(chunk_size):
+  """Items i = step · B + example, value [i, i²]: example e's sum is Σ over the steps s of
+  (s·B + e) and of its square, whatever the chunks."""
+  from mhex_jax.explain.maps import sum_in_chunks  # pylint: disable=g-import-not-at-top
+  batch, steps = 3, 5
+  fn = lambda items, examples: jnp.stack([items, items**2], -1).astype(jnp.float32)
+  total = sum_in_chunks(fn, steps * batch, batch, chunk_size)
+  items = np.arange(steps)[:, None] * batch + np.arange(batch)
+  np.testing.assert_array_equal(total, np.stack([items.sum(0), (items**2).sum(0)], -1))
+
+
+def test_fitting_chunk_size_from_the_models_intermediates(monkeypatch):
+  """Twice the bytes of one input's intermediates (float32 outputs of Dense_0 [1, 6], Dense_1
+  [1, 3] and the model [1, 3]: 48 bytes, so 96 an item) against a quarter of the device
+  memory."""
+  from mhex_jax.explain import attribution  # pylint: disable=g-import-not-at-top
+
+  class TwoLayers(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return nn.Dense(3)(nn.Dense(6)(x))
+
+  model = TwoLayers()
+  variables = model.init(jax.random.key(0), jnp.ones((1, 4)))
+  example = (jnp.ones((1, 4)),)
+  for memory, expected in ((4 * 96 * 7, 7), (4 * 96 * 7 + 4 * 95, 7), (0, 1), (10**12, 50)):
+    monkeypatch.setattr(attribution, "device_memory_bytes", lambda memory=memory: memory)
+    assert attribution.fitting_chunk_size(model.apply, variables, example, 50) == expected

@@ -27,6 +27,11 @@ class Dataset(Protocol):
   def class_names(self) -> Optional[tuple[str, ...]]:
     """Class names the data itself defines (a CSV's string labels), or None."""
 
+  @property
+  def validation(self) -> Optional["Dataset"]:
+    """A training split's validation split, held out of its training examples
+    (``data.val_fraction``; ``train.keep_best`` selects on it), or None."""
+
   def dummy_inputs(self) -> tuple[np.ndarray, ...]:
     """Model inputs of batch size 1, for initialisation."""
 

@@ -13,11 +13,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from mhex_jax.data import imagenet, medmnist, pipeline, synthetic, text
+from mhex_jax.data import folder, imagenet, medmnist, pipeline, synthetic, text
 from mhex_jax.data.dataset import Dataset
 from mhex_jax.errors import DataError
 
-DATASETS = ("synthetic", "medmnist", "imagenet", "text")
+DATASETS = ("synthetic", "medmnist", "imagenet", "text", "folder")
 
 
 def class_names(data_config: ml_collections.ConfigDict, num_classes: int) -> list[str]:
@@ -73,6 +73,7 @@ class InMemoryDataset:
   std: tuple[float, ...]
   augment: tuple[str, ...] = ()
   class_names = None  # Class names come from the config (data.class_names).
+  validation = None  # No validation split is held out of the training arrays.
 
   def __post_init__(self):
     images, labels = self.arrays["image"], self.arrays["label"]
@@ -116,13 +117,13 @@ class InMemoryDataset:
     if augment:
       rng = np.random.default_rng([seed, epoch, 1])
       for _ in range(start):
-        _augment_params(rng, batch_size, self.augment)
+        pipeline.augment_params(rng, batch_size, self.augment)
     for batch in it:
       images = batch["image"]
       if augment:
-        flips, shifts = _augment_params(rng, batch_size, self.augment)
+        flips, shifts = pipeline.augment_params(rng, batch_size, self.augment)
         rows = pipeline.process_rows(batch_size, index, count)
-        images = _augment(images, flips[rows], shifts[:, rows])
+        images = pipeline.augment(images, flips[rows], shifts[:, rows])
       out = dict(batch)
       out["image"] = pipeline.normalize(images, self.mean, self.std)
       out["label"] = batch["label"].astype(np.int32)
@@ -140,6 +141,7 @@ class TfdsImageNet:
   data_dir: Optional[str] = None
   has_masks = False
   class_names = None  # Class names come from the config (data.class_names).
+  validation = None  # ImageNet's validation split is the eval split.
 
   @property
   def num_examples(self) -> int:
@@ -166,11 +168,19 @@ class TfdsImageNet:
 @dataclasses.dataclass
 class TextDataset:
   """Tokenised text held in memory: input_ids, attention_mask, token_type_ids,
-  special_tokens_mask [N, T] and label [N]; class_names[c] names class c."""
+  special_tokens_mask [N, T] and label [N]; class_names[c] names class c. A training split
+  may carry the validation split held out of its file (data.val_fraction), which
+  ``train.keep_best`` selects checkpoints on."""
   arrays: dict[str, np.ndarray]
   num_classes: int
   class_names: Optional[tuple[str, ...]] = None
+  validation: Optional["TextDataset"] = None
   has_masks = False
+
+  @property
+  def max_len(self) -> int:
+    """Tokens per text (data.max_len, as chosen when it is "auto")."""
+    return self.arrays["input_ids"].shape[1]
 
   def __post_init__(self):
     check_labels(self.arrays["label"], self.num_classes)
@@ -194,32 +204,6 @@ class TextDataset:
       yield batch
 
 
-_CROP_PAD = 4
-
-
-def _augment_params(rng: np.random.Generator, n: int, ops) -> tuple[np.ndarray, np.ndarray]:
-  """Draws the augmentation of n images: flips bool[n] and crop shifts int[2, n] (dy, dx)."""
-  flips = rng.random(n) < 0.5 if "flip" in ops else np.zeros(n, bool)
-  shifts = (rng.integers(0, 2 * _CROP_PAD + 1, size=(2, n)) if "crop" in ops
-            else np.full((2, n), _CROP_PAD))
-  return flips, shifts
-
-
-def _augment(images: np.ndarray, flips: np.ndarray, shifts: np.ndarray) -> np.ndarray:
-  """Horizontal flips, then crops of the 4-pixel reflect-padded images at ``shifts``
-  (a shift of 4 in both axes is the identity)."""
-  images = images.copy()
-  n, h, w, _ = images.shape
-  images[flips] = images[flips, :, ::-1]
-  if np.any(shifts != _CROP_PAD):
-    pad = _CROP_PAD
-    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
-    dy, dx = shifts
-    for i in range(n):
-      images[i] = padded[i, dy[i]:dy[i] + h, dx[i]:dx[i] + w]
-  return images
-
-
 def _medmnist_split(data_config: ml_collections.ConfigDict, path: str, split: str) -> dict:
   arrays = medmnist.load_medmnist(path, split, as_rgb=data_config.as_rgb)
   if data_config.image_size and arrays["image"].shape[1] != data_config.image_size:
@@ -227,10 +211,34 @@ def _medmnist_split(data_config: ml_collections.ConfigDict, path: str, split: st
   return arrays
 
 
+def with_data_classes(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """``config`` with model.num_classes=None set to the number of classes the data defines (a
+  text CSV's, ``text.read_class_names``; an image folder's or manifest's,
+  ``folder.read_class_names``; other data needs model.num_classes); ``config`` itself when
+  model.num_classes is set."""
+  if config.model.get("num_classes") is not None:
+    return config
+  readers = {"text": text.read_class_names, "folder": folder.read_class_names}
+  if config.data.name not in readers:
+    raise DataError(f"model.num_classes is unset, but only text CSVs and image folders define "
+                    f"their classes (data.name={config.data.name!r}); set "
+                    "--config.model.num_classes.")
+  names = readers[config.data.name](config.data)
+  values = config.to_dict()
+  values["model"]["num_classes"] = len(names)
+  config = ml_collections.ConfigDict(values)
+  logging.info("model.num_classes=%d: the classes of %s (%s).", len(names), config.data.path,
+               ", ".join(names))
+  return config
+
+
 def get_datasets(data_config: ml_collections.ConfigDict, num_classes: int,
-                 *, need_train: bool = True) -> tuple[Optional[Dataset], Dataset]:
+                 *, need_train: bool = True, max_tokens: Optional[int] = None
+                 ) -> tuple[Optional[Dataset], Dataset]:
   """(train, eval) datasets of ``data_config`` (``config.data``); train is None when
-  ``need_train`` is False. Each is a ``Dataset``."""
+  ``need_train`` is False. Each is a ``Dataset``; a text training split carries its
+  ``validation`` split (data.val_fraction). ``max_tokens``: the most tokens per text the model
+  reads (``model_lib.max_tokens``), the cap of data.max_len="auto"."""
   name = data_config.name
   if name not in DATASETS:
     raise DataError(f"Unknown data.name={name!r}; use one of {DATASETS}.")
@@ -256,13 +264,18 @@ def get_datasets(data_config: ml_collections.ConfigDict, num_classes: int,
       raise DataError(f"synthetic data with data.image_size={data_config.image_size!r}, "
                       f"data.seed={data_config.seed!r}: {e}") from e
   elif name == "text":
-    train, eval_arrays, names = text.make_text_splits(data_config, num_classes,
-                                                      need_train=need_train)
-    train_ds = TextDataset(train, num_classes, names) if need_train else None
-    eval_ds = TextDataset(eval_arrays, num_classes, names)
+    data = text.load_text_data(data_config, num_classes, need_train=need_train,
+                               max_tokens=max_tokens)
+    names = data.class_names
+    validation = (TextDataset(data.validation, num_classes, names)
+                  if data.validation is not None else None)
+    train_ds = TextDataset(data.train, num_classes, names, validation) if need_train else None
+    eval_ds = TextDataset(data.eval, num_classes, names)
     if train_ds is not None:
-      warn_unused_classes(train["label"], num_classes, f"the CSV {data_config.path}")
+      warn_unused_classes(data.train["label"], num_classes, f"the CSV {data_config.path}")
     return train_ds, eval_ds
+  elif name == "folder":
+    return folder.make_datasets(data_config, num_classes, need_train=need_train)
   elif name == "medmnist":
     if not data_config.path:
       raise DataError("data.path is empty: pass --config.data.path=/path/to/<subset>.npz "

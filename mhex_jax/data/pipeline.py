@@ -1,4 +1,5 @@
-"""Numpy input-pipeline helpers shared by every dataset: batching, normalisation, resizing.
+"""Numpy input-pipeline helpers shared by every dataset: batching, normalisation, resizing,
+flip/shift augmentation.
 
 Batches are cut from a *global* order of examples that every process computes identically from
 (seed, epoch); process ``p`` of ``P`` keeps the ``p``-th of ``P`` contiguous blocks of each global
@@ -150,3 +151,30 @@ def resize_images(images: np.ndarray, size: int) -> np.ndarray:
     pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
     out[i] = np.asarray(pil.resize((size, size), Image.BILINEAR)).reshape(size, size, -1)
   return out
+
+
+CROP_PAD = 4
+
+
+def augment_params(rng: np.random.Generator, n: int, ops) -> tuple[np.ndarray, np.ndarray]:
+  """Draws the augmentation of n images (``ops``: "flip", "crop"; others are ignored): flips
+  bool[n] and crop shifts int[2, n] (dy, dx)."""
+  flips = rng.random(n) < 0.5 if "flip" in ops else np.zeros(n, bool)
+  shifts = (rng.integers(0, 2 * CROP_PAD + 1, size=(2, n)) if "crop" in ops
+            else np.full((2, n), CROP_PAD))
+  return flips, shifts
+
+
+def augment(images: np.ndarray, flips: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+  """Horizontal flips, then crops of the 4-pixel reflect-padded images [N, H, W, C] (any
+  dtype) at ``shifts`` (a shift of 4 in both axes is the identity)."""
+  images = images.copy()
+  n, h, w, _ = images.shape
+  images[flips] = images[flips, :, ::-1]
+  if np.any(shifts != CROP_PAD):
+    pad = CROP_PAD
+    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
+    dy, dx = shifts
+    for i in range(n):
+      images[i] = padded[i, dy[i]:dy[i] + h, dx[i]:dx[i] + w]
+  return images

@@ -19,9 +19,11 @@ Nothing is downloaded: CSV files and tokenizer directories come from the local d
 
 import contextlib
 import csv
+import math
 import os
 from typing import TYPE_CHECKING, NamedTuple, Optional, Sequence
 
+from absl import logging
 import ml_collections
 import numpy as np
 
@@ -39,7 +41,16 @@ VOCAB_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model",
 CONFIG_FIELDS = ("path", "eval_path", "eval_fraction", "split_seed", "max_len", "label_column",
                  "text_columns", "label_base", "has_header", "tokenizer_dir")
 # Optional: data.class_names, the class names in index order (missing or () reads them from
-# the data, see `make_text_splits`).
+# the data, see `make_text_splits`), and data.val_fraction, the share of each class of the
+# training rows held out for validation (missing or 0: none; see `load_text_data`).
+
+# data.max_len=AUTO: the MAX_LEN_PERCENTILE-th percentile of the training texts' token lengths,
+# rounded up to a multiple of MAX_LEN_MULTIPLE, at most what the model and tokenizer read.
+AUTO = "auto"
+MAX_LEN_PERCENTILE = 95
+MAX_LEN_MULTIPLE = 8
+# Above this share of texts cut at max_len, the length report is a warning.
+CUT_WARNING_FRACTION = 0.1
 
 # Texts per tokenizer call: batched for speed, bounded so 100k+ texts never hold all their
 # intermediate encodings at once.
@@ -67,6 +78,26 @@ class TextSplits(NamedTuple):
   train: Optional[dict[str, np.ndarray]]
   eval: dict[str, np.ndarray]
   class_names: tuple[str, ...]
+
+
+class TextData(NamedTuple):
+  """What `load_text_data` returns: tokenized train, validation (None without
+  data.val_fraction) and eval arrays, the class names and the max_len they were cut at."""
+  train: Optional[dict[str, np.ndarray]]
+  validation: Optional[dict[str, np.ndarray]]
+  eval: dict[str, np.ndarray]
+  class_names: tuple[str, ...]
+  max_len: int
+
+
+class LengthReport(NamedTuple):
+  """Token lengths of some texts before truncation (special tokens included) against max_len."""
+  num_texts: int
+  median: float
+  percentile_95: float
+  longest: int
+  max_len: int
+  cut_fraction: float  # Share of the texts longer than max_len tokens.
 
 
 def load_csv(path: str | os.PathLike, *, label_column: Column = 0,
@@ -449,34 +480,49 @@ def _show_texts(texts) -> str:
 
 def make_text_splits(data_config: ml_collections.ConfigDict, num_classes: Optional[int] = None,
                      *, need_train: bool = True) -> TextSplits:
-  """Train and eval splits, tokenized, ready for `pipeline.batch_iterator`, and class names.
+  """Train and eval splits, tokenized, ready for `pipeline.batch_iterator`, and class names:
+  `load_text_data`'s, without the validation split (whose rows ``train`` then lacks)."""
+  data = load_text_data(data_config, num_classes, need_train=need_train)
+  return TextSplits(data.train, data.eval, data.class_names)
+
+
+def load_text_data(data_config: ml_collections.ConfigDict, num_classes: Optional[int] = None,
+                   *, need_train: bool = True, max_tokens: Optional[int] = None) -> TextData:
+  """Train, validation and eval splits, tokenized, ready for `pipeline.batch_iterator`.
+
+  Logs the token-length distribution of the training texts (eval texts when ``need_train`` is
+  False) before truncation and the share cut at max_len (`report_lengths`), as a warning when
+  over CUT_WARNING_FRACTION.
 
   Args:
     data_config: ``config.data``, with fields path (train CSV), eval_path (eval CSV; "" holds
       out a stratified eval_fraction of ``path``, shuffled by split_seed), eval_fraction,
-      split_seed, max_len,
+      split_seed, max_len (tokens per text, or "auto": `auto_max_len` of the training texts),
       label_column, text_columns, label_base, has_header (the `load_csv` options, shared by
-      both files), tokenizer_dir (a local tokenizer directory) and optionally class_names.
+      both files), tokenizer_dir (a local tokenizer directory) and optionally class_names and
+      val_fraction (a stratified share of the training rows held out for validation, by the
+      same recipe and split_seed; the eval rows are the same with or without it).
     num_classes: the model's number of classes, checked against the classes of the data.
     need_train: False (evaluation) reads the training file for its classes and split but
-      tokenizes only the eval texts; ``train`` is then None.
+      tokenizes only the eval texts; ``train`` and ``validation`` are then None.
+    max_tokens: the most tokens per text the model reads (``model_lib.max_tokens``), which
+      max_len="auto" never exceeds; None: the tokenizer's limit alone.
 
   Returns:
-    TextSplits(train, eval, class_names): train and eval are `tokenize`'s arrays [N, max_len]
-    plus "label": int32 [N]. class_names has one name per class, in index order: for class-name
-    labels data.class_names or the sorted labels of the training file; for integer labels
-    data.class_names or, when it is empty, the file's own labels ("1", "2", ... for
-    label_base=1), ``num_classes`` of them (the training data's largest label + 1 without it).
-    The eval file's labels must be among the training classes.
+    TextData(train, validation, eval, class_names, max_len): train, validation and eval are
+    `tokenize`'s arrays [N, max_len] plus "label": int32 [N]. class_names has one name per
+    class, in index order: for class-name labels data.class_names or the sorted labels of the
+    training file; for integer labels data.class_names or, when it is empty, the file's own
+    labels ("1", "2", ... for label_base=1), ``num_classes`` of them (the training data's
+    largest label + 1 without it). The eval file's labels must be among the training classes.
   """
   missing = [field for field in CONFIG_FIELDS if field not in data_config]
   if missing:
     raise DataError(f"data config lacks the text-data field(s) {missing}; it needs all of "
                     f"{list(CONFIG_FIELDS)}.")
+  check_max_len(data_config.max_len)
   tokenizer = load_tokenizer(data_config.tokenizer_dir)
-  csv_options = dict(label_column=data_config.label_column,
-                     text_columns=data_config.text_columns, label_base=data_config.label_base,
-                     has_header=data_config.has_header, joiner=" ")
+  csv_options = _csv_options(data_config)
   given_names = data_config.get("class_names") or ()
   data, integer_labels, lines = _read_labelled_csv(data_config.path, class_names=given_names,
                                                    **csv_options)
@@ -485,7 +531,7 @@ def make_text_splits(data_config: ml_collections.ConfigDict, num_classes: Option
     eval_data, _, eval_lines = _read_labelled_csv(
         data_config.eval_path, class_names=class_names or (), integer_labels=integer_labels,
         **csv_options)
-    train_labels, eval_labels = data.labels, eval_data.labels
+    train_idx, eval_labels = np.arange(len(data.labels)), eval_data.labels
   else:
     try:
       train_idx, eval_idx = stratified_split(data.labels, eval_fraction=data_config.eval_fraction,
@@ -493,9 +539,21 @@ def make_text_splits(data_config: ml_collections.ConfigDict, num_classes: Option
     except ValueError as e:
       raise DataError(f"splitting {data_config.path} for training and eval: {e} Or pass an eval "
                       "file as data.eval_path.") from e
-    train_labels, eval_labels = data.labels[train_idx], data.labels[eval_idx]
+    eval_labels = data.labels[eval_idx]
+  val_idx = None
+  val_fraction = data_config.get("val_fraction") or 0
+  if val_fraction:
+    try:
+      kept, held = stratified_split(data.labels[train_idx], eval_fraction=val_fraction,
+                                    seed=data_config.split_seed)
+    except ValueError as e:
+      raise DataError(f"holding out data.val_fraction={val_fraction} of the training rows of "
+                      f"{data_config.path} for validation: {e}") from e
+    train_idx, val_idx = train_idx[kept], train_idx[held]
+  train_labels = data.labels[train_idx]
   if class_names is None:  # Integer labels without names: the file's own label values.
-    count = num_classes or int(max(train_labels.max(), eval_labels.max())) + 1
+    largest = max(int(data.labels.max()), int(eval_labels.max()))
+    count = num_classes or largest + 1
     class_names = tuple(str(data_config.label_base + i) for i in range(count))
   if num_classes is not None and len(class_names) != num_classes:
     if given_names:
@@ -509,20 +567,135 @@ def make_text_splits(data_config: ml_collections.ConfigDict, num_classes: Option
                      "data.class_names if the training file lacks some")
     raise DataError(f"{source} ({', '.join(class_names)}) but model.num_classes="
                     f"{num_classes}; {fix}.")
-  def tokenized(texts, path, lines, idx=None):
-    if idx is not None:
-      texts, lines = [texts[i] for i in idx], [lines[i] for i in idx]
-    return _tokenize_rows(tokenizer, texts, data_config.max_len, path, lines,
-                          data_config.tokenizer_dir)
+
+  train_texts = [data.texts[i] for i in train_idx]
+  max_len = data_config.max_len
+  if max_len == AUTO:
+    train_lengths = token_lengths(tokenizer, train_texts)
+    limit = _token_limit(tokenizer, max_tokens)
+    max_len = auto_max_len(train_lengths, limit)
+    logging.info("data.max_len=auto: %d tokens, the %dth percentile of the %d training texts' "
+                 "token lengths (%.1f) rounded up to a multiple of %d%s.", max_len,
+                 MAX_LEN_PERCENTILE, len(train_texts), np.percentile(train_lengths,
+                                                                      MAX_LEN_PERCENTILE),
+                 MAX_LEN_MULTIPLE, f", at most {limit} (what the model reads)"
+                 if limit is not None and max_len == limit else "")
+  def tokenized(texts, path, lines, idx):
+    return _tokenize_rows(tokenizer, [texts[i] for i in idx], max_len, path,
+                          [lines[i] for i in idx], data_config.tokenizer_dir)
 
   if data_config.eval_path:
-    eval_arrays = tokenized(eval_data.texts, data_config.eval_path, eval_lines)
-    train = tokenized(data.texts, data_config.path, lines) if need_train else None
+    eval_arrays = tokenized(eval_data.texts, data_config.eval_path, eval_lines,
+                            range(len(eval_labels)))
   else:
     eval_arrays = tokenized(data.texts, data_config.path, lines, eval_idx)
-    train = tokenized(data.texts, data_config.path, lines, train_idx) if need_train else None
-  train = None if train is None else {**train, "label": train_labels}
-  return TextSplits(train, {**eval_arrays, "label": eval_labels}, class_names)
+  train = validation = None
+  if need_train:
+    lengths = train_lengths if data_config.max_len == AUTO else token_lengths(tokenizer,
+                                                                             train_texts)
+    report_lengths(length_report(lengths, max_len), f"the training texts of {data_config.path}",
+                   data_config.tokenizer_dir)
+    train = {**tokenized(data.texts, data_config.path, lines, train_idx), "label": train_labels}
+    if val_idx is not None:
+      validation = {**tokenized(data.texts, data_config.path, lines, val_idx),
+                    "label": data.labels[val_idx]}
+  else:
+    eval_texts = (eval_data.texts if data_config.eval_path
+                  else [data.texts[i] for i in eval_idx])
+    report_lengths(length_report(token_lengths(tokenizer, eval_texts), max_len),
+                   f"the eval texts of {data_config.eval_path or data_config.path}",
+                   data_config.tokenizer_dir)
+  return TextData(train, validation, {**eval_arrays, "label": eval_labels}, class_names,
+                  int(max_len))
+
+
+def read_class_names(data_config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The class names `load_text_data` finds without ``num_classes``, read from the CSV
+  labels alone (nothing tokenized): what model.num_classes=None takes its count from."""
+  given_names = data_config.get("class_names") or ()
+  data, integer_labels, _ = _read_labelled_csv(data_config.path, class_names=given_names,
+                                               **_csv_options(data_config))
+  if data.class_names:
+    return data.class_names
+  largest = int(data.labels.max())
+  if data_config.eval_path:
+    eval_data, _, _ = _read_labelled_csv(data_config.eval_path, integer_labels=integer_labels,
+                                         class_names=(), **_csv_options(data_config))
+    largest = max(largest, int(eval_data.labels.max()))
+  return tuple(str(data_config.label_base + i) for i in range(largest + 1))
+
+
+def _csv_options(data_config: ml_collections.ConfigDict) -> dict:
+  return dict(label_column=data_config.label_column, text_columns=data_config.text_columns,
+              label_base=data_config.label_base, has_header=data_config.has_header, joiner=" ")
+
+
+def check_max_len(max_len) -> None:
+  """Refuses a data.max_len that is neither a positive int nor "auto"."""
+  if max_len != AUTO and (isinstance(max_len, bool) or not isinstance(max_len, (int, np.integer))
+                          or max_len < 1):
+    raise DataError(f"data.max_len={max_len!r} must be a positive integer (tokens per text, "
+                    f"special tokens included) or {AUTO!r} (from the training texts' lengths).")
+
+
+def token_lengths(tokenizer: "transformers.PreTrainedTokenizerBase",
+                  texts: Sequence[str]) -> np.ndarray:
+  """int [N]: the tokens of each text before truncation, special tokens included."""
+  lengths = []
+  for start in range(0, len(texts), _CHUNK):
+    # verbose=False: texts longer than the tokenizer's limit are expected here, not an error.
+    ids = tokenizer(list(texts[start:start + _CHUNK]), truncation=False, verbose=False,
+                    return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+    lengths += [len(row) for row in ids]
+  return np.asarray(lengths, np.int64)
+
+
+def length_report(lengths: np.ndarray, max_len: int) -> LengthReport:
+  """The distribution of ``lengths`` (`token_lengths`) and the share above ``max_len``."""
+  lengths = np.asarray(lengths)
+  return LengthReport(len(lengths), float(np.median(lengths)),
+                      float(np.percentile(lengths, MAX_LEN_PERCENTILE)), int(lengths.max()),
+                      int(max_len), float(np.mean(lengths > max_len)))
+
+
+def auto_max_len(lengths: np.ndarray, limit: Optional[int] = None) -> int:
+  """data.max_len="auto": the MAX_LEN_PERCENTILE-th percentile of ``lengths`` (numpy's linear
+  interpolation) rounded up to a multiple of MAX_LEN_MULTIPLE, at most ``limit``."""
+  percentile = np.percentile(np.asarray(lengths), MAX_LEN_PERCENTILE)
+  rounded = int(math.ceil(percentile / MAX_LEN_MULTIPLE)) * MAX_LEN_MULTIPLE
+  return rounded if limit is None else min(rounded, limit)
+
+
+def report_lengths(report: LengthReport, what: str, tokenizer_dir: str = "") -> bool:
+  """Logs ``report`` on ``what`` (e.g. "the training texts of train.csv"); a warning naming
+  --config.data.max_len when more than CUT_WARNING_FRACTION of the texts are cut (returns
+  True then)."""
+  summary = (f"median {report.median:g}, {MAX_LEN_PERCENTILE}th percentile "
+             f"{report.percentile_95:g}, max {report.longest}")
+  tokenizer = f" (tokenizer {tokenizer_dir})" if tokenizer_dir else ""
+  if report.cut_fraction <= CUT_WARNING_FRACTION:
+    logging.info("Token lengths of %s (%d texts)%s before truncation, special tokens "
+                 "included: %s; data.max_len=%d cuts %.1f%% of them.", what, report.num_texts,
+                 tokenizer, summary, report.max_len, 100 * report.cut_fraction)
+    return False
+  suggested = int(math.ceil(report.percentile_95 / MAX_LEN_MULTIPLE)) * MAX_LEN_MULTIPLE
+  logging.warning("data.max_len=%d cuts %.1f%% of %s (%d texts; token lengths%s before "
+                  "truncation, special tokens included: %s): the model never sees their ends. "
+                  "Set --config.data.max_len=auto (the %dth percentile rounded up to a multiple "
+                  "of %d: %d here) or another --config.data.max_len above %d.", report.max_len,
+                  100 * report.cut_fraction, what, report.num_texts, tokenizer, summary,
+                  MAX_LEN_PERCENTILE, MAX_LEN_MULTIPLE, suggested, report.max_len)
+  return True
+
+
+def _token_limit(tokenizer, max_tokens: Optional[int]) -> Optional[int]:
+  """The most tokens per text: the model's (``max_tokens``) and the tokenizer's, if it names
+  one (tokenizers without a limit hold a huge placeholder)."""
+  limits = [max_tokens] if max_tokens else []
+  own = getattr(tokenizer, "model_max_length", None)
+  if isinstance(own, int) and 0 < own < 1_000_000:
+    limits.append(own)
+  return min(limits) if limits else None
 
 
 def _tokenize_rows(tokenizer, texts, max_len, path, lines, tokenizer_dir) -> dict[str, np.ndarray]:
