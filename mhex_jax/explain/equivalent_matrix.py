@@ -138,12 +138,7 @@ def layer_cams(blocks: Sequence[MHEXBlock], targets: jax.Array, *, feature_norm:
   for block in blocks:
     w = block_weights(block, targets, **weight_options)
     features = normalize_features(block.features, feature_norm)
-    # Σ_c A[..., c] · w[c] as a product and a sum over the minor (channel) axis, which XLA
-    # fuses into one pass over the features; the einsum's batched matrix-vector dot made the
-    # predicted-class map of a ResNet-50 at batch 8 cost 1.08-1.10× the forward (see
-    # benchmarks/README.md, "Imported checkpoints").
-    w = w.reshape(w.shape[:1] + (1,) * (features.ndim - 2) + w.shape[1:])
-    cams.append(jnp.sum(features * w, axis=-1))
+    cams.append(jnp.einsum("b...c,bc->b...", features, w))
   return cams
 
 
