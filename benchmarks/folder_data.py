@@ -94,9 +94,7 @@ class Results:
     self.data.update(machine=harness.machine(), quick=quick)
 
   def save(self) -> None:
-    self.out.mkdir(parents=True, exist_ok=True)
-    (self.out / "folder_data.json").write_text(json.dumps(self.data, indent=1))
-    (self.out / "folder_data.md").write_text(markdown(self.data))
+    harness.write_results(self.out, "folder_data", self.data, markdown(self.data))
 
 
 # Writing the folders.

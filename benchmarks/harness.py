@@ -2,6 +2,8 @@
 turn, so a slow spell of a shared machine hits all of them alike; ratios are taken per round
 against a baseline timed in the same round, then summarised over rounds."""
 
+import json
+import pathlib
 import platform
 import statistics
 import time
@@ -77,3 +79,11 @@ def machine() -> dict[str, str]:
   except Exception:  # pylint: disable=broad-except
     pass
   return info
+
+
+def write_results(out: str | pathlib.Path, name: str, results: dict, markdown: str) -> None:
+  """``out/name.json`` (the results) and ``out/name.md`` (their table), made if missing."""
+  out = pathlib.Path(out)
+  out.mkdir(parents=True, exist_ok=True)
+  (out / f"{name}.json").write_text(json.dumps(results, indent=1))
+  (out / f"{name}.md").write_text(markdown)

@@ -11,7 +11,6 @@ final head's logits), in interleaved rounds (``harness.interleaved``). Writes
 """
 
 import argparse
-import json
 import pathlib
 import sys
 import tempfile
@@ -93,10 +92,7 @@ def main():
   rows = imported_vs_forward(models, size, batches, rounds)
   results = {"machine": harness.machine(), "rounds": rounds, "quick": args.quick,
              "rows": rows, "notes": []}
-  out = pathlib.Path(args.out)
-  out.mkdir(parents=True, exist_ok=True)
-  (out / "imported.json").write_text(json.dumps(results, indent=1))
-  (out / "imported.md").write_text(run_lib.markdown(results))
+  harness.write_results(args.out, "imported", results, run_lib.markdown(results))
   print(run_lib.markdown(results))
 
 

@@ -22,7 +22,6 @@ figures are ratios against a baseline timed in the same process, in interleaved 
 
 import argparse
 import functools
-import json
 import pathlib
 import statistics
 import sys
@@ -351,10 +350,7 @@ def main():
       "raised (mhex_jax.host_allocator)" if host_allocator.applied() else "defaults"))
   results = {"machine": harness.machine(), "rounds": rounds, "quick": args.quick,
              "rows": rows, "notes": notes}
-  out = pathlib.Path(args.out)
-  out.mkdir(parents=True, exist_ok=True)
-  (out / "results.json").write_text(json.dumps(results, indent=1))
-  (out / "results.md").write_text(markdown(results))
+  harness.write_results(args.out, "results", results, markdown(results))
   print(markdown(results))
 
 

@@ -186,10 +186,7 @@ def main():
     for key, arg in (("mhex", ""), ("plain", ":plain")):
       results[key] = train(arg, subset, work / key)
       print(f"{key}: {results[key]}", flush=True)
-  out = pathlib.Path(args.out)
-  out.mkdir(parents=True, exist_ok=True)
-  (out / "text_baseline.json").write_text(json.dumps(results, indent=1))
-  (out / "text_baseline.md").write_text(markdown(results))
+  harness.write_results(args.out, "text_baseline", results, markdown(results))
   print(markdown(results))
 
 

@@ -81,5 +81,5 @@ def test_unknown_config_name_lists_the_shipped_configs(installed, tmp_path):
   result = _run(installed, "mhex-eval", "--config=nonexistent", "--workdir=w", cwd=tmp_path)
   assert result.returncode != 0
   assert ("'nonexistent' is neither a config file nor a shipped config; shipped configs: "
-          "bert_agnews, default, resnet18_imagenet, resnet18_medmnist, vit_imagenet, vit_medmnist"
-          in result.stderr)
+          "bert_agnews, default, image_folder, resnet18_imagenet, resnet18_medmnist, text_csv, "
+          "vit_imagenet, vit_medmnist" in result.stderr)

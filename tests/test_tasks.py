@@ -19,6 +19,7 @@ from configs import default
 from mhex_jax import model_lib
 from mhex_jax import tasks
 from mhex_jax.data import dataset as dataset_lib
+from mhex_jax.data import folder
 from mhex_jax.data import input_pipeline
 from mhex_jax.explain import methods as methods_lib
 from mhex_jax.models import bert, resnet, vit
@@ -117,12 +118,14 @@ def test_token_inputs_of_either_task():
 
 def test_every_dataset_declares_the_interface():
   members = [n for n in vars(dataset_lib.Dataset) if not n.startswith("_")]
-  assert set(members) == {"num_examples", "has_masks", "class_names", "dummy_inputs", "batches"}
+  assert set(members) == {"num_examples", "has_masks", "class_names", "validation",
+                          "dummy_inputs", "batches"}
   protocol = inspect.signature(dataset_lib.Dataset.batches)
   for cls in (input_pipeline.InMemoryDataset, input_pipeline.TextDataset,
-              input_pipeline.TfdsImageNet):
-    # On the class: an instance's properties would read the data (tfds needs ImageNet).
-    assert all(hasattr(cls, m) for m in members), cls.__name__
+              input_pipeline.TfdsImageNet, folder.FolderDataset):
+    # On the class: an instance's properties would read the data (tfds needs ImageNet); a
+    # dataclass field without a default is on the class as a field only.
+    assert all(hasattr(cls, m) or m in cls.__dataclass_fields__ for m in members), cls.__name__
     assert inspect.signature(cls.batches) == protocol, cls.__name__
   config = default.get_config()
   config.data.num_train, config.data.num_eval = 8, 4
@@ -132,6 +135,7 @@ def test_every_dataset_declares_the_interface():
   for dataset in (train, evaluation, text):
     assert isinstance(dataset, dataset_lib.Dataset), type(dataset).__name__
   assert train.class_names is None and text.class_names == ("a", "b", "c")
+  assert train.validation is None and text.validation is None
   assert evaluation.has_masks and not text.has_masks
 
 
