@@ -185,7 +185,7 @@ class Run:
     image = _checked_image(image)
     if self.image_processor is not None:
       if image.dtype != np.uint8:
-        image = _to_uint8(_float_channels(image, self.channels))
+        image = _to_uint8(image_files.float_channels(image, self.channels))
       pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image[..., :3])
       pil = pil.convert("L" if self.channels == 1 else "RGB")
       return self.image_processor(np.asarray(pil).reshape(*image.shape[:2], self.channels))
@@ -404,17 +404,6 @@ def _checked_image(image) -> np.ndarray:
   if np.array_equal(levels / np.float32(255), image):
     return levels.astype(np.uint8)
   return image
-
-
-def _float_channels(image: np.ndarray, channels: int) -> np.ndarray:
-  """float32 [H, W, C] -> [H, W, channels]: alpha dropped, gray repeated, or colour to gray by
-  PIL's convert("L") weights (ITU-R 601-2 luma)."""
-  image = image[..., :3]
-  if image.shape[-1] == channels:
-    return image
-  if channels == 3:
-    return np.repeat(image, 3, axis=-1)
-  return (image @ np.asarray([0.299, 0.587, 0.114], np.float32))[..., None]
 
 
 def _to_uint8(image: np.ndarray) -> np.ndarray:

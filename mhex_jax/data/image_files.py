@@ -168,9 +168,7 @@ def fit_image(image: np.ndarray, size: int, channels: int, box: Optional[Box] = 
       pil, box = _padded(pil, box, colour[0] if channels == 1 else colour)
     fitted = np.asarray(pil.resize((size, size), Image.BILINEAR, box=box))
     return fitted.reshape(size, size, channels).astype(np.float32) / np.float32(255)
-  image = image.astype(np.float32)
-  if image.shape[-1] != channels:
-    image = np.repeat(image, 3, axis=-1) if channels == 3 else (image @ _LUMA)[..., None]
+  image = float_channels(image, channels)
   planes = []
   for c in range(channels):
     plane, crop = Image.fromarray(np.ascontiguousarray(image[..., c])), box  # Mode "F".
@@ -178,6 +176,15 @@ def fit_image(image: np.ndarray, size: int, channels: int, box: Optional[Box] = 
       plane, crop = _padded(plane, box, float(fill[c]))
     planes.append(np.asarray(plane.resize((size, size), Image.BILINEAR, box=crop)))
   return np.stack(planes, axis=-1)
+
+
+def float_channels(image: np.ndarray, channels: int) -> np.ndarray:
+  """float [H, W, C] -> float32 [H, W, channels]: alpha dropped, gray repeated, or colour to
+  gray by PIL's convert("L") weights (ITU-R 601-2 luma)."""
+  image = np.asarray(image, np.float32)[..., :3]
+  if image.shape[-1] == channels:
+    return image
+  return np.repeat(image, 3, axis=-1) if channels == 3 else (image @ _LUMA)[..., None]
 
 
 def fit_mask(mask: np.ndarray, size: int, box: Optional[Box] = None) -> np.ndarray:
