@@ -1,9 +1,10 @@
 r"""Does a small CSV learn? configs/text_csv.py (MHEX and plain) against TF-IDF + logistic
 regression on the same held-out rows.
 
-    python -m benchmarks.text_baseline [--csv=PATH/agnews.csv] [--work=DIR] [--baseline_only]
+    python -m benchmarks.text_baseline [--csv=PATH/agnews.csv] [--seeds=0,1,2] [--work=DIR]
+        [--baseline_only]
 
-Takes a stratified subset of the AG News CSV (600 rows, 150 of each class, a fixed seed; written
+For each seed, takes a stratified subset of the AG News CSV (600 rows, 150 of each class; written
 verbatim to WORK/agnews600.csv) and splits it as the library does (``text.stratified_split``
 with configs/text_csv.py's eval_fraction and split_seed: 120 held-out rows). The baseline is
 scikit-learn's defaults, written out here in numpy (scikit-learn is not a dependency):
@@ -17,8 +18,11 @@ scikit-learn's defaults, written out here in numpy (scikit-learn is not a depend
 
 It trains on the 480 training rows (those the models train and validate on), then ``train.py
 --config=configs/text_csv.py[:plain]`` runs with the path as its only flag, and the three
-held-out accuracies go to ``benchmarks/results/text_baseline.{json,md}``. On a 2-core CPU the
-two trainings take about 20 min; ``--baseline_only`` skips them.
+held-out accuracies go to ``benchmarks/results/text_baseline.{json,md}``, one row per seed
+(runs of other seeds already there are kept, each with its date) and their mean. 120 held-out
+rows put one row at 0.8 points, so a single subset cannot tell a 1-point difference between
+MHEX and plain; the seeds draw independent subsets. On a 2-core CPU the two trainings of a
+seed take about 40 min; ``--baseline_only`` skips them.
 """
 
 import argparse
@@ -140,37 +144,58 @@ def train(arg: str, subset: pathlib.Path, workdir: pathlib.Path) -> dict:
 
 def markdown(results: dict) -> str:
   m = results["machine"]
-  lines = [f"A {results['rows']}-row stratified subset of the AG News CSV (seed "
-           f"{results['seed']}), held-out accuracy on its {results['num_test']} test rows; the "
-           f"baseline trained on the other {results['num_train']}, the models on 90% of them "
-           f"with 10% to validate. {m['processor']} ({m['cpus']} CPUs), jax {m['jax']}, "
-           f"{results['date']}.", "",
-           "| model | held-out accuracy | notes |", "|---|---|---|",
-           f"| TF-IDF + logistic regression (scikit-learn's defaults, C = 1) | "
-           f"{results['baseline']:.4f} | |"]
-  for name, key in (("MHEX-MiniLM, configs/text_csv.py", "mhex"),
-                    ("plain MiniLM, configs/text_csv.py:plain", "plain")):
-    run = results.get(key)
-    if run:
-      lines.append(f"| {name} | {run['accuracy']:.4f} | max_len {run['max_len']}, best step "
-                   f"{run['best_step']} of {run['steps']} (validation accuracy "
-                   f"{run['val_accuracy']:.4f}), {run['minutes']} min |")
+  runs = sorted(results["runs"], key=lambda r: r["seed"])
+  lines = [f"Stratified {results['rows']}-row subsets of the AG News CSV (one per seed), "
+           f"held-out accuracy on each subset's {runs[0]['num_test']} test rows; the baseline "
+           f"trained on the other {runs[0]['num_train']}, the models on 90% of them with 10% to "
+           f"validate. {m['processor']} ({m['cpus']} CPUs), jax {m['jax']}.", "",
+           "| seed | TF-IDF + logistic regression | MHEX-MiniLM | plain MiniLM | MHEX − plain | "
+           "notes |", "|---|---|---|---|---|---|"]
+  for run in runs:
+    mhex, plain = run.get("mhex"), run.get("plain")
+    cells = [f"{run['baseline']:.4f}"] + [f"{r['accuracy']:.4f}" if r else "" for r in (mhex, plain)]
+    diff = f"{100 * (mhex['accuracy'] - plain['accuracy']):+.1f} pt" if mhex and plain else ""
+    notes = "; ".join(f"{name}: max_len {r['max_len']}, best step {r['best_step']} of "
+                      f"{r['steps']} (val {r['val_accuracy']:.4f}), {r['minutes']} min"
+                      for name, r in (("MHEX", mhex), ("plain", plain)) if r)
+    notes = "; ".join(filter(None, [notes, run["date"]]))
+    lines.append(f"| {run['seed']} | {' | '.join(cells)} | {diff} | {notes} |")
+  both = [r for r in runs if r.get("mhex") and r.get("plain")]
+  if len(both) > 1:
+    mean = lambda xs: sum(xs) / len(xs)
+    diffs = [100 * (r["mhex"]["accuracy"] - r["plain"]["accuracy"]) for r in both]
+    lines.append(f"| mean of {len(both)} | {mean([r['baseline'] for r in both]):.4f} | "
+                 f"{mean([r['mhex']['accuracy'] for r in both]):.4f} | "
+                 f"{mean([r['plain']['accuracy'] for r in both]):.4f} | "
+                 f"{mean(diffs):+.1f} pt | per-seed differences from {min(diffs):+.1f} to "
+                 f"{max(diffs):+.1f} pt |")
+  lines += ["", "Models: configs/text_csv.py (MHEX) and configs/text_csv.py:plain, the subset's "
+            "path as the only flag. TF-IDF + logistic regression: scikit-learn's defaults "
+            "(C = 1), written out in this script."]
   return "\n".join(lines) + "\n"
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--csv", default=str(DEFAULT_CSV), help="An AG News CSV.")
-  parser.add_argument("--work", default="", help="Where the subset and workdirs go "
-                                                 "(default: a new temporary directory).")
-  parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-  parser.add_argument("--baseline_only", action="store_true", help="Skip the two trainings.")
-  args = parser.parse_args()
-  work = pathlib.Path(args.work or tempfile.mkdtemp(prefix="text_baseline_"))
+def earlier_runs(out: pathlib.Path, seeds) -> list:
+  """Runs of other seeds from an earlier text_baseline.json in OUT (each keeps its own date),
+  so that one invocation per seed adds to the table instead of replacing it."""
+  path = out / "text_baseline.json"
+  if not path.exists():
+    return []
+  earlier = json.loads(path.read_text())
+  if earlier.get("rows") != ROWS:
+    return []
+  if "runs" not in earlier:  # The one-seed layout of the first version.
+    earlier["runs"] = [{key: earlier[key] for key in ("seed", "date", "num_train", "num_test",
+                                                      "baseline", "mhex", "plain")
+                        if key in earlier}]
+  return [run for run in earlier["runs"] if run["seed"] not in seeds]
+
+
+def run_seed(csv_path: pathlib.Path, work: pathlib.Path, seed: int, baseline_only: bool) -> dict:
+  """One subset: written, split as the library splits it, the baseline and both trainings."""
   work.mkdir(parents=True, exist_ok=True)
   subset = work / f"agnews{ROWS}.csv"
-  write_subset(pathlib.Path(args.csv), subset, ROWS, SEED)
-
+  write_subset(csv_path, subset, ROWS, seed)
   data_config = text_csv.get_config().data
   data = text.load_csv(subset, label_column=data_config.label_column,
                        text_columns=data_config.text_columns, label_base=data_config.label_base,
@@ -178,15 +203,36 @@ def main():
   train_idx, test_idx = text.stratified_split(data.labels,
                                               eval_fraction=data_config.eval_fraction,
                                               seed=data_config.split_seed)
-  results = {"machine": harness.machine(), "date": time.strftime("%Y-%m-%d"), "rows": ROWS,
-             "seed": SEED, "num_train": len(train_idx), "num_test": len(test_idx),
-             "baseline": baseline_accuracy(data.texts, data.labels, train_idx, test_idx)}
-  print(f"TF-IDF + logistic regression: {results['baseline']:.4f}", flush=True)
-  if not args.baseline_only:
+  run = {"seed": seed, "date": time.strftime("%Y-%m-%d"), "num_train": len(train_idx),
+         "num_test": len(test_idx),
+         "baseline": baseline_accuracy(data.texts, data.labels, train_idx, test_idx)}
+  print(f"seed {seed}: TF-IDF + logistic regression {run['baseline']:.4f}", flush=True)
+  if not baseline_only:
     for key, arg in (("mhex", ""), ("plain", ":plain")):
-      results[key] = train(arg, subset, work / key)
-      print(f"{key}: {results[key]}", flush=True)
-  harness.write_results(args.out, "text_baseline", results, markdown(results))
+      run[key] = train(arg, subset, work / key)
+      print(f"seed {seed}, {key}: {run[key]}", flush=True)
+  return run
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--csv", default=str(DEFAULT_CSV), help="An AG News CSV.")
+  parser.add_argument("--work", default="", help="Where the subsets and workdirs go "
+                                                 "(default: a new temporary directory).")
+  parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+  parser.add_argument("--seeds", default=str(SEED),
+                      help="Comma-separated subset seeds; runs of other seeds already in "
+                           "OUT/text_baseline.json stay in the table.")
+  parser.add_argument("--baseline_only", action="store_true", help="Skip the trainings.")
+  args = parser.parse_args()
+  seeds = [int(seed) for seed in args.seeds.split(",")]
+  work = pathlib.Path(args.work or tempfile.mkdtemp(prefix="text_baseline_"))
+  out = pathlib.Path(args.out)
+  runs = earlier_runs(out, seeds)
+  for seed in seeds:
+    runs.append(run_seed(pathlib.Path(args.csv), work / f"seed{seed}", seed, args.baseline_only))
+    results = {"machine": harness.machine(), "rows": ROWS, "runs": runs}
+    harness.write_results(out, "text_baseline", results, markdown(results))
   print(markdown(results))
 
 

@@ -145,6 +145,17 @@ def test_layer_cams_match_a_per_example_loop():
       np.testing.assert_allclose(cam[i], expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("shape", [(1, 5, 4, 6), (3, 5, 4, 6), (1, 7, 6), (4, 7, 6)])
+def test_channel_dot_both_forms_equal_the_float64_sum(shape):
+  # Batch 1 takes the matrix-vector product, larger batches the product and channel sum.
+  rng = np.random.default_rng(0)
+  features, w = rng.normal(size=shape), rng.normal(size=(shape[0], shape[-1]))
+  out = equivalent_matrix.channel_dot(jnp.asarray(features, jnp.float32),
+                                      jnp.asarray(w, jnp.float32))
+  np.testing.assert_allclose(out, np.einsum("b...c,bc->b...", features, w), rtol=1e-5,
+                             atol=1e-5)
+
+
 def test_saliency_shapes_targets_and_range():
   model, variables = _trained_like_variables()
   images = jax.random.normal(jax.random.key(3), (5, 16, 16, 3))
@@ -321,6 +332,20 @@ def test_routing_by_hand_identity_attention_and_mass():
     np.testing.assert_allclose(out.sum(), (cam * source).sum(), rtol=1e-5)
   with pytest.raises(ValueError, match="one attention map per MHEX layer"):
     equivalent_matrix.route_cams(cams, probs[:1], source)
+
+
+def test_routing_chain_equals_the_partial_rollout_matrices():
+  # route_cams multiplies vectors through M_ℓ ⋯ M_1; the definition forms J_ℓ first.
+  from mhex_jax.explain import transformer as tx
+  rng = np.random.default_rng(1)
+  probs = [jax.nn.softmax(jnp.asarray(rng.normal(size=(2, 3, 5, 5)), jnp.float32), -1)
+           for _ in range(4)]
+  cams = [jnp.asarray(rng.normal(size=(2, 5)), jnp.float32) for _ in range(4)]
+  source = jnp.asarray(rng.random((2, 5)) > 0.3)
+  routed = equivalent_matrix.route_cams(cams, probs, source)
+  for cam, joint, out in zip(cams, tx.rollout_matrices(probs), routed):
+    expected = np.einsum("bi,bij->bj", np.where(source, cam, 0.0), joint)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("options", [
