@@ -457,3 +457,19 @@ def test_eager_matches_jit():
     method, options = EXPLAINERS[key]
     np.testing.assert_allclose(method(model, variables, inputs, targets, **options), maps[key],
                                rtol=1e-4, atol=1e-6, err_msg=key)
+
+
+@pytest.mark.parametrize("class_token", [True, False])
+def test_rollout_vector_chain_equals_the_rollout_matrix_row(class_token):
+  # attention_rollout pushes the query row through each mixing matrix; the definition takes the
+  # query row (class token, or the mean of the rows) of the product of the matrices.
+  from mhex_jax.models import vit  # pylint: disable=g-import-not-at-top
+  model = vit.ViT(num_classes=3, image_size=8, patch_size=4, hidden_size=8, num_layers=3,
+                  num_heads=2, intermediate_size=16, class_token=class_token, mhex=False)
+  images = jnp.asarray(np.random.default_rng(2).normal(size=(2, 8, 8, 3)), jnp.float32)
+  variables = {"params": model.init(jax.random.key(0), images[:1])["params"]}
+  probs = common.attention_probs(model.apply(variables, images, mutable=["attention"])[1])
+  joint = np.asarray(tx.rollout_matrix(probs))
+  expected = joint[:, 0] if class_token else joint.mean(axis=1)
+  np.testing.assert_allclose(tx.attention_rollout(model, variables, {"image": images}),
+                             expected, rtol=1e-5, atol=1e-6)

@@ -86,6 +86,14 @@ def _query_row(matrix: jax.Array, tokens: tasks.TokenInputs) -> jax.Array:
   return _column_mean(matrix, tokens.valid)
 
 
+def _query_weights(tokens: tasks.TokenInputs) -> jax.Array:
+  """[B, T] weights whose product with a [B, T, T] matrix is ``_query_row`` of it."""
+  if tokens.class_token:
+    return jnp.zeros(tokens.valid.shape, jnp.float32).at[:, 0].set(1.0)
+  weights = tokens.valid.astype(jnp.float32)
+  return weights / jnp.maximum(jnp.sum(weights, axis=1, keepdims=True), 1.0)
+
+
 def _column_mean(matrix: jax.Array, valid: jax.Array) -> jax.Array:
   """(1 / N_valid) Σ_{valid i} matrix[b, i, j]: [B, T, T] → [B, T]."""
   weights = valid.astype(jnp.float32)
@@ -226,8 +234,14 @@ def attention_rollout(model: Any, variables: Any, inputs: Mapping[str, jax.Array
   """
   del targets
   tokens = _tokens(model, inputs)
-  joint = rollout_matrix(_attention(model, variables, tokens), start_layer=start_layer)
-  return _finish(_query_row(joint, tokens), tokens)
+  attentions = _attention(model, variables, tokens)
+  _check_start_layer(start_layer, len(attentions))
+  # The query row of M_L ⋯ M_s as a vector pushed through each M (vector-matrix products)
+  # instead of the product of the [T, T] matrices: the same sum in another order.
+  row = _query_weights(tokens)
+  for mixing in reversed(mixing_matrices(attentions[start_layer:])):
+    row = jnp.einsum("bi,bij->bj", row, mixing)
+  return _finish(row, tokens)
 
 
 # ---------------------------------------------------------------------------------------------
