@@ -43,7 +43,9 @@ _CHOICES = {"model_name": ("resnet18", "resnet34", "resnet50", "bert", "vit"),
             "data.intensity": ("full_range", "min_max", "window"),
             "model.gate_init": ("random", "identity"),
             "model.gate_placement": ("shortcut", "branch", "sum"),
-            "model.dtype": ("float32", "bfloat16")}
+            "model.dtype": ("float32", "bfloat16"),
+            "eval.mhex.route": ("none", "attention", "flow"),
+            "eval.mhex.map": ("cam", "flow", "split"), "eval.mhex.flow_rows": ("layer", "final")}
 
 
 def _get(config: ml_collections.ConfigDict, field: str):
@@ -247,14 +249,16 @@ def base_config() -> ml_collections.ConfigDict:
   # map's kind: CNN images keep positive evidence over all blocks (SPEC §3); Transformer token
   # and patch maps are signed, LayerNorm-normalised and routed through the attention (text:
   # first layer, ViT: last layer). layers: indices summed with weight 1, or () for the
-  # α-decay over all layers; route: "none" or "attention" (Transformers); feature_norm:
-  # "none", "centre" or "layer_norm" (Transformers); contrastive: E[c] minus the mean row.
+  # α-decay over all layers; route: "none", "attention" or "flow" (Transformers; "flow" on
+  # ViTs); feature_norm: "none", "centre" or "layer_norm" (Transformers); contrastive: E[c]
+  # minus the mean row; map: "cam", "flow" or "split" and flow_rows: "layer" or "final" (ViT
+  # patch maps, explain.token_flow).
   config.eval.mhex = ml_collections.ConfigDict({
       "alpha": placeholder(float), "tau_pos": placeholder(float),
       "tau_neg": placeholder(float), "beta_pos": placeholder(float),
       "beta_neg": placeholder(float), "layers": placeholder(tuple),
       "route": placeholder(str), "feature_norm": placeholder(str),
-      "contrastive": placeholder(bool)})
+      "contrastive": placeholder(bool), "map": placeholder(str), "flow_rows": placeholder(str)})
   # Named MHEX variants, each scored as one more method: name → options over eval.mhex.
   # eval.methods may name them; "all" includes them.
   config.eval.variants = ml_collections.ConfigDict()

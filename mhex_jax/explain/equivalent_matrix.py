@@ -41,6 +41,7 @@ import numpy as np
 from mhex_jax import tasks
 from mhex_jax.errors import ConfigError
 from mhex_jax.explain import attribution
+from mhex_jax.explain import token_flow
 from mhex_jax.explain import transformer
 from mhex_jax.explain.maps import normalize_maps
 from mhex_jax.models import common
@@ -178,10 +179,16 @@ def route_cams(cams: Sequence[jax.Array], attentions: Sequence[jax.Array],
   if len(cams) != len(attentions):
     raise ValueError(f"{len(cams)} MHEX layers but {len(attentions)} attention maps: routing "
                      "needs one attention map per MHEX layer.")
+  return route_through(cams, transformer.mixing_matrices(attentions), source_mask)
+
+
+def route_through(cams: Sequence[jax.Array], mixings: Sequence[jax.Array],
+                  source_mask: jax.Array) -> list[jax.Array]:
+  """``route_cams`` through given row-stochastic mixing matrices M_ℓ [B, T, T] (the rollout's,
+  or the class flow's of ``token_flow.routing_mixings``)."""
   # routed_ℓ = (source ⊙ CAM_ℓ) M_ℓ ⋯ M_1 as a chain of vector-matrix products, L(L+1)/2 of
   # [T] × [T, T], instead of forming every J_ℓ (L products of [T, T] × [T, T]: at ViT-S/16
   # 224² batch 32, 6% of the forward). Layers whose map is unused are dropped under jit.
-  mixings = transformer.mixing_matrices(attentions)
   routed = []
   for layer, cam in enumerate(cams):
     vector = jnp.where(source_mask, cam, 0.0)
@@ -430,7 +437,8 @@ def mhex_patch_saliency(model: Any, variables: Any, images: jax.Array,
                         targets: Optional[jax.Array] = None, *,
                         layers: Optional[Sequence[int]] = (-1,), alpha: float = 0.9,
                         route: str = "attention", feature_norm: str = "layer_norm",
-                        beta_neg: float = -1.0, **options) -> Saliency:
+                        beta_neg: float = -1.0, map: str = "cam",  # pylint: disable=redefined-builtin
+                        flow_rows: str = "layer", **options) -> Saliency:
   """MHEX image saliency of a ViT: patch-token maps on the patch grid, resized to the image.
 
   The defaults were chosen on held-out validation images (docs/results.md, "MHEX on
@@ -453,20 +461,46 @@ def mhex_patch_saliency(model: Any, variables: Any, images: jax.Array,
     route: "attention" (``route_cams``) or "none" (SPEC §4).
     feature_norm: see ``normalize_features``.
     beta_neg: sign weighting (see ``class_weights``); −1 is the signed row of E.
+    map: "cam" (the layers' CAMs, routed by ``route``), "flow" (the class flow) or "split"
+      (the exact split of the final logit over source tokens, routed by ``route``): see
+      ``explain.token_flow``. "flow" and "split" ignore layers, alpha, feature_norm, beta_neg
+      and the ``class_weights`` options.
+    flow_rows: the class flow's readout, "layer" (each layer's own E row) or "final" (the
+      final head's active row), for ``map="flow"`` and ``route="flow"``.
     **options: ``class_weights`` options (contrastive, tau_pos, tau_neg, beta_pos).
 
   Returns:
-    ``Saliency`` with the image map [B, H, W] and raw per-layer grid maps [B, gh, gw].
+    ``Saliency`` with the image map [B, H, W] and raw per-layer grid maps [B, gh, gw] (for
+    "flow" and "split", the one token map).
   """
   _check_images(images)
+  token_flow.check_options(map, route, flow_rows)
   prefix = model.num_prefix_tokens
-  forward = forward_blocks(model, variables, (images,), targets, attention=route != "none")
+  to_grid = lambda c: c[:, prefix:].reshape(c.shape[0], *model.grid_size)
+  if map != "cam" or route == "flow":
+    flow = token_flow.forward_pass(model, variables, images, targets)
+    if map == "flow":
+      token_map = token_flow.flow_map(flow, flow_rows)
+    elif map == "split":
+      token_map = token_flow.split_map(flow, route, flow_rows)
+    if map != "cam":
+      grid = to_grid(token_map)
+      saliency = normalize_maps(integrate_cams([grid], images.shape[1:3], alpha=1.0))
+      return Saliency(saliency, [grid], flow.logits, flow.targets)
+    forward = Forward([layer.block for layer in flow.layers], flow.logits, flow.targets, None)
+  else:
+    forward = forward_blocks(model, variables, (images,), targets, attention=route != "none")
   tokens = forward.blocks[0].features.shape[:2]
   patches = jnp.broadcast_to(jnp.arange(tokens[1]) >= prefix, tokens)
-  cams = token_cams(forward.blocks, forward.targets, route=route,
-                    attentions=forward.attentions, source_mask=patches,
-                    feature_norm=feature_norm, beta_neg=beta_neg, **options)
-  cams = [c[:, prefix:].reshape(c.shape[0], *model.grid_size) for c in cams]
+  if route == "flow":
+    cams = route_through(layer_cams(forward.blocks, forward.targets, feature_norm=feature_norm,
+                                    beta_neg=beta_neg, **options),
+                         token_flow.routing_mixings(flow, "flow", flow_rows), patches)
+  else:
+    cams = token_cams(forward.blocks, forward.targets, route=route,
+                      attentions=forward.attentions, source_mask=patches,
+                      feature_norm=feature_norm, beta_neg=beta_neg, **options)
+  cams = [to_grid(c) for c in cams]
   weights = layer_weights(len(cams), layers, alpha)
   # Layers of weight 0 left out of the sum: under jit their maps are then never computed.
   total = sum(w * c for w, c in zip(weights, cams) if w)

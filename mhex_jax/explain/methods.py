@@ -25,6 +25,8 @@ from mhex_jax.explain import registry
 
 # MHEX options that only maps of Transformer tokens take.
 TOKEN_ONLY_OPTIONS = ("layers", "route", "feature_norm", "contrastive")
+# MHEX options of ViT patch maps only (explain.token_flow).
+PATCH_ONLY_OPTIONS = ("map", "flow_rows")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,9 +115,16 @@ def mhex_options(eval_config: ml_collections.ConfigDict, model,
     where = f"eval.mhex / eval.variants.{variant}"
   if "layers" in options:
     options["layers"] = tuple(options["layers"])
-  if not tasks.task_of(model).token_maps_allowed:
+  task = tasks.task_of(model)
+  if not task.token_maps_allowed:
     misplaced = sorted(set(options) & set(TOKEN_ONLY_OPTIONS))
     if misplaced:
       raise ConfigError(f"MHEX options {misplaced} apply to Transformer token maps only; unset "
                         f"them in {where} for {type(model).__name__}.")
+  flow = sorted(set(options) & set(PATCH_ONLY_OPTIONS))
+  if options.get("route") == "flow":
+    flow.append("route='flow'")
+  if flow and task.mhex_map != "patches":
+    raise ConfigError(f"MHEX options {flow} apply to ViT patch maps only (the class flow, "
+                      f"explain.token_flow); unset them in {where} for {type(model).__name__}.")
   return options

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from mhex_jax.errors import ConfigError
-from mhex_jax.models.common import ATTENTION, perturb
+from mhex_jax.models.common import ATTENTION, VALUES, perturb
 
 # Hugging Face activation names: "gelu" is the exact (erf) GELU, the others its tanh form.
 ACTIVATIONS = {
@@ -102,6 +102,7 @@ class SelfAttention(nn.Module):
     q = project("query", self.use_bias)
     k = project("key", self.use_bias)
     v = project("value", self.use_bias)
+    self.sow(VALUES, "values", v)
     scores = jnp.einsum("bhqk,bhtk->bhqt", q, k).astype(jnp.float32) * head_dim**-0.5
     if mask is not None:
       # The float32 minimum instead of -inf: a fully padded row stays finite (uniform).

@@ -7,7 +7,10 @@ Collections (``model.apply(..., mutable=[...])``):
 * ``"mhex"`` (``MHEX``): each MHEX module's saliency features A (``models/mhex.py``).
 * ``"attention"`` (``ATTENTION``): each Transformer layer's attention probabilities.
 * ``"hidden_states"`` (``HIDDEN_STATES``): each layer's (or CNN block's) input, then the
-  encoder output or the map a CNN pools.
+  encoder output or the map a CNN pools; a ViT layer also sows its stream after attention
+  (``POST_ATTENTION``).
+* ``"values"`` (``VALUES``): each Transformer layer's attention values [B, H, T, d_h], which
+  the class-flow maps read (``explain.token_flow``).
 * ``"intermediates"`` (``INTERMEDIATES``): Flax's ``capture_intermediates``, with which the
   explainers read a layer of a user's own model by name.
 * ``"perturbations"`` (``PERTURBATIONS``): zero-valued perturbation points; the gradient of an
@@ -24,13 +27,15 @@ from mhex_jax.errors import ConfigError
 MHEX = "mhex"
 INTERMEDIATES = "intermediates"
 ATTENTION = "attention"
+VALUES = "values"
 HIDDEN_STATES = "hidden_states"
 PERTURBATIONS = "perturbations"
 LAYER_INPUT = "layer_input"
 ENCODER_OUTPUT = "encoder_output"
+POST_ATTENTION = "post_attention"
 
 # Every collection a forward pass may fill: none of them is a model variable.
-STATE_COLLECTIONS = (MHEX, ATTENTION, HIDDEN_STATES, PERTURBATIONS, INTERMEDIATES)
+STATE_COLLECTIONS = (MHEX, ATTENTION, VALUES, HIDDEN_STATES, PERTURBATIONS, INTERMEDIATES)
 
 
 def strip_state(variables: Any) -> dict:
@@ -81,6 +86,21 @@ def attention_probs(state: Any) -> list[jax.Array]:
     raise ConfigError(f"No {ATTENTION!r} collection: apply the model with "
                       f"mutable=[{ATTENTION!r}].")
   return _layer_values(state[ATTENTION], "attention/probs")
+
+
+def attention_values(state: Any) -> list[jax.Array]:
+  """Per-layer attention values [B, H, T, d_h] from the mutable state of ``apply``."""
+  if VALUES not in state:
+    raise ConfigError(f"No {VALUES!r} collection: apply the model with mutable=[{VALUES!r}].")
+  return _layer_values(state[VALUES], "attention/values")
+
+
+def post_attention_states(state: Any) -> list[jax.Array]:
+  """Per-layer stream after attention s = h + attention(LN(h)) [B, T, d] (ViT layers)."""
+  if HIDDEN_STATES not in state:
+    raise ConfigError(f"No {HIDDEN_STATES!r} collection: apply the model with "
+                      f"mutable=[{HIDDEN_STATES!r}].")
+  return _layer_values(state[HIDDEN_STATES], POST_ATTENTION)
 
 
 def hidden_states(state: Any) -> list[jax.Array]:

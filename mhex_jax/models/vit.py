@@ -82,7 +82,7 @@ from mhex_jax.errors import ConfigError
 from mhex_jax.models import mhex as mhex_lib
 from mhex_jax.models.attention import LayerConfig, SelfAttention, activation, feed_forward
 from mhex_jax.models.attention import layer_config, layer_norm
-from mhex_jax.models.common import ENCODER_OUTPUT, HIDDEN_STATES, record_layer_input
+from mhex_jax.models.common import ENCODER_OUTPUT, HIDDEN_STATES, POST_ATTENTION, record_layer_input
 
 FEED_FORWARDS = ("mlp", "swiglu")
 HEADS = ("class", "distilled", "class_and_mean")
@@ -184,6 +184,7 @@ class ViTLayer(nn.Module):
                       dropout_rate=c.attention_dropout, kernel_init=init, dtype=c.dtype,
                       name="attention")(x, train=train)
     s = dropout(self._scale("attention_scale", x)) + h
+    self.sow(HIDDEN_STATES, POST_ATTENTION, s)
     r = layer_norm(c.layer_norm_eps, c.dtype, "mlp_norm")(s)
     if self.feed_forward == "swiglu":
       r = swiglu(r, c.intermediate_size, init, c.dtype)
