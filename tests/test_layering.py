@@ -12,8 +12,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "mhex_jax"
 # Lowest first. A module may import from its own layer or any layer before it.
 LAYERS = (
     ("foundation", ("errors", "files", "workdir_lock", "workdir", "compile_cache",
-                    "distributed", "host_allocator", "config_lib", "sharding", "checkpoints",
-                    "metric_writers", "plotting")),
+                    "distributed", "host_allocator", "devices", "config_lib", "sharding",
+                    "checkpoints", "metric_writers", "plotting")),
     ("models", ("models",)),
     ("weights", ("weights",)),
     ("data", ("data",)),
@@ -23,7 +23,7 @@ LAYERS = (
     ("train_lib", ("train_lib",)),
     ("eval_lib", ("eval_lib",)),
     ("explain_lib", ("explain_lib",)),
-    ("entry points", ("cli",)),
+    ("entry points", ("cli", "device_check")),
 )
 # Arrows the layers would allow but the design does not: evaluation does not need training,
 # nor explaining one's own inputs the evaluation; each takes what it shares from below.

@@ -14,6 +14,7 @@ from absl import flags
 import jax
 
 from mhex_jax import cli
+from mhex_jax import devices
 from mhex_jax import eval_lib
 
 FLAGS = flags.FLAGS
@@ -22,6 +23,7 @@ cli.define_flags("A workdir written by mhex-train (train.py).")
 
 def main(argv):
   cli.start(argv)
+  devices.log_backend()
   report = eval_lib.evaluate(FLAGS.config, FLAGS.workdir)
   if jax.process_index() == 0:
     print(json.dumps(report, indent=2))

@@ -27,6 +27,7 @@ from absl import logging
 
 from mhex_jax import cli
 from mhex_jax import compile_cache
+from mhex_jax import devices
 from mhex_jax import explain_lib
 from mhex_jax import files
 from mhex_jax import host_allocator
@@ -76,6 +77,7 @@ def main(argv):
   compile_cache.enable_from_flags(FLAGS)
   host_allocator.keep_large_buffers()
   logs.quiet_library_logs()
+  devices.log_backend()
   started = time.monotonic()
   run = _load()
   options = {"methods": FLAGS.methods or None, "target": FLAGS.target}

@@ -4,10 +4,9 @@ From a checkout, ``python train.py --config=configs/default.py --workdir=DIR`` r
 """
 
 from absl import flags
-from absl import logging
-import jax
 
 from mhex_jax import cli
+from mhex_jax import devices
 from mhex_jax import train_lib
 
 FLAGS = flags.FLAGS
@@ -16,8 +15,7 @@ cli.define_flags("Where checkpoints and metrics go; rerun to resume.")
 
 def main(argv):
   cli.start(argv)
-  logging.info("JAX process %d/%d, local devices: %s", jax.process_index(),
-               jax.process_count(), jax.local_devices())
+  devices.log_backend()
   train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
