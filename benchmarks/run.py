@@ -9,6 +9,8 @@ figures are ratios against a baseline timed in the same process, in interleaved 
 
   * MHEX saliency / the same network's forward: ResNet-18, ResNet-50 and ViT-S/16 at
     112² and 224², batch 1, 8 and 32 (random weights: speed does not depend on them).
+  * Every MHEX-ViT patch map (``eval.mhex.map``, ``route="flow"``) / forward: ViT-S/16 at 224²,
+    batch 1 and 8.
   * Every image explainer / forward (ResNet-18, 112², batch 8).
   * MHEX and AttCAT token maps / forward on a MiniLM-sized MHEX-BERT (128 tokens, batch 8).
   * MHEX train step / plain ResNet-18 train step (112², batch 32).
@@ -100,6 +102,31 @@ def mhex_vs_forward(models, sizes, batches, rounds):
         for method in ("mhex", "mhex, predicted class"):
           rows.append(_row("MHEX saliency / forward", f"{name}, {size}², batch {batch}", times,
                            method, "forward"))
+  return rows
+
+
+# The MHEX-ViT patch maps of explain.token_flow beside the default (eval.mhex options).
+VIT_MAPS = {"mhex": {}, "mhex, class flow": {"map": "flow"},
+            "mhex, logit split (flow-routed)": {"map": "split", "route": "flow",
+                                                "flow_rows": "final"},
+            "mhex, CAM flow-routed": {"route": "flow"}}
+
+
+def vit_maps_vs_forward(size, batches, rounds, names=tuple(VIT_MAPS)):
+  """The ViT patch maps of every ``map`` (predicted class) against the forward pass."""
+  model, variables = build("vit_s16", size)
+  forward = _forward(model)
+  rows = []
+  maps = {name: VIT_MAPS[name] for name in names}
+  for batch in batches:
+    x = _images(batch, size)
+    fns = {"forward": lambda: forward(variables, x)}
+    for name, options in maps.items():
+      fn = jax.jit(registry.explainer("mhex", model, **options))
+      fns[name] = functools.partial(fn, variables, x, None)
+    times = harness.interleaved(fns, rounds)
+    rows += [_row("ViT patch maps / forward", f"vit_s16, {size}², batch {batch}", times, name,
+                  "forward", options=options) for name, options in maps.items()]
   return rows
 
 
@@ -318,6 +345,7 @@ def main():
   rows, notes = [], []
   if args.quick:
     rows += mhex_vs_forward(["resnet18"], [112], [1], rounds)
+    rows += vit_maps_vs_forward(32, [1], rounds, names=("mhex, class flow",))
     # IG as in the PyTorch rows below (8 steps, one chunk), so the programs compile once
     # where JAX's persistent cache is on (the tests).
     rows += explainers_vs_forward(["grad_cam", "integrated_gradients"], 112, 1, rounds,
@@ -329,6 +357,7 @@ def main():
   else:
     rows += mhex_vs_forward(["resnet18", "resnet50", "vit_s16"], [112, 224], [1, 8, 32],
                             rounds)
+    rows += vit_maps_vs_forward(224, [1, 8], rounds)
     # The costly groups (seconds a call) get at most 5 rounds.
     rows += explainers_vs_forward(
         list(registry.IMAGE_METHODS), 112, 8, min(rounds, 5),

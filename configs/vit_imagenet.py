@@ -79,4 +79,5 @@ def get_config(arg=None):
     config.eval.pointing_tolerance = 1
   config.eval.variants = config_lib.transformer_variants(
       config.model.num_classes, spec_layers=(), default_layers=(-1,))
+  config.eval.variants.update(config_lib.vit_flow_variants())
   return config

@@ -361,6 +361,18 @@ def use_imagenet(config: ml_collections.ConfigDict, mean, std) -> None:
   config.eval.num_explain = 2048
 
 
+def vit_flow_variants() -> dict:
+  """MHEX-ViT patch maps of ``explain.token_flow`` scored beside the default: the class flow
+  with each layer's or the final head's readout, the exact logit split routed by the class
+  flow, by the rollout or not at all, and the default CAM routed by the class flow."""
+  return {"mhex_flow": {"map": "flow"},
+          "mhex_flow_final": {"map": "flow", "flow_rows": "final"},
+          "mhex_split": {"map": "split", "route": "flow", "flow_rows": "final"},
+          "mhex_split_rollout": {"map": "split", "route": "attention"},
+          "mhex_split_unrouted": {"map": "split", "route": "none"},
+          "mhex_cam_flow": {"route": "flow"}}
+
+
 def transformer_variants(num_classes: int, spec_layers: tuple,
                          default_layers: tuple) -> ml_collections.ConfigDict:
   """MHEX token-map variants scored beside the default map by ``--config.eval.methods=all``.

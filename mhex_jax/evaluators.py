@@ -241,7 +241,7 @@ class Explainers:
       save_per_example(self.out_dir / "per_example.npz", per_example, self.window["first"])
       captions = [f"label {self.class_names[l]} / explained {self.class_names[t]}"
                   for l, t in zip(first["label"], targets)]
-      if self.render is not None:
+      if self.render is not None and captions:  # eval.num_gallery=0: no gallery.
         self.render(self.out_dir, first, maps, captions)
     return {"methods": results}
 

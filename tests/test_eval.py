@@ -113,8 +113,13 @@ def test_image_comparison_runs_every_method(image_workdirs):
 
 
 def test_mhex_only_by_default_and_nothing_for_plain(image_workdirs):
-  report = eval_lib.evaluate(_fast_eval(_image_config(), ""), image_workdirs["mhex"])
-  assert list(report["methods"]) == ["mhex"]
+  config = _fast_eval(_image_config(), "")
+  config.eval.num_gallery = 0  # No gallery, and no failure for the lack of one.
+  gallery = os.path.join(image_workdirs["mhex"], "eval", "gallery.png")
+  if os.path.exists(gallery):
+    os.remove(gallery)
+  report = eval_lib.evaluate(config, image_workdirs["mhex"])
+  assert list(report["methods"]) == ["mhex"] and not os.path.exists(gallery)
   report = eval_lib.evaluate(_fast_eval(_image_config(mhex=False), ""), image_workdirs["plain"])
   assert report["methods"] == {}
 
