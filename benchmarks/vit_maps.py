@@ -30,7 +30,6 @@ import shutil
 import sys
 import tempfile
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -48,6 +47,7 @@ from mhex_jax import workdir as workdir_lib
 from mhex_jax.data import input_pipeline
 from mhex_jax.explain import token_flow
 from mhex_jax.explain import transformer
+from mhex_jax.models import mhex as mhex_lib
 
 DEFAULT_METHODS = ("mhex,mhex_cam_flow,mhex_flow,mhex_flow_final,mhex_split,mhex_split_rollout,"
                    "mhex_split_unrouted,attention_rollout,gradient_relevance,grad_sam,"
@@ -100,7 +100,8 @@ def diagnostics(config, workdir: str, num: int) -> tuple[dict, dict]:
     features = np.asarray(layer.block.features, np.float32)[:, prefix:]
     norms = np.linalg.norm(features, axis=-1)
     in_degree = np.asarray(transformer.head_mean(layer.probs)).sum(axis=1)[:, prefix:]
-    rows_e = np.asarray(token_flow.equivalent_target_rows(layer.block, forward.targets))
+    rows_e = np.asarray(mhex_lib.target_rows(layer.block.gate_kernel, layer.block.head_kernel,
+                                              forward.targets))
     score = np.einsum("btd,bd->bt", features, rows_e)
     top = norms >= np.quantile(norms, 0.95, axis=1, keepdims=True)
     positive = np.maximum(score, 0)

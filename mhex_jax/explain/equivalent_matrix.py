@@ -91,13 +91,8 @@ def sign_weighting(w: jax.Array, beta_pos: float = 1.0, beta_neg: float = 0.0) -
   return beta_pos * jnp.maximum(w, 0) + beta_neg * jnp.maximum(-w, 0)
 
 
-def target_rows(gate_kernel: jax.Array, head_kernel: jax.Array,
-                targets: jax.Array) -> jax.Array:
-  """E[targets] [B, C] without forming E: row c of E = P W is (W · P[:, c])ᵀ, so this costs
-  C²·B multiply-adds instead of C²·K (for ImageNet's K = 1000 at batch 1, E itself would cost
-  more than the forward pass)."""
-  head_columns = jnp.take(head_kernel.astype(jnp.float32), targets, axis=1)  # [C, B]
-  return (gate_kernel.astype(jnp.float32) @ head_columns).T
+# E[targets] without forming E (defined beside the module whose kernels it reads).
+target_rows = mhex_lib.target_rows
 
 
 def block_weights(block: MHEXBlock, targets: jax.Array, *, contrastive: bool = False,

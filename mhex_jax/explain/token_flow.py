@@ -129,15 +129,9 @@ def message_scores(layer: LayerPass, readout: jax.Array) -> jax.Array:
 def final_readout(forward: FlowPass) -> jax.Array:
   """u = E[c] ⊙ 1[z > 0] [B, d] of the final head: y_c = u · mean_P A_{L−1} exactly."""
   block = forward.layers[-1].block
-  row = equivalent_target_rows(block, forward.targets)
+  row = mhex_lib.target_rows(block.gate_kernel, block.head_kernel, forward.targets)
   z = jnp.einsum("bt,btd->bd", forward.pool, block.features.astype(jnp.float32))
   return jnp.where(z > 0, row, 0.0)
-
-
-def equivalent_target_rows(block: mhex_lib.MHEXBlock, targets: jax.Array) -> jax.Array:
-  """E[targets] [B, d] of one block (signed, no filter)."""
-  head_columns = jnp.take(block.head_kernel.astype(jnp.float32), targets, axis=1)
-  return (block.gate_kernel.astype(jnp.float32) @ head_columns).T
 
 
 def flow_readouts(forward: FlowPass, flow_rows: str) -> list[jax.Array]:
@@ -147,7 +141,8 @@ def flow_readouts(forward: FlowPass, flow_rows: str) -> list[jax.Array]:
     raise ConfigError(f"Unknown flow_rows={flow_rows!r}; use one of {FLOW_ROWS}.")
   if flow_rows == "final":
     return [final_readout(forward)] * len(forward.layers)
-  return [equivalent_target_rows(layer.block, forward.targets) for layer in forward.layers]
+  return [mhex_lib.target_rows(layer.block.gate_kernel, layer.block.head_kernel, forward.targets)
+          for layer in forward.layers]
 
 
 def flow_attention(layer: LayerPass, readout: jax.Array) -> jax.Array:
