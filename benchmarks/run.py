@@ -18,7 +18,13 @@ figures are ratios against a baseline timed in the same process, in interleaved 
   * Where PyTorch is installed: captum's LayerGradCam and IntegratedGradients on the same
     ResNet-18 shape, batch and image size, at 1 thread and at PyTorch's default (the faster
     counts), against MHEX and our Grad-CAM and IG maps.
+  * The ImageNet input pipeline (JPEG decode + random-resized crop + flip), images/s in threads
+    and in grain's worker processes (``benchmarks/input_pipeline.py``).
+  * Time to the first training step and to the first map, cold and from the persistent
+    compilation cache, and the map program's memory against the forward's
+    (``benchmarks/startup.py``).
 
+XLA:CPU's options are compared by ``python -m benchmarks.xla_options`` (a process per option).
 ``--quick`` (about a minute on a 2-core CPU) keeps one or two sizes of each group.
 """
 
@@ -37,6 +43,8 @@ if str(ROOT) not in sys.path:
   sys.path.insert(0, str(ROOT))
 
 from benchmarks import harness  # pylint: disable=g-import-not-at-top
+from benchmarks import input_pipeline
+from benchmarks import startup
 from mhex_jax import host_allocator
 from mhex_jax import train_lib
 from mhex_jax.explain import attribution
@@ -354,6 +362,9 @@ def main():
     rows += train_step_ratio("resnet18", 32, 4, rounds)
     rows += metrics_vs_model_calls(32, 2, 4, rounds, length=32)
     torch_part = versus_pytorch(112, 1, rounds, ig_steps=8, ig_rounds=rounds)
+    rows += input_pipeline.pipeline_rows(32, rounds, workers=(1,), use_grain=False,
+                                         batch_size=8)
+    rows += startup.memory_rows(("resnet18_tiny",), batches=(2,))
   else:
     rows += mhex_vs_forward(["resnet18", "resnet50", "vit_s16"], [112, 224], [1, 8, 32],
                             rounds)
@@ -373,6 +384,9 @@ def main():
     torch_part = versus_pytorch(112, 8, rounds, ig_steps=50, ig_rounds=3)
     rows += torch_part[0]
     torch_part = versus_pytorch(224, 8, rounds, ig_steps=50, ig_rounds=0)
+    rows += input_pipeline.pipeline_rows(256, min(rounds, 3))
+    rows += startup.startup_rows()
+    rows += startup.memory_rows()
   rows += torch_part[0]
   notes += torch_part[1]
   notes.append("glibc's malloc thresholds: " + (

@@ -354,6 +354,9 @@ def use_imagenet(config: ml_collections.ConfigDict, mean, std) -> None:
   config.data.image_size = 224
   config.data.mean = tuple(mean)
   config.data.std = tuple(std)
+  # Worker processes that decode and crop the images (mhex_jax.data.imagenet); 0: this
+  # process' threads, which top out near 1,500 images/s (docs/usage.md).
+  config.data.decode_processes = 0
   config.train.batch_size = 1024
   config.train.log_every_steps = 100
   config.train.checkpoint_every_steps = 1000

@@ -23,7 +23,8 @@ MODEL_FIELDS = ("model_name", "model", "model_init")
 # The fields that decide a training run, and those a rerun may change without changing it.
 RUN_FIELDS = ("seed", "model_name", "model", "model_init", "model_load", "data", "train")
 RESUME_MAY_CHANGE = ("train.log_every_steps", "train.checkpoint_every_steps",
-                     "train.keep_checkpoints", "train.resume", "data.data_dir")
+                     "train.keep_checkpoints", "train.resume", "data.data_dir",
+                     "data.decode_processes")
 
 
 # Fields a config may leave to the data, with the value that does so: the first training run

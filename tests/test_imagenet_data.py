@@ -7,7 +7,10 @@ Two kinds of data stand in for ImageNet:
   tfds' own ImageNet builder, so the read path (array_record -> tf.Example proto -> JPEG decode
   with PIL) is the one used on the real dataset.
 """
+import dataclasses
 import io
+import os
+import sys
 
 import numpy as np
 import pytest
@@ -17,6 +20,7 @@ from tensorflow_datasets.datasets.imagenet2012 import imagenet2012_dataset_build
 
 from mhex_jax.data import imagenet
 from mhex_jax.data import pipeline
+from mhex_jax.errors import DataError
 
 NUM_MOCK = 13
 
@@ -254,3 +258,96 @@ def test_resume_skips_batches_by_index_without_reading_them(mock_imagenet, monke
                                                 drop_remainder=True))[:2])
   assert not set(reads) & set(np.concatenate(skipped).tolist())
   assert len(reads) == 4 * len(tail)
+
+
+# decode_processes > 0: the same batches from grain's worker processes (each start costs seconds).
+
+def _grain_or_skip():
+  pytest.importorskip("grain", reason="grain is not installed (pip install grain==0.2.18)")
+
+
+def _assert_same_batches(ours, theirs):
+  assert len(ours) == len(theirs) > 0
+  for a, b in zip(ours, theirs):
+    assert a.keys() == b.keys()
+    for key in a:
+      assert a[key].dtype == b[key].dtype, key
+      np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_worker_processes_give_the_threads_train_batches(mock_imagenet):
+  # Mock images are random pixels, so a crop or flip drawn otherwise would show.
+  _grain_or_skip()
+  options = {"batch_size": 2, "image_size": 16, "train": True, "seed": 3, "epoch": 1,
+             "data_dir": mock_imagenet, "process_index": 0, "process_count": 1}
+  threads = list(imagenet.make_iterator("train", num_workers=2, **options))
+  processes = list(imagenet.make_iterator("train", decode_processes=2, **options))
+  _assert_same_batches(threads, processes)  # 6 batches: 3 from one worker, 3 from the other.
+  assert min(b["image"].std(axis=(1, 2, 3)).min() for b in threads) > 10
+
+
+def test_worker_processes_give_the_threads_eval_rows_and_padding(array_record_dir):
+  # The JPEG decode path; the second of two hosts' rows, the last batch padded.
+  _grain_or_skip()
+  options = {"batch_size": 4, "image_size": 12, "train": False, "data_dir": array_record_dir,
+             "process_index": 1, "process_count": 2}
+  threads = list(imagenet.make_iterator("validation", **options))
+  processes = list(imagenet.make_iterator("validation", decode_processes=2, **options))
+  _assert_same_batches(threads, processes)
+  np.testing.assert_array_equal(np.concatenate([b["valid"] for b in processes]),
+                                [True, True, False, False])
+
+
+@dataclasses.dataclass(frozen=True)
+class _LoggedReads:
+  """A data source that appends "pid index" to a file for each example it reads: it sees the
+  reads of the worker processes too, which each unpickle a copy."""
+  source: object
+  log: str
+
+  def __len__(self):
+    return len(self.source)
+
+  def __getitem__(self, index):
+    with open(self.log, "a") as f:
+      f.write(f"{os.getpid()} {int(index)}\n")
+    return self.source[index]
+
+
+def test_worker_processes_resume_without_reading_skipped_batches(mock_imagenet, monkeypatch,
+                                                                 tmp_path):
+  _grain_or_skip()
+  options = {"batch_size": 2, "image_size": 16, "train": True, "seed": 2,
+             "data_dir": mock_imagenet, "process_index": 0, "process_count": 1}
+  whole = list(imagenet.make_iterator("train", **options))
+  log = tmp_path / "reads.txt"
+  source = imagenet._data_source("train", mock_imagenet)
+  monkeypatch.setattr(imagenet, "_data_source",
+                      lambda split, data_dir: _LoggedReads(source, str(log)))
+  tail = list(imagenet.make_iterator("train", decode_processes=2, start=2, **options))
+  _assert_same_batches(whole[2:], tail)
+  reads = [tuple(map(int, line.split())) for line in log.read_text().splitlines()]
+  assert {pid for pid, _ in reads}.isdisjoint({os.getpid()})  # All read in the workers.
+  skipped, _ = zip(*list(pipeline.batch_indices(NUM_MOCK, 2, shuffle=True, seed=2,
+                                                drop_remainder=True))[:2])
+  assert not {i for _, i in reads} & set(np.concatenate(skipped).tolist())
+  assert len(reads) == 2 * len(tail)
+
+
+def test_bad_decode_processes_names_the_fix(mock_imagenet, monkeypatch):
+  # Imported here: worker processes import this module (for _LoggedReads), and these are slow.
+  from configs import resnet18_imagenet  # pylint: disable=g-import-not-at-top
+  from mhex_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  with pytest.raises(DataError, match=r"decode_processes=-1 must be an integer >= 0"):
+    _epoch(mock_imagenet, decode_processes=-1)
+  with pytest.raises(DataError, match=r"num_workers=2 .* leave num_workers unset"):
+    _epoch(mock_imagenet, decode_processes=2)  # _epoch asks for 2 threads.
+  config = resnet18_imagenet.get_config()
+  config.data.data_dir = mock_imagenet
+  config.data.decode_processes = -1
+  with pytest.raises(DataError, match=r"data\.decode_processes=-1 must be an integer >= 0.*"
+                     r"--config\.data\.decode_processes=8"):
+    input_pipeline.get_datasets(config.data, config.model.num_classes)
+  monkeypatch.setitem(sys.modules, "grain", None)  # As if not installed.
+  with pytest.raises(ImportError, match=r"pip install grain==0\.2\.18"):
+    _epoch(mock_imagenet, decode_processes=2, num_workers=None)

@@ -10,16 +10,23 @@ TensorFlow: tfds uses it to repair a few CMYK/PNG images.)
 Batches are cut by `pipeline.batch_indices` from a global order fixed by (seed, epoch), and each
 process decodes only its own rows of every global batch. Train augmentation of example ``i`` is
 drawn from ``np.random.default_rng([seed, epoch, i])``, so a batch is the same whatever the
-number of hosts, workers or threads. Worker threads overlap JPEG decoding and resizing (PIL
-releases the GIL for both).
+number of hosts, processes or threads. By default this process' threads decode: they overlap
+JPEG decoding and resizing (PIL releases the GIL for both), but the rest of the work holds the
+GIL, so one process tops out near 1,500 images/s however many cores it has
+(benchmarks/results/input_pipeline.md). ``decode_processes=N`` runs the same work in N worker
+processes of grain (``mp_prefetch``), which scale with the cores.
 """
 
 import collections
 import concurrent.futures
+import contextlib
+import dataclasses
+import itertools
 import math
 import os
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
+from absl import flags as absl_flags
 import jax
 import numpy as np
 from PIL import Image
@@ -42,7 +49,7 @@ def make_iterator(split: str, *, batch_size: int, image_size: int, train: bool, 
                   epoch: int = 0, data_dir: Optional[str] = None,
                   num_workers: Optional[int] = None, prefetch: int = 2,
                   process_index: Optional[int] = None, process_count: Optional[int] = None,
-                  start: int = 0) -> Iterator[dict[str, np.ndarray]]:
+                  start: int = 0, decode_processes: int = 0) -> Iterator[dict[str, np.ndarray]]:
   """One epoch of this process' batches.
 
   Args:
@@ -53,11 +60,16 @@ def make_iterator(split: str, *, batch_size: int, image_size: int, train: bool, 
       + centre crop in file order, last batch padded (see `pipeline.batch_indices`).
     seed, epoch: fix the order and the augmentation.
     data_dir: tfds data directory (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).
-    num_workers: decoding threads (default: the number of CPUs).
-    prefetch: global batches decoded ahead of the one being consumed.
+    num_workers: decoding threads of this process (default: the number of CPUs); only
+      without ``decode_processes``.
+    prefetch: global batches decoded ahead of the one being consumed (with
+      ``decode_processes``, shared among the processes, at least one each).
     process_index, process_count: default to jax.process_index() and jax.process_count().
     start: skip the epoch's first ``start`` batches by index (resuming mid-epoch): none of
       their images is read or decoded.
+    decode_processes: 0 decodes in this process' threads; N > 0 in N worker processes (grain,
+      one thread each; pip install 'mhex_jax[imagenet]'), which give the same batches. Each
+      start costs seconds (the workers import the pipeline), once an epoch.
 
   Yields:
     {"image": uint8 [B / P, S, S, 3], "label": int32 [B / P]}, plus "valid": bool [B / P]
@@ -65,6 +77,14 @@ def make_iterator(split: str, *, batch_size: int, image_size: int, train: bool, 
   """
   if image_size <= 0:
     raise DataError(f"image_size must be positive, got {image_size}.")
+  if (isinstance(decode_processes, bool) or not isinstance(decode_processes, int)
+      or decode_processes < 0):
+    raise DataError(f"decode_processes={decode_processes!r} must be an integer >= 0: 0 decodes in "
+                    "this process' threads, N > 0 in N worker processes.")
+  if decode_processes and num_workers is not None:
+    raise DataError(f"num_workers={num_workers} sets the threads of this process' reader, but "
+                    f"decode_processes={decode_processes} decodes in worker processes of one "
+                    "thread each; leave num_workers unset.")
   source = _data_source(split, data_dir)
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
@@ -72,28 +92,102 @@ def make_iterator(split: str, *, batch_size: int, image_size: int, train: bool, 
       len(source), batch_size, shuffle=train, seed=seed, epoch=epoch,
       drop_remainder=train, process_index=process_index, process_count=process_count,
       start=start)
-
-  def load(index):
-    example = source[int(index)]
-    image = _rgb(example["image"])
-    if train:
-      image = train_preprocess(image, np.random.default_rng([seed, epoch, int(index)]),
-                               image_size)
-    else:
-      image = eval_preprocess(image, image_size)
-    return image, int(example["label"])
+  examples = ExampleLoader(source, image_size, train, seed, epoch)
+  if decode_processes:
+    rows = list(batches)
+    if rows:  # Resumed at the epoch's end: no batch, and no worker to start.
+      yield from _process_batches(BatchLoader(examples), rows, decode_processes,
+                                  buffer_size=max(1, -(-prefetch // decode_processes)))
+    return
 
   pool = concurrent.futures.ThreadPoolExecutor(num_workers or os.cpu_count())
   try:
     pending = collections.deque()
     for indices, valid in batches:
-      pending.append((pool.map(load, indices), valid))  # Submits the whole batch now.
+      pending.append((pool.map(examples, indices), valid))  # Submits the whole batch now.
       if len(pending) > prefetch:
         yield _collate(*pending.popleft(), train)
     while pending:
       yield _collate(*pending.popleft(), train)
   finally:
     pool.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExampleLoader:
+  """index -> (image uint8 [S, S, 3], label) of example ``index`` of one epoch, train
+  augmentation drawn from ``np.random.default_rng([seed, epoch, index])``. A picklable
+  function of the index alone: threads and worker processes run the same one."""
+  source: Any  # tfds' data source: source[i] = {"image": uint8 [H, W, C], "label": int}.
+  image_size: int
+  train: bool
+  seed: int
+  epoch: int
+
+  def __call__(self, index) -> tuple[np.ndarray, int]:
+    example = self.source[int(index)]
+    image = _rgb(example["image"])
+    if self.train:
+      rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+      image = train_preprocess(image, rng, self.image_size)
+    else:
+      image = eval_preprocess(image, self.image_size)
+    return image, int(example["label"])
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchLoader:
+  """(indices [B / P], valid [B / P]) -> the batch of those examples (`make_iterator`'s)."""
+  examples: ExampleLoader
+
+  def __call__(self, row: tuple[np.ndarray, np.ndarray]) -> dict[str, np.ndarray]:
+    indices, valid = row
+    return _collate(map(self.examples, indices), valid, self.examples.train)
+
+
+def _process_batches(batch: BatchLoader, rows: list, decode_processes: int,
+                     buffer_size: int) -> Iterator[dict[str, np.ndarray]]:
+  """``batch(row)`` for each of ``rows`` in order, made in ``decode_processes`` processes."""
+  try:
+    import grain  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError(f"decode_processes={decode_processes} decodes ImageNet in grain's worker "
+                      "processes: pip install grain==0.2.18 (Python >= 3.11; the "
+                      "mhex_jax[imagenet] extra has it), or set decode_processes=0 "
+                      "(data.decode_processes) to decode in this process' threads.") from e
+  # Worker w makes whole batches w, w + W, ... (mp_prefetch slices the rows, then interleaves
+  # the workers' outputs in turn): the order is the rows'. One thread a worker: the processes
+  # are the parallelism, as the work holds the GIL between PIL calls.
+  dataset = grain.MapDataset.source(rows).map(batch).to_iter_dataset(
+      grain.ReadOptions(num_threads=1, prefetch_buffer_size=1)).mp_prefetch(
+          grain.MultiprocessingOptions(num_workers=decode_processes,
+                                       per_worker_buffer_size=buffer_size))
+  iterator = None
+  try:
+    # Each worker reads the flag as it starts, and has started once it delivered a batch.
+    with _absl_flags_readable():
+      iterator = iter(dataset)
+      first = list(itertools.islice(iterator, decode_processes))
+    for out in itertools.chain(first, iterator):
+      yield {key: np.asarray(value) for key, value in out.items()}
+  finally:
+    if iterator is not None:
+      iterator.close()
+
+
+@contextlib.contextmanager
+def _absl_flags_readable():
+  """grain 0.2.18's mp_prefetch reads an absl flag as a worker starts, which raises
+  UnparsedFlagAccessError outside an absl app (google/grain#1355, fixed after 0.2.18): marks
+  the flags parsed, at their defaults, for the while, unless something else parsed them."""
+  marked = not absl_flags.FLAGS.is_parsed()
+  if marked:
+    absl_flags.FLAGS.mark_as_parsed()
+  try:
+    yield
+  finally:
+    if marked:
+      absl_flags.FLAGS.unparse_flags()
 
 
 def train_preprocess(image: np.ndarray, rng: np.random.Generator,

@@ -139,6 +139,7 @@ class TfdsImageNet:
   mean: tuple[float, ...]
   std: tuple[float, ...]
   data_dir: Optional[str] = None
+  decode_processes: int = 0  # Decoding worker processes (data.decode_processes); 0: threads.
   has_masks = False
   class_names = None  # Class names come from the config (data.class_names).
   validation = None  # ImageNet's validation split is the eval split.
@@ -158,7 +159,8 @@ class TfdsImageNet:
               start: int = 0) -> Iterator[dict[str, np.ndarray]]:
     for batch in imagenet.make_iterator(self.split, batch_size=batch_size,
                                         image_size=self.image_size, train=train, seed=seed,
-                                        epoch=epoch, data_dir=self.data_dir, start=start):
+                                        epoch=epoch, data_dir=self.data_dir, start=start,
+                                        decode_processes=self.decode_processes):
       out = dict(batch)
       out["image"] = pipeline.normalize(batch["image"], self.mean, self.std)
       out.setdefault("valid", np.ones(len(out["label"]), bool))
@@ -286,10 +288,15 @@ def get_datasets(data_config: ml_collections.ConfigDict, num_classes: int,
                                   data_config.eval_split)
   else:
     data_dir = data_config.data_dir or None
-    train = (TfdsImageNet(data_config.train_split, data_config.image_size, mean, std, data_dir)
-             if need_train else None)
+    processes = data_config.get("decode_processes", 0)
+    if isinstance(processes, bool) or not isinstance(processes, int) or processes < 0:
+      raise DataError(f"data.decode_processes={processes!r} must be an integer >= 0: 0 decodes "
+                      "ImageNet in this process' threads, N > 0 in N worker processes (e.g. "
+                      "--config.data.decode_processes=8; docs/usage.md).")
+    train = (TfdsImageNet(data_config.train_split, data_config.image_size, mean, std, data_dir,
+                          processes) if need_train else None)
     return train, TfdsImageNet(data_config.eval_split, data_config.image_size, mean,
-                               std, data_dir)
+                               std, data_dir, processes)
 
   augment = tuple(a for a in data_config.augment.split(",") if a)
   train_ds = (InMemoryDataset(train, num_classes, mean, std, augment)
