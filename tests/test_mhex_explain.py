@@ -120,6 +120,19 @@ def test_fused_resize_equals_jax_image_resize(shapes, out_size):
   np.testing.assert_allclose(matrix.sum(axis=1), 1.0, rtol=1e-6)
 
 
+@pytest.mark.parametrize("size_in,size_out", [(7, 10), (4, 32), (7, 224), (14, 224),
+                                              (56, 112), (10, 7), (224, 56), (5, 5), (1, 6)])
+def test_bilinear_matrix_is_jax_resize_of_the_identity(size_in, size_out):
+  # The host-side matrix is jax.image.resize's own weights, up and down. (Bit for bit on the
+  # CPUs tried; the bound allows one float32 step of weights ≤ 1, in case XLA fuses the sample
+  # positions' multiply-add differently elsewhere. Half-pixel or antialiasing mistakes move
+  # weights by 1e-2 or more.)
+  expected = jax.image.resize(jnp.eye(size_in, dtype=jnp.float32), (size_out, size_in),
+                              "bilinear", antialias=False)
+  np.testing.assert_allclose(equivalent_matrix.bilinear_matrix(size_in, size_out),
+                             np.asarray(expected), rtol=0, atol=1.2e-7)
+
+
 def test_normalize_constant_map_is_zero_not_nan():
   maps = jnp.stack([jnp.full((4, 4), 3.0), jnp.arange(16.0).reshape(4, 4)])
   out = normalize_maps(maps)
