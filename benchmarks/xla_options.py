@@ -12,8 +12,8 @@ the gradient move from the defaults' (max |Δ| over max |value|): float32 roundi
 so an option that moves them by more changes results, and is not adopted whatever its speed.
 
 Options tried (every XLA:CPU switch of the pinned jaxlib that bears on convolutions, fusion,
-threads or math; ``OPTIONS``): YNNPACK fusions off, and extended to element-wise ops and
-reductions; XNNPACK off; oneDNN; the concurrency-optimised scheduler off; 512-bit vectors;
+threads or math; ``OPTIONS``): YNNPACK fusions off, off for convolutions or for dots only, and
+extended to element-wise ops and reductions; XNNPACK off; oneDNN; the concurrency-optimised scheduler off; 512-bit vectors;
 fast math; single-threaded Eigen. An option this jaxlib does not know stops its process; the
 table says so.
 """
@@ -37,6 +37,8 @@ YNN = "--xla_cpu_experimental_ynn_fusion_type"
 OPTIONS = {
     "defaults": "",
     "YNNPACK fusions off": f"{YNN}=",
+    "YNNPACK without convolutions": f"{YNN}=-individual_convolution",
+    "YNNPACK without dots": f"{YNN}=-individual_dot",
     "YNNPACK + element-wise": f"{YNN}=+eltwise",
     "YNNPACK + reductions": f"{YNN}=+reduce",
     "XNNPACK off": "--xla_cpu_use_xnnpack=false",

@@ -322,3 +322,13 @@ def test_fitting_chunk_size_from_the_models_intermediates(monkeypatch):
   for memory, expected in ((4 * 96 * 7, 7), (4 * 96 * 7 + 4 * 95, 7), (0, 1), (10**12, 50)):
     monkeypatch.setattr(attribution, "device_memory_bytes", lambda memory=memory: memory)
     assert attribution.fitting_chunk_size(model.apply, variables, example, 50) == expected
+  # On a CPU (the tests' device) chunks are also held to CPU_CHUNK_BYTES, here 5 items' worth,
+  # but never cut into more than CPU_MAX_CHUNKS (ceil(1000 / 32) = 32 items), and never beyond
+  # the memory bound (7 items).
+  assert jax.devices()[0].platform == "cpu"
+  monkeypatch.setattr(attribution, "CPU_CHUNK_BYTES", 96 * 5 + 95)
+  for memory, num_items, expected in ((10**12, 50, 5), (10**12, 1000, 32),
+                                      (4 * 96 * 7, 1000, 7), (4 * 96 * 7, 3, 3)):
+    monkeypatch.setattr(attribution, "device_memory_bytes", lambda memory=memory: memory)
+    assert attribution.fitting_chunk_size(model.apply, variables, example,
+                                          num_items) == expected, (memory, num_items)
