@@ -136,3 +136,18 @@ def test_flow_options_are_refused_off_vit_before_any_data():
   config.eval.mhex.map = "splt"
   with pytest.raises(ConfigError, match="eval.mhex.map='splt'"):
     config_lib.validate(config)
+
+
+def test_flow_without_the_stream_is_the_flow_with_it():
+  # map="flow" leaves the residual stream unsown (stream=False); the class flow reads only
+  # attention, values and the MHEX blocks, so it is the same map. The split refuses such a pass.
+  model, variables, images = _vit(num_register_tokens=2)
+  full = token_flow.forward_pass(model, variables, images, None)
+  lean = token_flow.forward_pass(model, variables, images, None, stream=False)
+  assert lean.encoder_output is None and lean.layers[0].post_attention is None
+  np.testing.assert_array_equal(lean.targets, full.targets)
+  for rows in token_flow.FLOW_ROWS:
+    np.testing.assert_allclose(token_flow.flow_map(lean, rows), token_flow.flow_map(full, rows),
+                               rtol=1e-5, atol=1e-6)
+  with pytest.raises(ConfigError, match="stream=True"):
+    token_flow.split_contributions(lean)

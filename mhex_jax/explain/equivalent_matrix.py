@@ -488,7 +488,7 @@ def mhex_patch_saliency(model: Any, variables: Any, images: jax.Array,
   prefix = model.num_prefix_tokens
   to_grid = lambda c: c[:, prefix:].reshape(c.shape[0], *model.grid_size)
   if map != "cam" or route == "flow":
-    flow = token_flow.forward_pass(model, variables, images, targets)
+    flow = token_flow.forward_pass(model, variables, images, targets, stream=map == "split")
     if map == "flow":
       token_map = token_flow.flow_map(flow, flow_rows)
     elif map == "split":
