@@ -44,7 +44,6 @@ import time
 from typing import Iterator
 from unittest import mock
 
-from absl import flags as absl_flags
 import numpy as np
 from PIL import Image
 
@@ -153,7 +152,7 @@ def grain_batches(source: JpegSource, *, batch_size: int, image_size: int, seed:
       AugmentedExample(source, seed, epoch, image_size)).batch(batch_size, drop_remainder=True)
   # One thread a worker: processes, one per core, are the parallelism (the work holds the GIL
   # between PIL calls), and a deeper read-ahead would only blur the timing.
-  with _absl_flags_readable():
+  with imagenet.absl_flags_readable():
     iterator = iter(dataset.to_iter_dataset(
         grain.ReadOptions(num_threads=1, prefetch_buffer_size=1)).mp_prefetch(
             grain.MultiprocessingOptions(num_workers=workers)))
@@ -162,21 +161,6 @@ def grain_batches(source: JpegSource, *, batch_size: int, image_size: int, seed:
         yield {"image": np.asarray(batch["image"]), "label": np.asarray(batch["label"])}
     finally:
       iterator.close()
-
-
-@contextlib.contextmanager
-def _absl_flags_readable():
-  """grain 0.2.18's mp_prefetch reads an absl flag, which raises UnparsedFlagAccessError
-  outside an absl app (google/grain#1355, fixed after 0.2.18): marks the flags parsed, at
-  their defaults, for the while, unless something else parsed them."""
-  marked = not absl_flags.FLAGS.is_parsed()
-  if marked:
-    absl_flags.FLAGS.mark_as_parsed()
-  try:
-    yield
-  finally:
-    if marked:
-      absl_flags.FLAGS.unparse_flags()
 
 
 def pin(cpus: set[int]) -> None:

@@ -165,7 +165,7 @@ def _process_batches(batch: BatchLoader, rows: list, decode_processes: int,
   iterator = None
   try:
     # Each worker reads the flag as it starts, and has started once it delivered a batch.
-    with _absl_flags_readable():
+    with absl_flags_readable():
       iterator = iter(dataset)
       first = list(itertools.islice(iterator, decode_processes))
     for out in itertools.chain(first, iterator):
@@ -176,7 +176,7 @@ def _process_batches(batch: BatchLoader, rows: list, decode_processes: int,
 
 
 @contextlib.contextmanager
-def _absl_flags_readable():
+def absl_flags_readable():
   """grain 0.2.18's mp_prefetch reads an absl flag as a worker starts, which raises
   UnparsedFlagAccessError outside an absl app (google/grain#1355, fixed after 0.2.18): marks
   the flags parsed, at their defaults, for the while, unless something else parsed them."""
