@@ -9,6 +9,7 @@ Two kinds of data stand in for ImageNet:
 """
 import dataclasses
 import io
+import logging
 import os
 import sys
 
@@ -351,3 +352,16 @@ def test_bad_decode_processes_names_the_fix(mock_imagenet, monkeypatch):
   monkeypatch.setitem(sys.modules, "grain", None)  # As if not installed.
   with pytest.raises(ImportError, match=r"pip install grain==0\.2\.18"):
     _epoch(mock_imagenet, decode_processes=2, num_workers=None)
+
+
+def test_the_absl_flag_workaround_leaves_flags_and_log_levels_as_they_were():
+  # Outside an absl app (notebooks, pytest) the flags are parsed only inside the block; the
+  # "absl" logger keeps its level (unparsing alone sets it to WARNING and hid absl INFO logs
+  # from the tests that ran after a grain test in the same process).
+  from absl import flags as absl_flags  # pylint: disable=g-import-not-at-top
+  absl_logger = logging.getLogger("absl")
+  assert not absl_flags.FLAGS.is_parsed()
+  before = absl_logger.level
+  with imagenet.absl_flags_readable():
+    assert absl_flags.FLAGS.is_parsed()
+  assert not absl_flags.FLAGS.is_parsed() and absl_logger.level == before

@@ -22,6 +22,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import itertools
+import logging
 import math
 import os
 from typing import Any, Iterator, Optional
@@ -179,8 +180,12 @@ def _process_batches(batch: BatchLoader, rows: list, decode_processes: int,
 def absl_flags_readable():
   """grain 0.2.18's mp_prefetch reads an absl flag as a worker starts, which raises
   UnparsedFlagAccessError outside an absl app (google/grain#1355, fixed after 0.2.18): marks
-  the flags parsed, at their defaults, for the while, unless something else parsed them."""
+  the flags parsed, at their defaults, for the while, unless something else parsed them.
+  Unparsing resets ``--verbosity``, which sets the "absl" logger's level to WARNING; its level
+  before is put back, so absl INFO logs still reach the caller's handlers."""
   marked = not absl_flags.FLAGS.is_parsed()
+  absl_logger = logging.getLogger("absl")
+  level = absl_logger.level
   if marked:
     absl_flags.FLAGS.mark_as_parsed()
   try:
@@ -188,6 +193,7 @@ def absl_flags_readable():
   finally:
     if marked:
       absl_flags.FLAGS.unparse_flags()
+      absl_logger.setLevel(level)
 
 
 def train_preprocess(image: np.ndarray, rng: np.random.Generator,
