@@ -132,11 +132,9 @@ class AugmentedExample:
   image_size: int
 
   def __call__(self, index: int) -> dict[str, np.ndarray]:
-    example = self.source[int(index)]
-    rgb = imagenet._rgb(example["image"])  # pylint: disable=protected-access
-    rng = np.random.default_rng([self.seed, self.epoch, int(index)])
-    image = imagenet.train_preprocess(rgb, rng, self.image_size)
-    return {"image": image, "label": np.int32(example["label"])}
+    image, label = imagenet.ExampleLoader(self.source, self.image_size, True, self.seed,
+                                          self.epoch)(index)
+    return {"image": image, "label": np.int32(label)}
 
 
 def grain_batches(source: JpegSource, *, batch_size: int, image_size: int, seed: int,

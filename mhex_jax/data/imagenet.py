@@ -78,10 +78,7 @@ def make_iterator(split: str, *, batch_size: int, image_size: int, train: bool, 
   """
   if image_size <= 0:
     raise DataError(f"image_size must be positive, got {image_size}.")
-  if (isinstance(decode_processes, bool) or not isinstance(decode_processes, int)
-      or decode_processes < 0):
-    raise DataError(f"decode_processes={decode_processes!r} must be an integer >= 0: 0 decodes in "
-                    "this process' threads, N > 0 in N worker processes.")
+  check_decode_processes(decode_processes)
   if decode_processes and num_workers is not None:
     raise DataError(f"num_workers={num_workers} sets the threads of this process' reader, but "
                     f"decode_processes={decode_processes} decodes in worker processes of one "
@@ -112,6 +109,14 @@ def make_iterator(split: str, *, batch_size: int, image_size: int, train: bool, 
       yield _collate(*pending.popleft(), train)
   finally:
     pool.shutdown(wait=False, cancel_futures=True)
+
+
+def check_decode_processes(value: Any, name: str = "decode_processes") -> None:
+  """A DataError naming ``name`` unless ``value`` is an integer >= 0."""
+  if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    raise DataError(f"{name}={value!r} must be an integer >= 0: 0 decodes ImageNet in this "
+                    "process' threads, N > 0 in N worker processes (e.g. "
+                    "--config.data.decode_processes=8; docs/usage.md).")
 
 
 @dataclasses.dataclass(frozen=True)

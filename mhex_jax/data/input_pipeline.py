@@ -289,10 +289,7 @@ def get_datasets(data_config: ml_collections.ConfigDict, num_classes: int,
   else:
     data_dir = data_config.data_dir or None
     processes = data_config.get("decode_processes", 0)
-    if isinstance(processes, bool) or not isinstance(processes, int) or processes < 0:
-      raise DataError(f"data.decode_processes={processes!r} must be an integer >= 0: 0 decodes "
-                      "ImageNet in this process' threads, N > 0 in N worker processes (e.g. "
-                      "--config.data.decode_processes=8; docs/usage.md).")
+    imagenet.check_decode_processes(processes, "data.decode_processes")
     train = (TfdsImageNet(data_config.train_split, data_config.image_size, mean, std, data_dir,
                           processes) if need_train else None)
     return train, TfdsImageNet(data_config.eval_split, data_config.image_size, mean,
