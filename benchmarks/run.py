@@ -11,8 +11,11 @@ figures are ratios against a baseline timed in the same process, in interleaved 
     112² and 224², batch 1, 8 and 32 (random weights: speed does not depend on them).
   * Every MHEX-ViT patch map (``eval.mhex.map``, ``route="flow"``) / forward: ViT-S/16 at 224²,
     batch 1 and 8.
-  * Every image explainer / forward (ResNet-18, 112², batch 8).
+  * Every image explainer / forward (ResNet-18, 112², batch 8; the gradient methods at 224²
+    too), one-pass methods, path methods and Score-CAM each in rounds of their own.
   * MHEX and AttCAT token maps / forward on a MiniLM-sized MHEX-BERT (128 tokens, batch 8).
+  * Every Transformer gradient method / its floor, the forward and one backward to the
+    embeddings (the floor itself / the forward in the first row), on the same BERT.
   * MHEX train step / plain ResNet-18 train step (112², batch 32).
   * Deletion + insertion and text AOPC / the model calls they cannot avoid.
   * Where PyTorch is installed: captum's LayerGradCam and IntegratedGradients on the same
@@ -53,10 +56,14 @@ from mhex_jax.explain import transformer
 from mhex_jax.metrics import image as image_metrics
 from mhex_jax.metrics import text as text_metrics
 from mhex_jax.models import bert
+from mhex_jax.models import common
 from mhex_jax.models import resnet
 from mhex_jax.models import vit
 
 NUM_CLASSES = 1000
+# The Transformer methods of one forward and one backward pass (embedding IG: one per point).
+TOKEN_GRADIENT_METHODS = ("gradient_relevance", "grad_sam", "attcat", "cat",
+                          "embedding_gradient_x_input")
 
 
 def build(name: str, image_size: int, mhex: bool = True):
@@ -152,17 +159,8 @@ def explainers_vs_forward(methods, size, batch, rounds, options):
 
 
 def tokens_vs_forward(batch, length, rounds):
-  model = bert.BERT(num_classes=4, hidden_size=384, num_layers=6, num_heads=12,
-                    intermediate_size=1536, gate_init="random")
-  rng = np.random.default_rng(0)
-  ids = jnp.asarray(rng.integers(1000, 30000, (batch, length)), jnp.int32)
-  mask = jnp.ones((batch, length), jnp.int32)
-  special = jnp.zeros((batch, length), bool).at[:, 0].set(True).at[:, -1].set(True)
-  variables = {"params": jax.jit(model.init)(jax.random.key(0), ids[:1], mask[:1])["params"]}
-  inputs = {"input_ids": ids, "attention_mask": mask, "token_type_ids": jnp.zeros_like(ids),
-            "special_tokens_mask": special}
-  targets = jnp.arange(batch) % 4
-  forward = jax.jit(lambda v: model.apply(v, ids, mask))
+  model, variables, inputs, targets = _bert_inputs(batch, length)
+  forward = jax.jit(lambda v: model.apply(v, inputs["input_ids"], inputs["attention_mask"]))
   fns = {"forward": lambda: forward(variables)}
   variants = {"mhex": {},  # The routed default.
               "mhex, SPEC §4 map": {"route": "none", "layers": (0, 1, 2), "feature_norm": "none"},
@@ -175,6 +173,69 @@ def tokens_vs_forward(batch, length, rounds):
   times = harness.interleaved(fns, rounds)
   case = f"MiniLM-sized BERT, {length} tokens, batch {batch}"
   return [_row("token maps / forward", case, times, m, "forward") for m in list(fns)[1:]]
+
+
+def _bert_inputs(batch, length):
+  """A MiniLM-sized MHEX-BERT (random weights) and one batch of token inputs."""
+  model = bert.BERT(num_classes=4, hidden_size=384, num_layers=6, num_heads=12,
+                    intermediate_size=1536, gate_init="random")
+  rng = np.random.default_rng(0)
+  ids = jnp.asarray(rng.integers(1000, 30000, (batch, length)), jnp.int32)
+  mask = jnp.ones((batch, length), jnp.int32)
+  special = jnp.zeros((batch, length), bool).at[:, 0].set(True).at[:, -1].set(True)
+  variables = {"params": jax.jit(model.init)(jax.random.key(0), ids[:1], mask[:1])["params"]}
+  inputs = {"input_ids": ids, "attention_mask": mask, "token_type_ids": jnp.zeros_like(ids),
+            "special_tokens_mask": special}
+  return model, variables, inputs, jnp.arange(batch) % 4
+
+
+def _embedding_gradient(model, inputs, targets):
+  """The floor of a one-pass gradient method: the forward and one backward to the embedding
+  output (the first layer's input), nothing else differentiated or kept."""
+  args = (inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"])
+
+  def floor(variables):
+    shapes = jax.eval_shape(lambda: model.apply(variables, *args, train=False,
+                                                mutable=[common.PERTURBATIONS])[1])
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes[common.PERTURBATIONS])
+    first = min(k for k in zeros if k.startswith("layer_"))
+
+    def target_logit(shift):
+      perturbations = {**zeros, first: {**zeros[first], common.LAYER_INPUT: shift}}
+      logits = model.apply({**variables, common.PERTURBATIONS: perturbations}, *args,
+                           train=False)
+      return jnp.sum(attribution.target_logits(logits, targets))
+
+    return jax.grad(target_logit)(zeros[first][common.LAYER_INPUT])
+
+  return jax.jit(floor)
+
+
+def transformer_gradients_vs_floor(batch, length, rounds, methods=TOKEN_GRADIENT_METHODS,
+                                   ig_steps=50, ig_rounds=3):
+  """Each Transformer gradient method against its floor, the forward and one backward to the
+  embeddings (that floor against the forward in the first row); embedding IG against the
+  floor (its own floor: one per path point, ``ig_steps``)."""
+  model, variables, inputs, targets = _bert_inputs(batch, length)
+  forward = jax.jit(lambda v: model.apply(v, inputs["input_ids"], inputs["attention_mask"]))
+  floor = _embedding_gradient(model, inputs, targets)
+  base = {"forward": lambda: forward(variables), "floor": lambda: floor(variables)}
+  fns = dict(base)
+  for method in methods:
+    fn = jax.jit(registry.explainer(method, model))
+    fns[method] = functools.partial(fn, variables, inputs, targets)
+  times = harness.interleaved(fns, rounds)
+  group = "Transformer gradient method / its floor"
+  case = f"MiniLM-sized BERT, {length} tokens, batch {batch}"
+  rows = [_row(group, case, times, "floor", "forward")]
+  rows[0]["method"] = "floor: forward + backward to the embeddings"
+  rows += [_row(group, case, times, m, "floor") for m in methods]
+  if ig_rounds:
+    fn = jax.jit(registry.explainer("embedding_integrated_gradients", model, steps=ig_steps))
+    fns = {**base, "ig": functools.partial(fn, variables, inputs, targets)}
+    rows.append(_row(group, case, harness.interleaved(fns, ig_rounds), "ig", "floor"))
+    rows[-1]["method"] = f"embedding_integrated_gradients, {ig_steps} steps (floor: {ig_steps}×)"
+  return rows
 
 
 def train_step_ratio(name, size, batch, rounds):
@@ -359,6 +420,7 @@ def main():
     rows += explainers_vs_forward(["grad_cam", "integrated_gradients"], 112, 1, rounds,
                                   {"integrated_gradients": {"steps": 8}})
     rows += tokens_vs_forward(2, 64, rounds)
+    rows += transformer_gradients_vs_floor(2, 32, rounds, methods=("attcat",), ig_rounds=0)
     rows += train_step_ratio("resnet18", 32, 4, rounds)
     rows += metrics_vs_model_calls(32, 2, 4, rounds, length=32)
     torch_part = versus_pytorch(112, 1, rounds, ig_steps=8, ig_rounds=rounds)
@@ -370,14 +432,21 @@ def main():
                             rounds)
     rows += vit_maps_vs_forward(224, [1, 8], rounds)
     # The costly groups (seconds a call) get at most 5 rounds.
-    rows += explainers_vs_forward(
-        list(registry.IMAGE_METHODS), 112, 8, min(rounds, 5),
-        {"integrated_gradients": {"steps": 50}, "score_cam": {"chunk_size": 64}})
+    # Methods of one pass, of 50 passes and Score-CAM's 1,000 forwards in rounds of their
+    # own: a call of seconds disturbs the rounds of calls of milliseconds.
+    one_pass = ["grad_cam", "grad_cam_plus_plus", "layer_cam", "vanilla_gradient",
+                "gradient_x_input"]
+    paths = ["smoothgrad", "integrated_gradients"]
+    options = {"integrated_gradients": {"steps": 50}, "score_cam": {"chunk_size": 64}}
+    rows += explainers_vs_forward(one_pass, 112, 8, rounds, options)
+    rows += explainers_vs_forward(paths, 112, 8, min(rounds, 5), options)
+    rows += explainers_vs_forward(["score_cam"], 112, 8, min(rounds, 3), options)
     # The gradient methods at 224² too (the path methods in as many passes as fit in memory).
-    rows += explainers_vs_forward(
-        ["vanilla_gradient", "gradient_x_input", "grad_cam", "smoothgrad",
-         "integrated_gradients"], 224, 8, min(rounds, 3), {"integrated_gradients": {"steps": 50}})
+    rows += explainers_vs_forward(["vanilla_gradient", "gradient_x_input", "grad_cam"], 224, 8,
+                                  rounds, options)
+    rows += explainers_vs_forward(paths, 224, 8, min(rounds, 3), options)
     rows += tokens_vs_forward(8, 128, rounds)
+    rows += transformer_gradients_vs_floor(8, 128, rounds)
     rows += train_step_ratio("resnet18", 112, 32, rounds)
     rows += train_step_ratio("vit_s16", 224, 8, rounds)
     rows += metrics_vs_model_calls(112, 16, 100, min(rounds, 5))

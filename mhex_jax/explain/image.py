@@ -64,6 +64,7 @@ from mhex_jax.explain.maps import normalize_maps
 from mhex_jax.explain.maps import sum_in_chunks
 from mhex_jax.models import vit as vit_lib
 from mhex_jax.models import common
+from mhex_jax.models import convolution
 from mhex_jax.models.common import HIDDEN_STATES, LAYER_INPUT, PERTURBATIONS
 from mhex_jax.models.resnet import BLOCK_INPUT, FINAL_FEATURES
 
@@ -386,7 +387,9 @@ def input_gradients(model, variables: Any, images: jax.Array,
   def total_target_logit(x):
     return jnp.sum(attribution.target_logits(_apply(model, variables, x), targets))
 
-  return jax.grad(total_target_logit)(images)
+  # The same gradient; mhex_jax's ResNets skip XLA:CPU's per-call kernel copies in it.
+  with convolution.input_gradients_by_matmul():
+    return jax.grad(total_target_logit)(images)
 
 
 def _max_abs_over_channels(x: jax.Array) -> jax.Array:
