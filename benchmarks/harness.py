@@ -7,7 +7,7 @@ import pathlib
 import platform
 import statistics
 import time
-from typing import Callable, Mapping
+from typing import Callable, Collection, Mapping
 
 import jax
 
@@ -25,9 +25,15 @@ def settle(seconds: float = 0.2) -> None:
 
 
 def interleaved(fns: Mapping[str, Callable[[], object]], rounds: int = 9,
-                inner: int = 1) -> dict[str, list[float]]:
+                inner: int = 1, warm: Collection[str] = ()) -> dict[str, list[float]]:
   """{name: seconds per call in each round}; each call is compiled and warmed up first, and a
-  round times ``inner`` calls of each function back to back."""
+  round times ``inner`` calls of each function back to back.
+
+  ``warm``: functions that get one untimed call right before their timed ones in every round.
+  A call of milliseconds timed right after one of seconds runs slow (caches and the thread
+  pool gone cold: a ResNet-18 forward 46 → 64 ms beside Integrated Gradients' 4-second calls),
+  which would understate the seconds-long call's ratio to it.
+  """
   for fn in fns.values():
     jax.block_until_ready(fn())
     jax.block_until_ready(fn())
@@ -38,6 +44,8 @@ def interleaved(fns: Mapping[str, Callable[[], object]], rounds: int = 9,
     # another (caches, allocator, clock boost) gets no systematic edge.
     for name in (order if r % 2 == 0 else order[::-1]):
       fn = fns[name]
+      if name in warm:
+        jax.block_until_ready(fn())
       start = time.perf_counter()
       for _ in range(inner):
         out = fn()

@@ -145,7 +145,7 @@ def vit_maps_vs_forward(size, batches, rounds, names=tuple(VIT_MAPS)):
   return rows
 
 
-def explainers_vs_forward(methods, size, batch, rounds, options):
+def explainers_vs_forward(methods, size, batch, rounds, options, warm=()):
   model, variables = build("resnet18", size)
   x, y = _images(batch, size), _targets(batch)
   forward = _forward(model)
@@ -153,7 +153,7 @@ def explainers_vs_forward(methods, size, batch, rounds, options):
   for method in methods:
     fn = jax.jit(registry.explainer(method, model, **options.get(method, {})))
     fns[method] = functools.partial(fn, variables, x, y)
-  times = harness.interleaved(fns, rounds)
+  times = harness.interleaved(fns, rounds, warm=warm)
   return [_row("image explainer / forward", f"resnet18, {size}², batch {batch}", times, m,
                "forward", options=options.get(m, {})) for m in methods]
 
@@ -233,7 +233,8 @@ def transformer_gradients_vs_floor(batch, length, rounds, methods=TOKEN_GRADIENT
   if ig_rounds:
     fn = jax.jit(registry.explainer("embedding_integrated_gradients", model, steps=ig_steps))
     fns = {**base, "ig": functools.partial(fn, variables, inputs, targets)}
-    rows.append(_row(group, case, harness.interleaved(fns, ig_rounds), "ig", "floor"))
+    times = harness.interleaved(fns, ig_rounds, warm=("forward", "floor"))
+    rows.append(_row(group, case, times, "ig", "floor"))
     rows[-1]["method"] = f"embedding_integrated_gradients, {ig_steps} steps (floor: {ig_steps}×)"
   return rows
 
@@ -439,12 +440,14 @@ def main():
     paths = ["smoothgrad", "integrated_gradients"]
     options = {"integrated_gradients": {"steps": 50}, "score_cam": {"chunk_size": 64}}
     rows += explainers_vs_forward(one_pass, 112, 8, rounds, options)
-    rows += explainers_vs_forward(paths, 112, 8, min(rounds, 5), options)
-    rows += explainers_vs_forward(["score_cam"], 112, 8, min(rounds, 3), options)
+    # Beside calls of seconds, the forward gets a warm-up call before each timed one.
+    rows += explainers_vs_forward(paths, 112, 8, min(rounds, 5), options, warm=("forward",))
+    rows += explainers_vs_forward(["score_cam"], 112, 8, min(rounds, 3), options,
+                                  warm=("forward",))
     # The gradient methods at 224² too (the path methods in as many passes as fit in memory).
     rows += explainers_vs_forward(["vanilla_gradient", "gradient_x_input", "grad_cam"], 224, 8,
                                   rounds, options)
-    rows += explainers_vs_forward(paths, 224, 8, min(rounds, 3), options)
+    rows += explainers_vs_forward(paths, 224, 8, min(rounds, 3), options, warm=("forward",))
     rows += tokens_vs_forward(8, 128, rounds)
     rows += transformer_gradients_vs_floor(8, 128, rounds)
     rows += train_step_ratio("resnet18", 112, 32, rounds)

@@ -57,3 +57,12 @@ def test_interleaved_rounds_alternate_the_order():
   assert calls[:6] == ["x", "x", "y", "y", "z", "z"]  # Two warm-up calls each.
   assert calls[6:] == ["x", "y", "z", "z", "y", "x"]
   assert {name: len(t) for name, t in times.items()} == {"x": 2, "y": 2, "z": 2}
+
+
+def test_a_warm_function_gets_an_untimed_call_before_each_timed_one():
+  from benchmarks import harness  # pylint: disable=g-import-not-at-top
+  calls = []
+  fns = {name: (lambda name=name: calls.append(name)) for name in ("x", "y")}
+  times = harness.interleaved(fns, rounds=2, warm=("x",))
+  assert calls[4:] == ["x", "x", "y", "y", "x", "x"]
+  assert {name: len(t) for name, t in times.items()} == {"x": 2, "y": 2}
