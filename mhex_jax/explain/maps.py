@@ -93,6 +93,16 @@ def map_flat_index(fn: Callable[[jax.Array], jax.Array], num_items: int,
   return out.reshape(num_chunks * chunk, *out.shape[2:])[:num_items]
 
 
+def _after(total: jax.Array) -> jax.Array:
+  """An int32 0 that XLA cannot compute before ``total``: the next chunk's indices depend on
+  the chunks before it, so the chunks run one after the other and only one chunk's
+  intermediates are alive at a time. Without it XLA:CPU ran every chunk's forward first and
+  kept them all (an optimization barrier does not survive its pipeline): IG-50 of a ResNet-18
+  at 112², batch 8, needed 2.2 GiB in 11 chunks as in one. min(|Σ total|, 0) is 0, or NaN
+  when the total already is (then so is the result)."""
+  return jnp.minimum(jnp.abs(jnp.sum(total)), 0.0).astype(jnp.int32)
+
+
 def sum_in_chunks(fn: Callable[[jax.Array, jax.Array], jax.Array], num_items: int,
                   batch: int, chunk_size: Optional[int]) -> jax.Array:
   """Σ over items i of example e: ``fn(items, examples)`` summed per example, [batch, ...].
@@ -110,6 +120,8 @@ def sum_in_chunks(fn: Callable[[jax.Array, jax.Array], jax.Array], num_items: in
   total = None
   for start in range(0, num_items, chunk):
     items = jnp.arange(start, min(start + chunk, num_items), dtype=jnp.int32)
+    if total is not None:
+      items = items + _after(total)
     examples = items % batch
     values = fn(items, examples)
     flat = values.reshape(values.shape[0], -1).astype(jnp.float32)
