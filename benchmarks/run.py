@@ -195,18 +195,10 @@ def _embedding_gradient(model, inputs, targets):
   args = (inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"])
 
   def floor(variables):
-    shapes = jax.eval_shape(lambda: model.apply(variables, *args, train=False,
-                                                mutable=[common.PERTURBATIONS])[1])
-    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes[common.PERTURBATIONS])
-    first = min(k for k in zeros if k.startswith("layer_"))
-
-    def target_logit(shift):
-      perturbations = {**zeros, first: {**zeros[first], common.LAYER_INPUT: shift}}
-      logits = model.apply({**variables, common.PERTURBATIONS: perturbations}, *args,
-                           train=False)
-      return jnp.sum(attribution.target_logits(logits, targets))
-
-    return jax.grad(target_logit)(zeros[first][common.LAYER_INPUT])
+    embeddings = jax.eval_shape(lambda: model.apply(
+        variables, *args, train=False, mutable=[common.HIDDEN_STATES])[1])
+    shift = jnp.zeros(common.hidden_states(embeddings)[0].shape, jnp.float32)
+    return transformer.first_layer_input_gradient(model, variables, args, targets, shift)
 
   return jax.jit(floor)
 

@@ -293,14 +293,15 @@ def test_bad_inputs_are_named():
     image.smoothgrad(model, variables, images, targets, chunk_size=0)
 
 
+@pytest.mark.parametrize("in_flight", [1, 2, 3])
 @pytest.mark.parametrize("chunk_size", [None, 1, 3, 4, 100])
-def test_sum_in_chunks_sums_each_examples_items(chunk_size):
+def test_sum_in_chunks_sums_each_examples_items(chunk_size, in_flight):
   """Items i = step · B + example, value [i, i²]: example e's sum is Σ over the steps s of
-  (s·B + e) and of its square, whatever the chunks."""
+  (s·B + e) and of its square, whatever the chunks and however many run side by side."""
   from mhex_jax.explain.maps import sum_in_chunks  # pylint: disable=g-import-not-at-top
   batch, steps = 3, 5
   fn = lambda items, examples: jnp.stack([items, items**2], -1).astype(jnp.float32)
-  total = sum_in_chunks(fn, steps * batch, batch, chunk_size)
+  total = sum_in_chunks(fn, steps * batch, batch, chunk_size, in_flight)
   items = np.arange(steps)[:, None] * batch + np.arange(batch)
   np.testing.assert_array_equal(total, np.stack([items.sum(0), (items**2).sum(0)], -1))
 
@@ -334,10 +335,12 @@ def test_fitting_chunk_size_from_the_models_intermediates(monkeypatch):
                                           num_items) == expected, (memory, num_items)
 
 
-def test_sum_in_chunks_holds_one_chunk_at_a_time():
-  """The chunks run one after the other: a program of 8 chunks of gradients needs about the
-  temporaries of one (each chunk keeps its [512, 8192] hidden layer, 16 MiB, for the
-  backward), not 8 of them (XLA's memory analysis of the compiled program; nothing runs)."""
+@pytest.mark.parametrize("in_flight", [1, 2])
+def test_sum_in_chunks_holds_one_chunk_at_a_time(in_flight):
+  """The chunks run in order: a program of 8 chunks of gradients needs about the temporaries
+  of one (each chunk keeps its [512, 8192] hidden layer, 16 MiB, for the backward), not 8 of
+  them, also when each chunk runs as two halves side by side (XLA's memory analysis of the
+  compiled program; nothing runs)."""
   from mhex_jax.explain.maps import sum_in_chunks  # pylint: disable=g-import-not-at-top
   first = jnp.linspace(-1.0, 1.0, 64 * 8192, dtype=jnp.float32).reshape(64, 8192)
   second = jnp.linspace(1.0, -1.0, 8192, dtype=jnp.float32)
@@ -347,10 +350,16 @@ def test_sum_in_chunks_holds_one_chunk_at_a_time():
     inputs = jnp.sin(items.astype(jnp.float32)[:, None] * jnp.arange(64, dtype=jnp.float32))
     return jax.grad(lambda x: jnp.sum(jnp.tanh(x @ first) @ second))(inputs)
 
-  def temporaries(num_chunks):
-    program = jax.jit(lambda: sum_in_chunks(fn, 512 * num_chunks, 4, 512))
+  def temporaries(num_chunks, in_flight):
+    program = jax.jit(lambda: sum_in_chunks(fn, 512 * num_chunks, 4, 512, in_flight))
     return program.lower().compile().memory_analysis().temp_size_in_bytes
 
-  one, many = temporaries(1), temporaries(8)
+  one, many = temporaries(1, 1), temporaries(8, in_flight)
   assert one >= 16 * 2**20, one
   assert many < 2 * one, (one, many)
+
+
+def test_sum_in_chunks_in_flight_must_be_positive():
+  from mhex_jax.explain.maps import sum_in_chunks  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match="in_flight must be a positive int, got 0"):
+    sum_in_chunks(lambda items, examples: items, 4, 2, 2, 0)

@@ -376,6 +376,31 @@ def test_integrated_gradients_completeness_on_bert():
     np.testing.assert_allclose(maps[key].sum(1), gap, rtol=0.01, err_msg=key)
 
 
+def test_first_layer_input_gradient_matches_forward_mode():
+  """The shared gradient to layer 0's input (IG's path points, the benchmark's floor): its dot
+  with a direction equals forward-mode's directional derivative of Σ_b z_b[t_b] at a shifted
+  input, which reaches the logits through the same perturbation point."""
+  model, variables, inputs = _setup("bert_plain")
+  args = (inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"])
+  targets = jnp.asarray(TARGETS, jnp.int32)
+  _, state = model.apply(variables, *args, mutable=["hidden_states", "perturbations"])
+  rng = np.random.default_rng(3)
+  shape = state["hidden_states"]["layer_00"]["layer_input"][0].shape
+  shift = jnp.asarray(0.3 * rng.normal(size=shape), jnp.float32)
+  direction = jnp.asarray(rng.normal(size=shape), jnp.float32)
+  grad = tx.first_layer_input_gradient(model, variables, args, targets, shift)
+
+  def objective(s):
+    perturbations = jax.tree.map(jnp.zeros_like, state["perturbations"])
+    perturbations["layer_00"]["layer_input"] = s
+    logits = model.apply({**variables, "perturbations": perturbations}, *args)[-1]
+    return jnp.sum(logits[jnp.arange(len(TARGETS)), targets])
+
+  _, derivative = jax.jvp(objective, (shift,), (direction,))
+  np.testing.assert_allclose(float(jnp.sum(grad * direction)), float(derivative), rtol=1e-4)
+  assert float(jnp.max(jnp.abs(grad))) > 1e-3
+
+
 def test_integrated_gradients_completeness_on_vit():
   # "pad" for ViT = the embeddings of a blank image; the class token and positions are the
   # same there, so the class token gets exactly 0.

@@ -108,8 +108,9 @@ def path_integral(grad_fn: Callable[[jax.Array, jax.Array], jax.Array], inputs: 
       the example each point belongs to) → ∂ target output / ∂ point, f32[n, ...].
     inputs, baseline: f32[B, ...] (the baseline broadcasts).
     steps: m path points per example.
-    chunk_size: path points (over all examples: up to m·B) whose gradients run as one batch;
-      memory grows with it. None = all m·B at once.
+    chunk_size: path points (over all examples: up to m·B) whose gradients are in flight at
+      once (on a CPU as two batches side by side, ``chunks_in_flight``); memory grows with it.
+      None = all m·B at once.
 
   Returns:
     attributions f32[B, ...]; they sum to ≈ f(x) − f(b) per example.
@@ -125,7 +126,7 @@ def path_integral(grad_fn: Callable[[jax.Array, jax.Array], jax.Array], inputs: 
     scale = alphas[items // batch].reshape((-1,) + (1,) * (inputs.ndim - 1))
     return grad_fn(baseline[examples] + scale * delta[examples], examples)
 
-  total = sum_in_chunks(gradients, steps * batch, batch, chunk_size)
+  total = sum_in_chunks(gradients, steps * batch, batch, chunk_size, chunks_in_flight())
   return delta * (total / steps).astype(inputs.dtype)
 
 
@@ -133,9 +134,19 @@ def path_integral(grad_fn: Callable[[jax.Array, jax.Array], jax.Array], inputs: 
 # (50 steps) of ResNet-18 at 112², batch 8, took 5.9 s with all 400 path points in one pass,
 # 4.4 s in chunks of 40 (about this many bytes of intermediates by the estimate below) and
 # 4.3 s in chunks of 16 (benchmarks/README.md). Each chunk is one more copy of the gradient's
-# program to compile, so there are at most CPU_MAX_CHUNKS of them.
+# program to compile, so there are at most CPU_MAX_CHUNKS of them. A chunk runs as
+# CPU_CHUNKS_IN_FLIGHT batches side by side (``maps.sum_in_chunks``): one batch's ops leave a
+# core idle, two in the same memory ran that IG 1.25× faster than one after the other.
 CPU_CHUNK_BYTES = 512 * 2**20
 CPU_MAX_CHUNKS = 32
+CPU_CHUNKS_IN_FLIGHT = 2
+
+
+def chunks_in_flight(device: Optional[jax.Device] = None) -> int:
+  """How many batches of a path method's chunk run side by side on ``device`` (default the
+  first): ``CPU_CHUNKS_IN_FLIGHT`` on a CPU; 1 on a GPU or TPU, whose one batch fills it."""
+  device = device or jax.devices()[0]
+  return CPU_CHUNKS_IN_FLIGHT if device.platform == "cpu" else 1
 
 
 def fitting_chunk_size(apply_fn: Callable[..., Any], variables: Any, example: Sequence[Any],

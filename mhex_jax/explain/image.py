@@ -428,8 +428,8 @@ def smoothgrad(model, variables: Any, images: jax.Array, targets: jax.Array, *,
     num_samples: n noisy copies per example.
     noise_level: noise std as a fraction of each example's input range max(x) − min(x) (the
       paper recommends 0.1–0.2).
-    chunk_size: noisy images (over all examples: up to n·B) whose gradients run as one batch;
-      memory grows with it. None = as many as fit (``attribution.fitting_chunk_size``).
+    chunk_size: noisy images (over all examples: up to n·B) whose gradients are in flight at
+      once (on a CPU as two batches side by side); memory grows with it. None = as many as fit (``attribution.fitting_chunk_size``).
     rng: PRNG key of the noise; None = ``jax.random.key(0)``. Every example of the batch gets
       the same standard-normal draws (scaled by its own range), so a map does not depend on
       the other examples of the batch.
@@ -452,7 +452,8 @@ def smoothgrad(model, variables: Any, images: jax.Array, targets: jax.Array, *,
     noisy = images[examples] + noise_level * spread[examples] * noise[items // batch]
     return input_gradients(model, variables, noisy, targets[examples])
 
-  total = sum_in_chunks(gradients, num_samples * batch, batch, chunk_size)
+  total = sum_in_chunks(gradients, num_samples * batch, batch, chunk_size,
+                        attribution.chunks_in_flight())
   return _max_abs_over_channels(total / num_samples)
 
 

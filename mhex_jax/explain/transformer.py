@@ -332,6 +332,34 @@ def _baseline_args(tokens: tasks.TokenInputs, pad_id: int) -> tuple:
   return (jnp.full_like(ids, pad_id), mask, types)
 
 
+def first_layer_input_gradient(model: Any, variables: Any, args: tuple, targets: jax.Array,
+                               shift: jax.Array) -> jax.Array:
+  """∂ Σ_b z_b[targets_b] / ∂ h^(0): one forward and one backward to the first layer's input
+  (the embedding output, or the patch tokens), with ``shift`` [B, T, D] added to that input
+  through its perturbation point; no parameter is differentiated. The floor of every one-pass
+  Transformer gradient method and the gradient of each Integrated-Gradients path point.
+
+  Args:
+    model, variables: a Transformer classifier with perturbation points ("params" only).
+    args: its positional inputs (``tasks.TokenInputs.args``).
+    targets: int[B].
+    shift: added to layer 0's input (zeros: the gradient at the input itself).
+  """
+  shapes = jax.eval_shape(lambda: model.apply(variables, *args, train=False,
+                                              mutable=[common.PERTURBATIONS])[1])
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes[common.PERTURBATIONS])
+  first = min(k for k in zeros if k.startswith("layer_"))
+
+  def target_logit(shift):
+    shift = shift.astype(zeros[first][common.LAYER_INPUT].dtype)
+    perturbations = {**zeros, first: {**zeros[first], common.LAYER_INPUT: shift}}
+    head_logits = model.apply({**variables, common.PERTURBATIONS: perturbations}, *args,
+                              train=False)
+    return jnp.sum(attribution.target_logits(head_logits, targets))
+
+  return jax.grad(target_logit)(shift)
+
+
 def integrated_gradients(model: Any, variables: Any, inputs: Mapping[str, jax.Array],
                          targets: jax.Array, *, steps: int = 50,
                          chunk_size: Optional[int] = None, baseline: str = "pad",
@@ -343,8 +371,9 @@ def integrated_gradients(model: Any, variables: Any, inputs: Mapping[str, jax.Ar
 
   Args:
     steps: m midpoint-rule path points (completeness error O(1/m²)).
-    chunk_size: path points (over all examples: up to m·B) whose gradients run as one batch;
-      memory grows with it. None = as many as fit (``attribution.fitting_chunk_size``).
+    chunk_size: path points (over all examples: up to m·B) whose gradients are in flight at
+      once (``attribution.path_integral``); memory grows with it. None = as many as fit
+      (``attribution.fitting_chunk_size``).
     baseline: "pad": the embedding output of the same input with every id replaced by
       ``pad_id`` (positions and token types kept); for ViT, of an all-zero image (class token
       and positions kept, so the class token scores 0). "zeros": h = 0.
@@ -368,20 +397,8 @@ def integrated_gradients(model: Any, variables: Any, inputs: Mapping[str, jax.Ar
 
   def gradients(points, examples):
     args = tuple(a[examples] for a in tokens.args)
-    shapes = jax.eval_shape(lambda: model.apply(variables, *args, train=False,
-                                                mutable=[common.PERTURBATIONS])[1])
-    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes[common.PERTURBATIONS])
-    first = min(k for k in zeros if k.startswith("layer_"))
-
-    def target_logit(shift):
-      # ``shift`` moves the embedding output from x to the path point.
-      shift = shift.astype(zeros[first][common.LAYER_INPUT].dtype)
-      perturbations = {**zeros, first: {**zeros[first], common.LAYER_INPUT: shift}}
-      head_logits = model.apply({**variables, common.PERTURBATIONS: perturbations}, *args,
-                                train=False)
-      return jnp.sum(attribution.target_logits(head_logits, targets[examples]))
-
-    return jax.grad(target_logit)(points - embeddings[examples])
+    return first_layer_input_gradient(model, variables, args, targets[examples],
+                                      points - embeddings[examples])
 
   attributions = attribution.path_integral(
       gradients, embeddings.astype(jnp.float32), reference.astype(jnp.float32), steps=steps,
