@@ -32,7 +32,7 @@ blocks (W, P, A) come from ``models.mhex.collect_blocks``.
 
 import functools
 from collections.abc import Mapping
-from typing import Any, NamedTuple, Optional, Sequence, Union
+from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -174,21 +174,38 @@ def route_cams(cams: Sequence[jax.Array], attentions: Sequence[jax.Array],
   if len(cams) != len(attentions):
     raise ValueError(f"{len(cams)} MHEX layers but {len(attentions)} attention maps: routing "
                      "needs one attention map per MHEX layer.")
-  return route_through(cams, transformer.mixing_matrices(attentions), source_mask)
+  # Rows of softmax probabilities sum to 1, so M_ℓ = rownorm(Ā_ℓ + I) = (Ā_ℓ + I) / 2 and
+  # v M_ℓ = (v + (v S_ℓ) / H) / 2 with S_ℓ the head sum: the scalars go on the vector [B, T],
+  # not on the matrix [B, T, T], and no row sum is taken (ViT-S/16 224² batch 32: the row
+  # sums and the division were 72 ms of a 1,565 ms forward, benchmarks/README.md). Equal to
+  # routing through ``transformer.mixing_matrices`` up to float32 rounding (tested).
+  heads = attentions[0].shape[1]
+  step = lambda vector, summed: 0.5 * (vector + _vector_matrix(vector, summed) / heads)
+  return _chain(cams, [transformer.head_sum(probs) for probs in attentions], source_mask, step)
 
 
 def route_through(cams: Sequence[jax.Array], mixings: Sequence[jax.Array],
                   source_mask: jax.Array) -> list[jax.Array]:
   """``route_cams`` through given row-stochastic mixing matrices M_ℓ [B, T, T] (the rollout's,
   or the class flow's of ``token_flow.routing_mixings``)."""
-  # routed_ℓ = (source ⊙ CAM_ℓ) M_ℓ ⋯ M_1 as a chain of vector-matrix products, L(L+1)/2 of
-  # [T] × [T, T], instead of forming every J_ℓ (L products of [T, T] × [T, T]: at ViT-S/16
-  # 224² batch 32, 6% of the forward). Layers whose map is unused are dropped under jit.
+  return _chain(cams, mixings, source_mask, _vector_matrix)
+
+
+def _vector_matrix(vector: jax.Array, matrix: jax.Array) -> jax.Array:
+  return jnp.einsum("bi,bij->bj", vector, matrix)
+
+
+def _chain(cams: Sequence[jax.Array], matrices: Sequence[jax.Array], source_mask: jax.Array,
+           step: Callable[[jax.Array, jax.Array], jax.Array]) -> list[jax.Array]:
+  """routed_ℓ = (source ⊙ CAM_ℓ) M_ℓ ⋯ M_1, ``step(v, matrix_ℓ)`` being v M_ℓ."""
+  # A chain of vector-matrix products, L(L+1)/2 of [T] × [T, T], instead of forming every J_ℓ
+  # (L products of [T, T] × [T, T]: at ViT-S/16 224² batch 32, 6% of the forward). Layers
+  # whose map is unused are dropped under jit.
   routed = []
   for layer, cam in enumerate(cams):
     vector = jnp.where(source_mask, cam, 0.0)
-    for mixing in reversed(mixings[:layer + 1]):
-      vector = jnp.einsum("bi,bij->bj", vector, mixing)
+    for matrix in reversed(matrices[:layer + 1]):
+      vector = step(vector, matrix)
     routed.append(vector)
   return routed
 

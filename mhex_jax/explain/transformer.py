@@ -134,9 +134,14 @@ def _attention(model: Any, variables: Any, tokens: tasks.TokenInputs) -> list[ja
 
 
 def head_mean(per_head: jax.Array) -> jax.Array:
-  """The mean over heads (axis 1) of f32[B, H, ...], as a sum of the H head slices.
+  """The mean over heads (axis 1) of f32[B, H, ...]: ``head_sum`` / H."""
+  return head_sum(per_head) / per_head.shape[1]
 
-  The same value as ``jnp.mean(per_head, axis=1)`` up to float32 rounding, and one fused
+
+def head_sum(per_head: jax.Array) -> jax.Array:
+  """The sum over heads (axis 1) of f32[B, H, ...], as a sum of the H head slices.
+
+  The same value as ``jnp.sum(per_head, axis=1)`` up to float32 rounding, and one fused
   elementwise pass: XLA:CPU reduces a non-minor axis 5-9× slower (12 layers of [1, 12, 197,
   197]: 19.8 ms against 2.2 ms, benchmarks/README.md), which was most of the MHEX ViT map's
   cost over the forward at batch 1.
@@ -145,7 +150,7 @@ def head_mean(per_head: jax.Array) -> jax.Array:
   total = per_head[:, 0]
   for head in range(1, per_head.shape[1]):
     total = total + per_head[:, head]
-  return total / per_head.shape[1]
+  return total
 
 
 def _token_dot(a: jax.Array, b: jax.Array) -> jax.Array:
