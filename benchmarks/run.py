@@ -102,17 +102,19 @@ def _row(group, case, times, name, baseline, **extra):
 
 def mhex_vs_forward(models, sizes, batches, rounds):
   """MHEX maps of given classes, and of the predicted class (the one forward pass gives the
-  prediction too), against the forward pass of the same network."""
+  prediction too), against the forward pass of the same network; the maps' variables are
+  prepared once (``registry.prepare``: E formed per checkpoint), as the evaluators do."""
   rows = []
   for name in models:
     for size in sizes:
       model, variables = build(name, size)
+      prepared = registry.prepare(model, variables)
       forward, mhex = _forward(model), jax.jit(registry.explainer("mhex", model))
       for batch in batches:
         x, y = _images(batch, size), _targets(batch)
         times = harness.interleaved({"forward": lambda: forward(variables, x),
-                                     "mhex": lambda: mhex(variables, x, y),
-                                     "mhex, predicted class": lambda: mhex(variables, x, None)},
+                                     "mhex": lambda: mhex(prepared, x, y),
+                                     "mhex, predicted class": lambda: mhex(prepared, x, None)},
                                     rounds)
         for method in ("mhex", "mhex, predicted class"):
           rows.append(_row("MHEX saliency / forward", f"{name}, {size}², batch {batch}", times,
@@ -130,6 +132,7 @@ VIT_MAPS = {"mhex": {}, "mhex, class flow": {"map": "flow"},
 def vit_maps_vs_forward(size, batches, rounds, names=tuple(VIT_MAPS)):
   """The ViT patch maps of every ``map`` (predicted class) against the forward pass."""
   model, variables = build("vit_s16", size)
+  prepared = registry.prepare(model, variables)
   forward = _forward(model)
   rows = []
   maps = {name: VIT_MAPS[name] for name in names}
@@ -138,7 +141,7 @@ def vit_maps_vs_forward(size, batches, rounds, names=tuple(VIT_MAPS)):
     fns = {"forward": lambda: forward(variables, x)}
     for name, options in maps.items():
       fn = jax.jit(registry.explainer("mhex", model, **options))
-      fns[name] = functools.partial(fn, variables, x, None)
+      fns[name] = functools.partial(fn, prepared, x, None)
     times = harness.interleaved(fns, rounds)
     rows += [_row("ViT patch maps / forward", f"vit_s16, {size}², batch {batch}", times, name,
                   "forward", options=options) for name, options in maps.items()]
@@ -165,9 +168,10 @@ def tokens_vs_forward(batch, length, rounds):
   variants = {"mhex": {},  # The routed default.
               "mhex, SPEC §4 map": {"route": "none", "layers": (0, 1, 2), "feature_norm": "none"},
               "mhex, all layers unrouted": {"route": "none", "layers": (), "feature_norm": "none"}}
+  prepared = registry.prepare(model, variables)
   for name, options in variants.items():
     fn = jax.jit(registry.explainer("mhex", model, **options))
-    fns[name] = functools.partial(fn, variables, inputs, targets)
+    fns[name] = functools.partial(fn, prepared, inputs, targets)
   attcat = jax.jit(functools.partial(transformer.attcat, model))
   fns["attcat"] = lambda: attcat(variables, inputs, targets)
   times = harness.interleaved(fns, rounds)
@@ -322,9 +326,10 @@ def versus_pytorch(size, batch, rounds, ig_steps, ig_rounds):
   if ig_rounds:
     methods["integrated_gradients"] = ig_options
   jax_fns = {"forward": lambda: forward(variables, x)}
+  prepared = registry.prepare(model, variables)
   for method, options in methods.items():
     fn = jax.jit(registry.explainer(method, model, **options))
-    jax_fns[method] = functools.partial(fn, variables, x, y)
+    jax_fns[method] = functools.partial(fn, prepared if method == "mhex" else variables, x, y)
   settings = sorted({1, torch_side.DEFAULT_THREADS})
   builders = {"forward": torch_side.forward, "grad_cam": torch_side.captum_layer_grad_cam}
   if ig_rounds:

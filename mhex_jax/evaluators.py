@@ -30,6 +30,7 @@ from mhex_jax import sharding as sharding_lib
 from mhex_jax import tasks
 from mhex_jax.data import dataset as dataset_lib
 from mhex_jax.explain import methods as methods_lib
+from mhex_jax.explain import registry
 from mhex_jax.metrics import collaboration
 from mhex_jax.metrics import image as image_metrics
 
@@ -231,6 +232,8 @@ class Explainers:
     if not self.methods:
       return {"methods": {}}
     scorer_variables = variables if self.scorer_variables is None else self.scorer_variables
+    if any(method.base == registry.MHEX for method in self.methods):
+      variables = registry.prepare(self.model, variables)  # E formed once, not per batch.
     results, maps, per_example, targets = {}, {}, {}, None
     for method in self.methods:
       logging.info("Explaining with %s.", method.name)

@@ -426,3 +426,73 @@ def test_text_token_variants_ignore_batch_composition_and_padding(options):
   assert float(jnp.ptp(batched[1, 1:10])) > 0
   assert not np.asarray(alone[0, 10:]).any() and not np.asarray(batched[1, 10:]).any()
   assert float(batched[1, 0]) == 0.0  # [CLS] is special: no saliency.
+
+
+def test_equivalent_matrices_formed_once_give_the_same_maps():
+  """``registry.prepare`` forms E = P W per block once; the maps gather its rows and equal the
+  maps that form the target rows from W and P (given and predicted classes, the sharpness
+  filter's full-E path, a ViT and a text model), and E is what the maps then read."""
+  from mhex_jax.explain import registry  # pylint: disable=g-import-not-at-top
+  from mhex_jax.models import vit  # pylint: disable=g-import-not-at-top
+  model, variables = _trained_like_variables()
+  prepared = registry.prepare(model, variables)
+  _, state = model.apply(variables, jnp.zeros((1, 16, 16, 3)), train=False, mutable=["mhex"])
+  blocks = mhex_lib.collect_blocks(variables["params"], state["mhex"],
+                                   prepared[mhex_lib.EQUIVALENT])
+  assert len(blocks) == 8
+  for block in blocks:  # One program against eager dots: equal up to float32 rounding.
+    expected = equivalent_matrix.equivalent_matrix(block.gate_kernel, block.head_kernel)
+    np.testing.assert_allclose(block.equivalent, expected, rtol=1e-5,
+                               atol=1e-6 * float(jnp.max(jnp.abs(expected))))
+  images = jax.random.normal(jax.random.key(2), (4, 16, 16, 3))
+  targets = jnp.array([0, 2, 1, 2])
+  for target, options in ((targets, {}), (None, {}), (targets, dict(tau_pos=0.3))):
+    plain = equivalent_matrix.mhex_saliency(model, variables, images, target, **options)
+    fast = equivalent_matrix.mhex_saliency(model, prepared, images, target, **options)
+    for a, b in zip(plain.layer_maps, fast.layer_maps):
+      np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6 * float(jnp.max(jnp.abs(a))))
+  # The maps read E when it is given: E doubled doubles every raw layer map.
+  doubled = {**prepared, mhex_lib.EQUIVALENT: jax.tree.map(lambda e: 2 * e,
+                                                           prepared[mhex_lib.EQUIVALENT])}
+  plain = equivalent_matrix.mhex_saliency(model, variables, images, targets)
+  twice = equivalent_matrix.mhex_saliency(model, doubled, images, targets)
+  for a, b in zip(plain.layer_maps, twice.layer_maps):
+    np.testing.assert_allclose(b, 2 * a, rtol=1e-5, atol=1e-6 * float(jnp.max(jnp.abs(a))))
+  # A ViT's patch map and a text model's token map.
+  vit_model = vit.ViT(num_classes=3, image_size=16, patch_size=4, hidden_size=8, num_layers=2,
+                      num_heads=2, intermediate_size=16, gate_init="random")
+  vit_variables = {"params": vit_model.init(jax.random.key(1), images[:1])["params"]}
+  np.testing.assert_allclose(
+      registry.explainer("mhex", vit_model)(registry.prepare(vit_model, vit_variables), images,
+                                            None),
+      registry.explainer("mhex", vit_model)(vit_variables, images, None), atol=1e-5)
+  text_model = bert.BERT(vocab_size=20, num_classes=3, hidden_size=8, num_layers=2, num_heads=2,
+                         intermediate_size=16, max_positions=8, mhex=True)
+  ids = jnp.array([[2, 5, 6, 3, 0, 0], [2, 7, 8, 9, 3, 0]])
+  inputs = {"input_ids": ids, "attention_mask": (ids > 0).astype(jnp.int32),
+            "token_type_ids": jnp.zeros_like(ids), "special_tokens_mask": ids < 4}
+  text_variables = {"params": text_model.init(jax.random.key(3), ids,
+                                               inputs["attention_mask"])["params"]}
+  np.testing.assert_allclose(
+      registry.explainer("mhex", text_model)(registry.prepare(text_model, text_variables),
+                                             inputs, jnp.array([1, 2])),
+      registry.explainer("mhex", text_model)(text_variables, inputs, jnp.array([1, 2])),
+      atol=1e-5)
+
+
+def test_equivalent_matrices_of_another_model_or_none_are_named():
+  from mhex_jax.explain import registry  # pylint: disable=g-import-not-at-top
+  model, variables = _trained_like_variables()
+  images = jnp.zeros((1, 16, 16, 3))
+  other = registry.prepare(_tiny_model(num_classes=5), _tiny_model(num_classes=5).init(
+      jax.random.key(0), images))
+  mixed = {**variables, mhex_lib.EQUIVALENT: other[mhex_lib.EQUIVALENT]}
+  with pytest.raises(ValueError, match=r"shape \(5, 4\).*with_equivalent_matrices"):
+    equivalent_matrix.mhex_saliency(model, mixed, images, jnp.array([0]))
+  with pytest.raises(ValueError, match="no Equivalent Matrix for MHEX module block_00"):
+    equivalent_matrix.mhex_saliency(model, {**variables, mhex_lib.EQUIVALENT: {}}, images,
+                                    jnp.array([0]))
+  plain = _tiny_model(mhex=False)
+  with pytest.raises(ValueError, match="no MHEX module"):
+    mhex_lib.with_equivalent_matrices(plain.init(jax.random.key(0), images))
+  assert registry.prepare(plain, variables) is variables

@@ -99,13 +99,19 @@ def block_weights(block: MHEXBlock, targets: jax.Array, *, contrastive: bool = F
                   tau_pos: float = 0.0, tau_neg: float = 0.0, beta_pos: float = 1.0,
                   beta_neg: float = 0.0) -> jax.Array:
   """``class_weights`` of one block's Equivalent Matrix. The contrast and the sharpness filter
-  need every class's row; without them only the target rows are formed (``target_rows``)."""
+  need every class's row; without them only the target rows are formed (``target_rows``), or
+  gathered from E when ``mhex.with_equivalent_matrices`` formed it beforehand."""
+  equivalent = block.equivalent
   if contrastive or tau_pos > 0 or tau_neg > 0:
-    return class_weights(equivalent_matrix(block.gate_kernel, block.head_kernel), targets,
-                         contrastive=contrastive, tau_pos=tau_pos, tau_neg=tau_neg,
-                         beta_pos=beta_pos, beta_neg=beta_neg)
-  return sign_weighting(target_rows(block.gate_kernel, block.head_kernel, targets), beta_pos,
-                        beta_neg)
+    if equivalent is None:
+      equivalent = equivalent_matrix(block.gate_kernel, block.head_kernel)
+    return class_weights(equivalent, targets, contrastive=contrastive, tau_pos=tau_pos,
+                         tau_neg=tau_neg, beta_pos=beta_pos, beta_neg=beta_neg)
+  if equivalent is not None:
+    rows = jnp.take(equivalent, targets, axis=0)
+  else:
+    rows = target_rows(block.gate_kernel, block.head_kernel, targets)
+  return sign_weighting(rows, beta_pos, beta_neg)
 
 
 def normalize_features(features: jax.Array, feature_norm: str = "none") -> jax.Array:
@@ -355,14 +361,17 @@ def forward_blocks(model: Any, variables: Any, inputs: Sequence[jax.Array],
   ``attribution.final_logits``).
   """
   collections = [mhex_lib.COLLECTION] + ([common.ATTENTION] if attention else [])
-  variables = common.strip_state(variables)
+  equivalents = variables.get(mhex_lib.EQUIVALENT)
+  variables = {k: v for k, v in common.strip_state(variables).items()
+               if k != mhex_lib.EQUIVALENT}
   head_logits, state = model.apply(variables, *inputs,
                                    **attribution.eval_mode_kwargs(model.apply),
                                    mutable=collections)
   logits = attribution.final_logits(head_logits)
   if targets is None:
     targets = jnp.argmax(logits, axis=-1)
-  blocks = mhex_lib.collect_blocks(variables["params"], state.get(mhex_lib.COLLECTION, {}))
+  blocks = mhex_lib.collect_blocks(variables["params"], state.get(mhex_lib.COLLECTION, {}),
+                                   equivalents)
   attentions = common.attention_probs(state) if attention else None
   return Forward(blocks, logits, jnp.asarray(targets, jnp.int32), attentions)
 

@@ -38,6 +38,7 @@ from mhex_jax.explain import equivalent_matrix
 from mhex_jax.explain import image as image_explain
 from mhex_jax.explain import transformer as transformer_explain
 from mhex_jax.explain.maps import normalize_maps
+from mhex_jax.models import mhex as mhex_lib
 
 # name → f(model, variables, images, targets, **options) -> raw maps f32[B, H, W].
 IMAGE_METHODS: dict[str, Callable[..., jax.Array]] = {
@@ -69,6 +70,17 @@ MHEX = "mhex"
 def is_mhex_model(model) -> bool:
   """An mhex_jax backbone built with ``mhex=True``, or a user model declaring ``mhex = True``."""
   return bool(getattr(model, "mhex", False))
+
+
+def prepare(model, variables: Any) -> Any:
+  """``variables`` for explaining many batches with one checkpoint: an MHEX model's Equivalent
+  Matrices formed once (``models.mhex.with_equivalent_matrices``, one jitted program), so each
+  map gathers E's target rows instead of reading every gate kernel again; a plain model's
+  variables unchanged. Every explainer accepts either; prepare again after the parameters
+  change."""
+  if not is_mhex_model(model):
+    return variables
+  return jax.jit(mhex_lib.with_equivalent_matrices)(variables)
 
 
 def available(model) -> tuple[str, ...]:
