@@ -462,10 +462,11 @@ def test_equivalent_matrices_formed_once_give_the_same_maps():
   vit_model = vit.ViT(num_classes=3, image_size=16, patch_size=4, hidden_size=8, num_layers=2,
                       num_heads=2, intermediate_size=16, gate_init="random")
   vit_variables = {"params": vit_model.init(jax.random.key(1), images[:1])["params"]}
-  np.testing.assert_allclose(
-      registry.explainer("mhex", vit_model)(registry.prepare(vit_model, vit_variables), images,
-                                            None),
-      registry.explainer("mhex", vit_model)(vit_variables, images, None), atol=1e-5)
+  vit_prepared = registry.prepare(vit_model, vit_variables)
+  for options in ({}, dict(map="flow"), dict(map="split", route="flow", flow_rows="final")):
+    explain = registry.explainer("mhex", vit_model, **options)
+    np.testing.assert_allclose(explain(vit_prepared, images, None),
+                               explain(vit_variables, images, None), atol=1e-5, err_msg=options)
   text_model = bert.BERT(vocab_size=20, num_classes=3, hidden_size=8, num_layers=2, num_heads=2,
                          intermediate_size=16, max_positions=8, mhex=True)
   ids = jnp.array([[2, 5, 6, 3, 0, 0], [2, 7, 8, 9, 3, 0]])

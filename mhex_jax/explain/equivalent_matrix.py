@@ -107,11 +107,7 @@ def block_weights(block: MHEXBlock, targets: jax.Array, *, contrastive: bool = F
       equivalent = equivalent_matrix(block.gate_kernel, block.head_kernel)
     return class_weights(equivalent, targets, contrastive=contrastive, tau_pos=tau_pos,
                          tau_neg=tau_neg, beta_pos=beta_pos, beta_neg=beta_neg)
-  if equivalent is not None:
-    rows = jnp.take(equivalent, targets, axis=0)
-  else:
-    rows = target_rows(block.gate_kernel, block.head_kernel, targets)
-  return sign_weighting(rows, beta_pos, beta_neg)
+  return sign_weighting(mhex_lib.block_target_rows(block, targets), beta_pos, beta_neg)
 
 
 def normalize_features(features: jax.Array, feature_norm: str = "none") -> jax.Array:

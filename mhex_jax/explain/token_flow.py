@@ -100,13 +100,14 @@ def forward_pass(model: Any, variables: Any, images: jax.Array,
   collections = [mhex_lib.COLLECTION, common.ATTENTION, common.VALUES]
   if stream:
     collections.append(common.HIDDEN_STATES)
-  params = common.strip_state(variables)
+  equivalents = variables.get(mhex_lib.EQUIVALENT)
+  params = {k: v for k, v in common.strip_state(variables).items() if k != mhex_lib.EQUIVALENT}
   head_logits, state = model.apply(params, images, **attribution.eval_mode_kwargs(model.apply),
                                    mutable=collections)
   logits = attribution.final_logits(head_logits)
   if targets is None:
     targets = jnp.argmax(logits, axis=-1)
-  blocks = mhex_lib.collect_blocks(params["params"], state[mhex_lib.COLLECTION])
+  blocks = mhex_lib.collect_blocks(params["params"], state[mhex_lib.COLLECTION], equivalents)
   probs = common.attention_probs(state)
   hidden = common.hidden_states(state) if stream else [None] * (len(blocks) + 1)
   posts = common.post_attention_states(state) if stream else [None] * len(blocks)
@@ -136,7 +137,7 @@ def message_scores(layer: LayerPass, readout: jax.Array) -> jax.Array:
 def final_readout(forward: FlowPass) -> jax.Array:
   """u = E[c] ⊙ 1[z > 0] [B, d] of the final head: y_c = u · mean_P A_{L−1} exactly."""
   block = forward.layers[-1].block
-  row = mhex_lib.target_rows(block.gate_kernel, block.head_kernel, forward.targets)
+  row = mhex_lib.block_target_rows(block, forward.targets)
   z = jnp.einsum("bt,btd->bd", forward.pool, block.features.astype(jnp.float32))
   return jnp.where(z > 0, row, 0.0)
 
@@ -148,8 +149,7 @@ def flow_readouts(forward: FlowPass, flow_rows: str) -> list[jax.Array]:
     raise ConfigError(f"Unknown flow_rows={flow_rows!r}; use one of {FLOW_ROWS}.")
   if flow_rows == "final":
     return [final_readout(forward)] * len(forward.layers)
-  return [mhex_lib.target_rows(layer.block.gate_kernel, layer.block.head_kernel, forward.targets)
-          for layer in forward.layers]
+  return [mhex_lib.block_target_rows(layer.block, forward.targets) for layer in forward.layers]
 
 
 def flow_attention(layer: LayerPass, readout: jax.Array) -> jax.Array:

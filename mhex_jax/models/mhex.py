@@ -190,6 +190,14 @@ class MHEXBlock(NamedTuple):
   equivalent: Optional[jax.Array] = None  # E = P W, f32[K, C], when formed beforehand
 
 
+def block_target_rows(block: MHEXBlock, targets: jax.Array) -> jax.Array:
+  """E[targets] [B, C] of one block: gathered from E when it was formed beforehand
+  (``with_equivalent_matrices``), else ``target_rows`` from W and P."""
+  if block.equivalent is not None:
+    return jnp.take(block.equivalent, targets, axis=0)
+  return target_rows(block.gate_kernel, block.head_kernel, targets)
+
+
 def with_equivalent_matrices(variables: Any) -> dict:
   """``variables`` plus every MHEX module's Equivalent Matrix E = P W (f32[K, C]), in the
   collection ``EQUIVALENT`` at the module's path: formed once per checkpoint, so a map gathers
