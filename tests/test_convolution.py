@@ -2,6 +2,7 @@
 gradient of the ResNet stem's max pool: the same values as XLA's own, to float32 rounding or
 bit for bit where the code promises it."""
 
+import contextlib
 import itertools
 
 import flax.linen as nn
@@ -281,6 +282,25 @@ def test_resnet_input_gradients_are_plain_autodiff(monkeypatch):
   # a relative error of ~u·√(terms) per layer, carried linearly to the image.
   np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-5 * float(jnp.max(jnp.abs(theirs))))
   assert float(jnp.max(jnp.abs(theirs))) > 0
+
+
+def test_grad_cam_layer_gradients_are_plain_autodiff(monkeypatch):
+  """Grad-CAM's backward to a block's input crosses that block's convolutions; inside the
+  explainers' context the last stage's (32 channels > B·Ho·Wo = 2) go by taps, and the
+  activations and gradients equal plain autodiff's up to the order of float32 sums."""
+  model, variables, images, targets = _tiny_resnet()
+  taps = _Recorder(monkeypatch, "tap_gradient")
+  layer = "block_06"  # The last stage's first block: its input is stage 3's output.
+  ours = jax.jit(lambda v, x, t: image.layer_gradients(model, v, x, t, layer=layer))(
+      variables, images, targets)
+  assert taps.calls  # The path was taken.
+  monkeypatch.setattr(convolution, "input_gradients_by_matmul", contextlib.nullcontext)
+  theirs = jax.jit(lambda v, x, t: image.layer_gradients(model, v, x, t, layer=layer))(
+      variables, images, targets)
+  np.testing.assert_array_equal(ours[0], theirs[0])  # The same forward.
+  np.testing.assert_allclose(ours[1], theirs[1], rtol=0,
+                             atol=1e-5 * float(jnp.max(jnp.abs(theirs[1]))))
+  assert float(jnp.max(jnp.abs(theirs[1]))) > 0
 
 
 def test_resnet_forward_is_unchanged_inside_the_context():

@@ -254,10 +254,14 @@ def layer_gradients(model, variables: Any, images: jax.Array, targets: jax.Array
       return jnp.sum(attribution.target_logits(outputs, targets)), acts
 
     zeros = jnp.zeros(target.module.shape, target.module.dtype)
-    grads, acts = jax.grad(objective, has_aux=True)(zeros)
+    with convolution.input_gradients_by_matmul():
+      grads, acts = jax.grad(objective, has_aux=True)(zeros)
     return acts.astype(jnp.float32), grads.astype(jnp.float32)
-  _, state, grads = attribution.perturbation_gradients(
-      model.apply, variables, (images,), targets, collections=(HIDDEN_STATES,))
+  # The backward to the target layer may cross convolutions (a block's input): as in
+  # ``input_gradients``, without XLA:CPU's per-call kernel copies where that pays.
+  with convolution.input_gradients_by_matmul():
+    _, state, grads = attribution.perturbation_gradients(
+        model.apply, variables, (images,), targets, collections=(HIDDEN_STATES,))
   return (_to_grid(model, _at(state[HIDDEN_STATES], target.path)),
           _to_grid(model, _at(grads, target.path)))
 
