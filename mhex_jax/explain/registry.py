@@ -80,7 +80,10 @@ def prepare(model, variables: Any) -> Any:
   change."""
   if not is_mhex_model(model):
     return variables
-  return jax.jit(mhex_lib.with_equivalent_matrices)(variables)
+  # Only E comes out of the program: the parameters are not copied.
+  form = jax.jit(lambda params: mhex_lib.with_equivalent_matrices(
+      {"params": params})[mhex_lib.EQUIVALENT])
+  return {**variables, mhex_lib.EQUIVALENT: form(variables["params"])}
 
 
 def available(model) -> tuple[str, ...]:
