@@ -52,9 +52,7 @@ FEATURE_NORMS = ("none", "centre", "layer_norm")
 ROUTES = ("none", "attention")
 
 
-def equivalent_matrix(gate_kernel: jax.Array, head_kernel: jax.Array) -> jax.Array:
-  """E = P W as a [K, C] matrix, from Flax kernels W [C, C] and P [C, K]."""
-  return (gate_kernel.astype(jnp.float32) @ head_kernel.astype(jnp.float32)).T
+equivalent_matrix = mhex_lib.equivalent_matrix
 
 
 def class_weights(equivalent: jax.Array, targets: jax.Array, *, contrastive: bool = False,
@@ -357,9 +355,7 @@ def forward_blocks(model: Any, variables: Any, inputs: Sequence[jax.Array],
   ``attribution.final_logits``).
   """
   collections = [mhex_lib.COLLECTION] + ([common.ATTENTION] if attention else [])
-  equivalents = variables.get(mhex_lib.EQUIVALENT)
-  variables = {k: v for k, v in common.strip_state(variables).items()
-               if k != mhex_lib.EQUIVALENT}
+  variables, equivalents = mhex_lib.split_equivalents(common.strip_state(variables))
   head_logits, state = model.apply(variables, *inputs,
                                    **attribution.eval_mode_kwargs(model.apply),
                                    mutable=collections)

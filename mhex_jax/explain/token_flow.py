@@ -100,8 +100,7 @@ def forward_pass(model: Any, variables: Any, images: jax.Array,
   collections = [mhex_lib.COLLECTION, common.ATTENTION, common.VALUES]
   if stream:
     collections.append(common.HIDDEN_STATES)
-  equivalents = variables.get(mhex_lib.EQUIVALENT)
-  params = {k: v for k, v in common.strip_state(variables).items() if k != mhex_lib.EQUIVALENT}
+  params, equivalents = mhex_lib.split_equivalents(common.strip_state(variables))
   head_logits, state = model.apply(params, images, **attribution.eval_mode_kwargs(model.apply),
                                    mutable=collections)
   logits = attribution.final_logits(head_logits)

@@ -172,6 +172,18 @@ class MHEX(nn.Module):
     return out, logits
 
 
+def equivalent_matrix(gate_kernel: jax.Array, head_kernel: jax.Array) -> jax.Array:
+  """E = P W as a [K, C] matrix, from Flax kernels W [C, C] and P [C, K]."""
+  return (gate_kernel.astype(jnp.float32) @ head_kernel.astype(jnp.float32)).T
+
+
+def split_equivalents(variables: Any) -> tuple[dict, Optional[Any]]:
+  """(``variables`` without the ``EQUIVALENT`` collection, that collection or None): the
+  model is applied to the first, ``collect_blocks`` takes the second."""
+  rest = {k: v for k, v in variables.items() if k != EQUIVALENT}
+  return rest, variables.get(EQUIVALENT)
+
+
 def target_rows(gate_kernel: jax.Array, head_kernel: jax.Array,
                 targets: jax.Array) -> jax.Array:
   """E[targets] [B, C] without forming E: row c of E = P W is (W · P[:, c])ᵀ, so this costs
@@ -218,7 +230,7 @@ def with_equivalent_matrices(variables: Any) -> dict:
       node = equivalents
       for key in path[:-1]:
         node = node.setdefault(key, {})
-      node[path[-1]] = (gate.astype(jnp.float32) @ head.astype(jnp.float32)).T
+      node[path[-1]] = equivalent_matrix(gate, head)
       return
     for key, child in tree.items():
       if isinstance(child, dict) or hasattr(child, "items"):
