@@ -281,6 +281,7 @@ def test_text_comparison_report_and_html(tmp_path, mhex, methods):
 def test_collaboration_analysis_in_report(image_workdirs):
   config = _fast_eval(_image_config(), "")
   config.eval.collaboration_examples = 4
+  config.eval.batch_size = 4
   report = eval_lib.evaluate(config, image_workdirs["mhex"])
   result = report["collaboration"]
   assert result["num_examples"] == 4
