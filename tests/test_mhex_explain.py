@@ -301,6 +301,11 @@ def test_signed_ungated_token_cam_decomposes_the_head_logit(placement):
   params = module.init(jax.random.key(0), s, r, mask)["params"]
   (_, logits), state = module.apply({"params": params}, s, r, mask, mutable=["mhex"])
   block = mhex_lib.collect_blocks({"m": params}, {"m": state["mhex"]})[0]
+  # The module alone as the model: its Equivalent Matrix is the collection itself.
+  alone = mhex_lib.with_equivalent_matrices({"params": params})[mhex_lib.EQUIVALENT]
+  np.testing.assert_allclose(
+      mhex_lib.collect_blocks(params, state["mhex"], alone)[0].equivalent,
+      mhex_lib.equivalent_matrix(block.gate_kernel, block.head_kernel), rtol=1e-6)
   m = mask.astype(jnp.float32)
   for c in range(3):
     cam = equivalent_matrix.layer_cams([block], jnp.full((2,), c), beta_neg=-1.0)[0]

@@ -222,6 +222,10 @@ def with_equivalent_matrices(variables: Any) -> dict:
   a block once and K·C floats a block of memory (ResNet-50, 1000 classes: 15.4 M, 61 MB).
   The other collections pass through; a model without MHEX modules raises.
   """
+  params = variables["params"]
+  if GATE in params and HEAD in params:  # The model is one MHEX module: E at the root.
+    return {**variables, EQUIVALENT: equivalent_matrix(_at(params, GATE_KERNEL),
+                                                       _at(params, HEAD_KERNEL))}
   equivalents: dict = {}
 
   def visit(tree, path):
@@ -236,7 +240,7 @@ def with_equivalent_matrices(variables: Any) -> dict:
       if isinstance(child, dict) or hasattr(child, "items"):
         visit(child, path + (key,))
 
-  visit(variables["params"], ())
+  visit(params, ())
   if not equivalents:
     raise ValueError("with_equivalent_matrices: the parameters hold no MHEX module (no "
                      f"'{GATE}' beside a '{HEAD}'); build the model with mhex=True.")
