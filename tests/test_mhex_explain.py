@@ -25,11 +25,11 @@ def _tiny_model(**kwargs):
 def _trained_like_variables(seed=0):
   """A tiny MHEX-ResNet with random (not zero) BN statistics, so maps are non-trivial."""
   model = _tiny_model()
-  variables = model.init(jax.random.key(seed), jnp.zeros((1, 16, 16, 3)))
+  # Under jit: eagerly, init and the training-mode pass compile each of their ops (10 s).
+  variables = jax.jit(model.init)(jax.random.key(seed), jnp.zeros((1, 16, 16, 3)))
   images = jax.random.normal(jax.random.key(1), (8, 16, 16, 3))
-  _, state = model.apply({"params": variables["params"],
-                          "batch_stats": variables["batch_stats"]}, images, train=True,
-                         mutable=["batch_stats"])
+  _, state = jax.jit(functools.partial(model.apply, train=True, mutable=["batch_stats"]))(
+      {"params": variables["params"], "batch_stats": variables["batch_stats"]}, images)
   return model, {"params": variables["params"], "batch_stats": state["batch_stats"]}
 
 
