@@ -222,26 +222,17 @@ def with_equivalent_matrices(variables: Any) -> dict:
   a block once and K·C floats a block of memory (ResNet-50, 1000 classes: 15.4 M, 61 MB).
   The other collections pass through; a model without MHEX modules raises.
   """
-  params = variables["params"]
-  if GATE in params and HEAD in params:  # The model is one MHEX module: E at the root.
-    return {**variables, EQUIVALENT: equivalent_matrix(_at(params, GATE_KERNEL),
-                                                       _at(params, HEAD_KERNEL))}
-  equivalents: dict = {}
-
-  def visit(tree, path):
+  def formed(tree):
+    """E if ``tree`` is an MHEX module, else the tree of its modules' E (None if none)."""
     if GATE in tree and HEAD in tree:
-      gate, head = _at(tree, GATE_KERNEL), _at(tree, HEAD_KERNEL)
-      node = equivalents
-      for key in path[:-1]:
-        node = node.setdefault(key, {})
-      node[path[-1]] = equivalent_matrix(gate, head)
-      return
-    for key, child in tree.items():
-      if isinstance(child, dict) or hasattr(child, "items"):
-        visit(child, path + (key,))
+      return equivalent_matrix(_at(tree, GATE_KERNEL), _at(tree, HEAD_KERNEL))
+    found = {key: formed(child) for key, child in tree.items()
+             if isinstance(child, dict) or hasattr(child, "items")}
+    return {key: e for key, e in found.items() if e is not None} or None
 
-  visit(params, ())
-  if not equivalents:
+  # A model that is one MHEX module gets its E at the collection's root.
+  equivalents = formed(variables["params"])
+  if equivalents is None:
     raise ValueError("with_equivalent_matrices: the parameters hold no MHEX module (no "
                      f"'{GATE}' beside a '{HEAD}'); build the model with mhex=True.")
   return {**variables, EQUIVALENT: equivalents}
