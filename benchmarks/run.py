@@ -9,6 +9,8 @@ figures are ratios against a baseline timed in the same process, in interleaved 
 
   * MHEX saliency / the same network's forward: ResNet-18, ResNet-50 and ViT-S/16 at
     112² and 224², batch 1, 8 and 32 (random weights: speed does not depend on them).
+  * The default MHEX-ViT map's attention routing, its floor (the forward with its head sums
+    formed as it goes) and the map unrouted / forward: ViT-S/16 at 224², batch 32.
   * Every MHEX-ViT patch map (``eval.mhex.map``, ``route="flow"``) / forward: ViT-S/16 at 224²,
     batch 1 and 8.
   * Every image explainer / forward (ResNet-18, 112², batch 8; the gradient methods at 224²
@@ -146,6 +148,43 @@ def vit_maps_vs_forward(size, batches, rounds, names=tuple(VIT_MAPS)):
     rows += [_row("ViT patch maps / forward", f"vit_s16, {size}², batch {batch}", times, name,
                   "forward", options=options) for name, options in maps.items()]
   return rows
+
+
+def vit_routing_floor(size, batch, rounds):
+  """What the default MHEX-ViT map's attention routing costs, and its floor (given classes).
+
+  The routed map steps the last layer's CAM back through every layer's head sum S (of the
+  softmax's output f32[B, H, T, T], written by the forward anyway) once the forward has ended.
+  Rows against the forward: the map unrouted (``route="none"``), the forward with its head
+  sums formed and routed as they are made (a vector known up front, so none stays alive: one
+  more read of each layer's probabilities, the floor of any routing through them on XLA:CPU,
+  whose softmax fusion has one output), and the default map.
+  """
+  model, variables = build("vit_s16", size)
+  prepared = registry.prepare(model, variables)
+  forward = _forward(model)
+  x, y = _images(batch, size), _targets(batch)
+
+  def head_sums_as_made(v, images):
+    logits, state = model.apply(v, images, train=False, mutable=[common.ATTENTION])
+    vector = None
+    for probs in common.attention_probs(state):
+      if vector is None:
+        vector = jnp.ones(probs.shape[:1] + probs.shape[-1:], jnp.float32)
+      summed = transformer.head_sum(probs)
+      vector = 0.5 * (vector + jnp.einsum("bi,bij->bj", vector, summed) / probs.shape[1])
+    # The logits too, as the forward: else the last layer's MLP and the head drop out.
+    return attribution.final_logits(logits), vector
+
+  floor = jax.jit(head_sums_as_made)
+  fns = {"forward": lambda: forward(variables, x),
+         "forward + head sums routed as made (floor)": lambda: floor(variables, x)}
+  for name, options in {"mhex, unrouted": {"route": "none"}, "mhex": {}}.items():
+    fn = jax.jit(registry.explainer("mhex", model, **options))
+    fns[name] = functools.partial(fn, prepared, x, y)
+  times = harness.interleaved(fns, rounds)
+  return [_row("ViT routing / forward", f"vit_s16, {size}², batch {batch}", times, name,
+               "forward") for name in fns if name != "forward"]
 
 
 def explainers_vs_forward(methods, size, batch, rounds, options, warm=()):
@@ -413,6 +452,7 @@ def main():
   if args.quick:
     rows += mhex_vs_forward(["resnet18"], [112], [1], rounds)
     rows += vit_maps_vs_forward(32, [1], rounds, names=("mhex, class flow",))
+    rows += vit_routing_floor(32, 1, rounds)
     # IG as in the PyTorch rows below (8 steps, one chunk), so the programs compile once
     # where JAX's persistent cache is on (the tests).
     rows += explainers_vs_forward(["grad_cam", "integrated_gradients"], 112, 1, rounds,
@@ -429,6 +469,8 @@ def main():
     rows += mhex_vs_forward(["resnet18", "resnet50", "vit_s16"], [112, 224], [1, 8, 32],
                             rounds)
     rows += vit_maps_vs_forward(224, [1, 8], rounds)
+    # Its own rounds, more of them: the routing's cost is a few per cent, the noise ±5%.
+    rows += vit_routing_floor(224, 32, max(rounds, 15))
     # The costly groups (seconds a call) get at most 5 rounds.
     # Methods of one pass, of 50 passes and Score-CAM's 1,000 forwards in rounds of their
     # own: a call of seconds disturbs the rounds of calls of milliseconds.
