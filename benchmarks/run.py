@@ -11,6 +11,8 @@ figures are ratios against a baseline timed in the same process, in interleaved 
     112² and 224², batch 1, 8 and 32 (random weights: speed does not depend on them).
   * The default MHEX-ViT map's attention routing, its floor (the forward with its head sums
     formed as it goes) and the map unrouted / forward: ViT-S/16 at 224², batch 32.
+  * The MHEX map of the predicted class against its floor (the forward reading every block's
+    features after the head): ResNet-18 112² batch 8 and 224² batch 32, ResNet-50 224² batch 8.
   * Every MHEX-ViT patch map (``eval.mhex.map``, ``route="flow"``) / forward: ViT-S/16 at 224²,
     batch 1 and 8.
   * Every image explainer / forward (ResNet-18, 112², batch 8; the gradient methods at 224²
@@ -53,6 +55,7 @@ from benchmarks import startup
 from mhex_jax import host_allocator
 from mhex_jax import train_lib
 from mhex_jax.explain import attribution
+from mhex_jax.explain import equivalent_matrix
 from mhex_jax.explain import registry
 from mhex_jax.explain import transformer
 from mhex_jax.metrics import image as image_metrics
@@ -147,6 +150,40 @@ def vit_maps_vs_forward(size, batches, rounds, names=tuple(VIT_MAPS)):
     times = harness.interleaved(fns, rounds)
     rows += [_row("ViT patch maps / forward", f"vit_s16, {size}², batch {batch}", times, name,
                   "forward", options=options) for name, options in maps.items()]
+  return rows
+
+
+def predicted_class_floor(cases, rounds):
+  """What the MHEX map of the predicted class costs over given classes, and its floor.
+
+  Given classes, each block's CAM is formed as the block finishes and its features can go;
+  the predicted class is known only after the head, so every block's features stay alive until
+  then. The floor row is the forward that also reads every block's features once after the
+  head (a channel sum scaled by the prediction, which it then has to wait for): what any
+  one-pass map of the predicted class must at least do. ``cases``: (model, size, batch).
+  """
+  rows = []
+  for name, size, batch in cases:
+    model, variables = build(name, size)
+    prepared = registry.prepare(model, variables)
+    forward, mhex = _forward(model), jax.jit(registry.explainer("mhex", model))
+    x, y = _images(batch, size), _targets(batch)
+
+    def read_after_head(v, images):
+      passed = equivalent_matrix.forward_blocks(model, v, (images,), None)
+      scale = passed.targets.astype(jnp.float32)
+      return passed.logits, [jnp.sum(block.features.astype(jnp.float32), axis=-1)
+                             * scale[:, None, None] for block in passed.blocks]
+
+    floor = jax.jit(read_after_head)
+    fns = {"forward": lambda: forward(variables, x),
+           "floor: forward + every block's features read after the head":
+               functools.partial(floor, prepared, x),
+           "mhex, predicted class": functools.partial(mhex, prepared, x, None),
+           "mhex": functools.partial(mhex, prepared, x, y)}
+    times = harness.interleaved(fns, rounds)
+    rows += [_row("MHEX, predicted class / forward", f"{name}, {size}², batch {batch}", times,
+                  method, "forward") for method in fns if method != "forward"]
   return rows
 
 
@@ -453,6 +490,7 @@ def main():
     rows += mhex_vs_forward(["resnet18"], [112], [1], rounds)
     rows += vit_maps_vs_forward(32, [1], rounds, names=("mhex, class flow",))
     rows += vit_routing_floor(32, 1, rounds)
+    rows += predicted_class_floor([("resnet18", 32, 2)], rounds)
     # IG as in the PyTorch rows below (8 steps, one chunk), so the programs compile once
     # where JAX's persistent cache is on (the tests).
     rows += explainers_vs_forward(["grad_cam", "integrated_gradients"], 112, 1, rounds,
@@ -473,6 +511,8 @@ def main():
                             max(rounds, 25))
     rows += vit_maps_vs_forward(224, [1, 8], rounds)
     rows += vit_routing_floor(224, 32, max(rounds, 25))
+    rows += predicted_class_floor([("resnet18", 112, 8), ("resnet18", 224, 32),
+                                   ("resnet50", 224, 8)], max(rounds, 25))
     # The costly groups (seconds a call) get at most 5 rounds.
     # Methods of one pass, of 50 passes and Score-CAM's 1,000 forwards in rounds of their
     # own: a call of seconds disturbs the rounds of calls of milliseconds.

@@ -27,7 +27,8 @@ def test_quick_benchmark_writes_the_table(tmp_path):
   assert {"MHEX saliency / forward", "image explainer / forward", "token maps / forward",
           "train step / plain train step", "metric / its model calls", "JAX / PyTorch",
           "ImageNet input pipeline, images/s", "MHEX map / forward: XLA temporaries",
-          "Transformer gradient method / its floor", "ViT routing / forward"} <= groups
+          "Transformer gradient method / its floor", "ViT routing / forward",
+          "MHEX, predicted class / forward"} <= groups
   # The PyTorch rows compare against the faster of the two thread settings, recorded.
   for row in results["rows"]:
     if row["group"] == "JAX / PyTorch":
