@@ -204,10 +204,9 @@ def vit_routing_floor(size, batch, rounds):
 
   def head_sums_as_made(v, images):
     logits, state = model.apply(v, images, train=False, mutable=[common.ATTENTION])
-    vector = None
-    for probs in common.attention_probs(state):
-      if vector is None:
-        vector = jnp.ones(probs.shape[:1] + probs.shape[-1:], jnp.float32)
+    attentions = common.attention_probs(state)
+    vector = jnp.ones(attentions[0].shape[:1] + attentions[0].shape[-1:], jnp.float32)
+    for probs in attentions:
       summed = transformer.head_sum(probs)
       vector = 0.5 * (vector + jnp.einsum("bi,bij->bj", vector, summed) / probs.shape[1])
     # The logits too, as the forward: else the last layer's MLP and the head drop out.
